@@ -1,0 +1,351 @@
+"""Bill one session under one payer: facts → network firings → actions → unit method → result.
+
+The network decides *what applies* to each line (its unit basis, modifiers, warnings, holds); the pure
+functions in units.py do the arithmetic; this module joins the two and records, for every line, unit
+and warning, the rules that produced it.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+from . import units as U
+from .compiler import compile_payer
+from .errors import SessionError, closest
+from .facts import Line, build_facts, merge_services
+from .model import Payer, Session
+from .network import make_network
+
+UNIT_ACTIONS = ("timed_units", "units", "block_units")
+SEVERITIES = {"info": "info", "warn": "warning", "error": "error"}
+
+
+@dataclass
+class LineState:
+    """What the firings decided for one line."""
+    line: Line
+    decisions: list = field(default_factory=list)       # (rule, Action) deciding units
+    modifiers: list = field(default_factory=list)
+    rules: list = field(default_factory=list)           # ids of every rule that touched the line
+    holds: list = field(default_factory=list)           # (rule, reason)
+    units: int = 0
+    reason: str = ""
+    reason_rules: list = field(default_factory=list)
+
+    def touch(self, rule_id):
+        if rule_id not in self.rules:
+            self.rules.append(rule_id)
+
+
+class Biller:
+    """Bills sessions against a payer registry; compiles each payer and builds its network once."""
+
+    def __init__(self, registry, engine: str):
+        self.registry = registry
+        self.engine = engine
+        self._networks: dict = {}
+
+    def network(self, payer: Payer):
+        key = payer.id
+        if key not in self._networks:
+            compiled = compile_payer(payer)
+            self._networks[key] = (compiled, make_network(compiled, self.engine))
+        return self._networks[key]
+
+    def bill(self, session, payer_id: str | None = None, date: str | None = None) -> dict:
+        """A result dict, or an error record `{"session_id", "error"}` for a session that cannot be billed."""
+        if isinstance(session, SessionError):
+            return error_record(session.session_id, str(session))
+        payer_id = payer_id or session.payer
+        if not payer_id:
+            return error_record(session.session_id, "no payer: give the session a payer field or use --payer")
+        payer = self.registry.get(payer_id)
+        if payer is None:
+            return error_record(session.session_id, self.registry.unknown_message(payer_id))
+        when = date or session.date_of_service
+        if not payer.in_effect(when):
+            span = f"{payer.effective_from or 'the beginning'} to {payer.effective_to or 'now'}"
+            return error_record(session.session_id,
+                                f"payer {payer.id!r} has no version in effect on {when} (its rules apply from {span})")
+        if date:
+            session = Session(**{**session.__dict__, "date_of_service": date})
+        compiled, network = self.network(payer)
+        return bill_session(session, compiled, network)
+
+    def close(self):
+        for _, network in self._networks.values():
+            network.close()
+        self._networks.clear()
+
+
+def error_record(session_id, message: str) -> dict:
+    return {"session_id": session_id, "error": message}
+
+
+def bill_session(session: Session, compiled, network) -> dict:
+    payer = compiled.payer
+    lines = merge_services(session)
+    facts = build_facts(session, lines, payer)
+    firings = network.run(facts)
+    by_id = {line.fact_id: LineState(line) for line in lines}
+    names = {line.fact_id: line.code for line in lines}
+    names["session"] = "session"
+    warnings, trace = [], []
+
+    for key, fact_ids in firings:
+        rule = compiled.keys[key]
+        state = by_id.get(fact_ids[-1])
+        effects = []
+        for action in rule.then:
+            effects.append(_apply(action, rule, state, session, payer, warnings))
+        trace.append({"rule": rule.id, "source": rule.location, "facts": [names[f] for f in fact_ids],
+                      "effects": effects, "_line": state})
+
+    states = [by_id[line.fact_id] for line in lines]
+    extra_lines, method_notes = _allocate(states, payer, warnings)
+    for entry in trace:
+        state = entry.pop("_line")
+        entry["effect"] = "; ".join(_describe(e, state) for e in entry.pop("effects"))
+    return _result(session, payer, states, extra_lines, warnings, trace, method_notes)
+
+
+def _apply(action, rule, state, session, payer, warnings):
+    kind, value = action.kind, action.value
+    if kind in UNIT_ACTIONS:
+        state.decisions.append((rule, action))
+        state.touch(rule.id)
+        return (kind, value)
+    if kind == "modifier":
+        if value not in state.modifiers:
+            state.modifiers.append(value)
+        state.touch(rule.id)
+        return (kind, value)
+    message = _render(value, state.line if state else None, session, payer)
+    if kind == "hold":
+        state.holds.append((rule, message))
+        state.touch(rule.id)
+        return (kind, message)
+    severity = SEVERITIES[kind]
+    warnings.append({"severity": severity, "rule": rule.id, "message": message,
+                     "codes": [state.line.code] if state else []})
+    if state:
+        state.touch(rule.id)
+    return ("warning", f"{severity}: {message}")
+
+
+class _Blank(dict):
+    def __missing__(self, key):
+        return ""
+
+
+def _render(template: str, line, session, payer) -> str:
+    """Fill a rule's message template. Only the names validated in loader.PLACEHOLDERS can appear."""
+    values = _Blank(discipline=session.discipline or "", date_of_service=session.date_of_service or "")
+    if line is not None:
+        values.update(code=line.code, minutes=line.minutes, group_size="" if line.group_size is None else line.group_size,
+                      provider=line.provider or "")
+        family, _ = payer.family_of(line.code)
+        if family:
+            values.update(family=family.id, primary=family.primary)
+        if line.code not in payer.known_codes:
+            near = closest(line.code, payer.known_codes, max_distance=2)
+            values["suggestion"] = f" (did you mean {near}?)" if near else ""
+    return string.Formatter().vformat(template, (), values)
+
+
+def _decision(state: LineState):
+    """The one unit decision for a line: (kind, value, rules), or None when no rule decided."""
+    if not state.decisions:
+        return None
+    kinds = {(a.kind, repr(a.value)) for _, a in state.decisions}
+    if len(kinds) > 1:
+        return "conflict"
+    _, action = state.decisions[0]
+    return action.kind, action.value, [r.id for r, _ in state.decisions]
+
+
+def _allocate(states: list, payer: Payer, warnings: list):
+    """Apply the unit decisions: fixed units, blocks, and the payer's method over the timed services."""
+    method = payer.method
+    groups: dict = {}          # service key -> [LineState], a family forms one service
+    for state in states:
+        if state.holds:
+            state.reason = "; ".join(reason for _, reason in state.holds)
+            state.reason_rules = [r.id for r, _ in state.holds]
+            continue
+        decision = _decision(state)
+        if decision is None:
+            state.reason = f"no rule of payer {payer.id} decides the units of {state.line.code}"
+            warnings.append({"severity": "error", "rule": "engine.no-unit-rule", "message": state.reason,
+                             "codes": [state.line.code]})
+            continue
+        if decision == "conflict":
+            ids = sorted({r.id for r, _ in state.decisions})
+            state.reason = f"rules {', '.join(ids)} decide the units of {state.line.code} differently"
+            warnings.append({"severity": "error", "rule": "engine.unit-conflict", "message": state.reason,
+                             "codes": [state.line.code]})
+            continue
+        family, _ = payer.family_of(state.line.code)
+        key = family.id if family else state.line.code
+        groups.setdefault(key, []).append(state)
+
+    timed, extra_lines, notes = [], [], {}
+    for key, members in groups.items():
+        decisions = {(_decision(m)[0], repr(_decision(m)[1])) for m in members}
+        if len(decisions) > 1:
+            for m in members:
+                m.reason = f"the codes of family {key} are given different unit rules"
+                warnings.append({"severity": "error", "rule": "engine.unit-conflict", "message": m.reason,
+                                 "codes": [m.line.code]})
+            continue
+        kind, value, _ = _decision(members[0])
+        minutes = sum(m.line.minutes for m in members)
+        if kind == "timed_units":
+            timed.append(U.Service(key, minutes, min(m.line.order for m in members)))
+        elif kind == "units":
+            for m in members:
+                m.units = value
+        else:
+            n = U.blocks(minutes, value["first_minutes"], value["first_min_minutes"], value["next_minutes"],
+                         value["next_min_minutes"])
+            notes[key] = ("blocks", minutes, n, value)
+            _share(key, n, members, payer, extra_lines, warnings)
+
+    if method.pooled:
+        allocation = U.pooled(timed, method.unit_minutes, method.first_unit_minutes, method.tie_break)
+    else:
+        allocation = U.per_code(timed, method.unit_minutes, method.first_unit_minutes)
+    for service in timed:
+        notes[service.key] = ("timed", service.minutes, allocation.units[service.key], allocation)
+        _share(service.key, allocation.units[service.key], groups[service.key], payer, extra_lines, warnings)
+    if allocation.tie:
+        _tie_warning(allocation, groups, payer, warnings)
+    for state in states:
+        if state.units == 0 and not state.reason:
+            state.reason = _zero_reason(state, payer, notes, allocation)
+            state.reason_rules = list(state.rules)
+    return extra_lines, {"allocation": allocation, "notes": notes}
+
+
+def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list, warnings: list) -> None:
+    """Give a service's n units to its line(s): a single code takes them all; a family is split
+    primary x1 and add-on x(n-1), creating the add-on line when only the primary was entered."""
+    family = next((f for f in payer.families if f.id == key), None)
+    if family is None or family.addon is None:
+        for m in members:
+            m.units = n
+        return
+    primary = next((m for m in members if m.line.code == family.primary), None)
+    addon = next((m for m in members if m.line.code == family.addon), None)
+    if primary is None:
+        addon.reason = f"add-on {family.addon} billed without its primary {family.primary}"
+        warnings.append({"severity": "error", "rule": "engine.addon-without-primary", "message": addon.reason,
+                         "codes": [family.addon]})
+        return
+    first, rest = U.split_family(n)
+    primary.units = first
+    if addon is not None:
+        addon.units = rest
+    elif rest:
+        generated = LineState(Line(f"{primary.line.fact_id}+", family.addon, 0, primary.line.order))
+        generated.units = rest
+        generated.modifiers = list(primary.modifiers)
+        generated.rules = list(primary.rules)
+        extra_lines.append((primary, generated))
+
+
+def _tie_warning(allocation, groups, payer, warnings):
+    """CMS lets the clinician choose between equal leftovers (§20.2 Examples 2 and 5): say which
+    alternatives are acceptable and which one the configured tie-break picked."""
+    tied, wins, winners = allocation.tie
+    names = ", ".join(_service_name(k, groups) for k in tied)
+    won = ", ".join(_service_name(k, groups) for k in winners)
+    units = "unit" if wins == 1 else "units"
+    warnings.append({
+        "severity": "info",
+        "rule": _decision(groups[winners[0]][0])[2][0],
+        "message": (f"equal leftover minutes ({allocation.leftover[tied[0]]} each): CMS accepts the {wins} "
+                    f"remaining {units} on any {wins} of {names}; billed on {won} "
+                    f"(tie-break: {', '.join(payer.method.tie_break)})"),
+        "codes": [c for k in tied for c in _codes_of(k, groups)],
+    })
+
+
+def _codes_of(key, groups):
+    return [m.line.code for m in groups[key]]
+
+
+def _service_name(key, groups) -> str:
+    return "+".join(_codes_of(key, groups))
+
+
+def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str:
+    code = state.line.code
+    family, _ = payer.family_of(code)
+    key = family.id if family else code
+    note = notes.get(key)
+    if note is None:
+        return f"{code}: 0 units"
+    kind, minutes, n = note[0], note[1], note[2]
+    if kind == "blocks":
+        value = note[3]
+        return (f"{minutes} min is under the {value['first_min_minutes']} min that earn the first unit"
+                if n == 0 else f"{code}: 0 units")
+    method = payer.method
+    if method.pooled:
+        if allocation.total_units == 0:
+            return (f"total timed minutes {allocation.total_minutes} are under the "
+                    f"{method.first_unit_minutes} min that earn a unit")
+        return (f"{minutes} min ({allocation.leftover[key]} leftover) did not earn one of the "
+                f"{allocation.remaining} leftover unit(s) of the timed pool: total {allocation.total_minutes} min = "
+                f"{allocation.total_units} units, given to services with more leftover minutes")
+    return f"{minutes} min is under the {method.first_unit_minutes} min that earn a unit"
+
+
+def _describe(effect, state) -> str:
+    kind, value = effect
+    code = state.line.code if state else ""
+    if kind in UNIT_ACTIONS and state.holds:
+        return f"{code}: held, its minutes are not counted"
+    if kind == "timed_units":
+        return f"{code}: {state.line.minutes} min counted as timed minutes → {state.units} unit(s)"
+    if kind == "units":
+        return f"{code}: {value} unit(s)"
+    if kind == "block_units":
+        return f"{code}: {state.line.minutes} min counted in blocks → {state.units} unit(s)"
+    if kind == "modifier":
+        return f"{code}: modifier {value}"
+    if kind == "hold":
+        return f"{code} not billed: {value}"
+    return value
+
+
+def _result(session, payer, states, extra_lines, warnings, trace, method_notes) -> dict:
+    billed, unbilled = [], []
+    extras = {}
+    for parent, generated in extra_lines:
+        extras.setdefault(id(parent), []).append(generated)
+    ordered = []
+    for state in states:
+        ordered.append(state)
+        ordered.extend(extras.get(id(state), []))
+    for state in ordered:
+        if state.units > 0:
+            billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
+                           "modifiers": list(state.modifiers), "rules": list(state.rules)})
+        else:
+            unbilled.append({"code": state.line.code, "minutes": state.line.minutes, "reason": state.reason,
+                             "rules": state.reason_rules or list(state.rules)})
+    allocation = method_notes["allocation"]
+    return {
+        "session_id": session.session_id,
+        "payer": payer.id,
+        "method": payer.method.name,
+        "lines": billed,
+        "unbilled": unbilled,
+        "total_timed_minutes": allocation.total_minutes,
+        "total_timed_units": allocation.total_units,
+        "total_units": sum(line["units"] for line in billed),
+        "warnings": warnings,
+        "trace": trace,
+    }

@@ -1,0 +1,71 @@
+"""Session → facts for the rule network, with everything a flat condition cannot compute done here:
+duplicate codes merged, code-list membership flattened to `in_<list>: true`, add-on families and
+"add-on without its primary" resolved (durable's `$not` is unreliable, notes §4 #8).
+
+Facts come out in canonical order (the session, then lines in order of first appearance), each with a
+unique id, so the network's firings do not depend on how the input was written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .compiler import list_field
+from .model import Payer, Session
+
+
+@dataclass
+class Line:
+    """One code of the session after merging duplicates."""
+    fact_id: str
+    code: str
+    minutes: int
+    order: int
+    group_size: int | None = None
+    provider: str | None = None
+    entries: int = 1
+
+
+def merge_services(session: Session) -> list:
+    """One Line per code, minutes added, in order of first appearance (domain.md §3.4, §3.1 rule 8)."""
+    lines: dict = {}
+    for service in session.services:
+        line = lines.get(service.code)
+        if line is None:
+            lines[service.code] = Line(f"line-{len(lines) + 1:04d}", service.code, service.minutes, len(lines),
+                                       service.group_size, service.provider)
+            continue
+        line.minutes += service.minutes
+        line.entries += 1
+        if line.group_size is None:
+            line.group_size = service.group_size
+        if line.provider != service.provider:
+            line.provider = None        # several providers: no single value to test
+    return list(lines.values())
+
+
+def build_facts(session: Session, lines: list, payer: Payer) -> list:
+    codes_present = {line.code for line in lines}
+    session_fact = {"t": "session", "id": "session", "line_count": len(lines)}
+    if session.discipline:
+        session_fact["discipline"] = session.discipline
+    if session.date_of_service:
+        session_fact["date_of_service"] = session.date_of_service
+    facts = [session_fact]
+    known = payer.known_codes
+    for line in lines:
+        fact = {"t": "line", "id": line.fact_id, "code": line.code, "minutes": line.minutes,
+                "known": line.code in known}
+        if line.group_size is not None:
+            fact["group_size"] = line.group_size
+        if line.provider is not None:
+            fact["provider"] = line.provider
+        for name in sorted(payer.codes):
+            if line.code in payer.codes[name]:
+                fact[list_field(name)] = True
+        family, role = payer.family_of(line.code)
+        if family is not None:
+            fact["family"] = family.id
+            fact["family_role"] = role
+            fact["has_primary"] = family.primary in codes_present
+        facts.append(fact)
+    return facts

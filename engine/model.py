@@ -1,0 +1,102 @@
+"""Small immutable types shared by every stage. They know nothing of YAML or durable_rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Method:
+    """A payer's unit method for 15-minute timed codes, as data."""
+    name: str = "cms_8_minute"          # cms_8_minute (pooled) | midpoint_per_code
+    unit_minutes: int = 15
+    first_unit_minutes: int = 8
+    tie_break: tuple = ("minutes", "order", "code")
+
+    @property
+    def pooled(self) -> bool:
+        return self.name == "cms_8_minute"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A primary code and its add-on: units are split primary x1 and add-on x(n-1)."""
+    id: str
+    primary: str
+    addon: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str           # one of ACTIONS
+    value: object
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    description: str
+    source: str
+    when: dict
+    then: tuple         # of Action
+    file: str           # path relative to the rules tree's parent
+    line: int           # line of the rule's `id:`
+    index: int          # position in the payer's effective rule list
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Payer:
+    id: str
+    name: str
+    file: str
+    method: Method
+    codes: dict                     # list name -> frozenset of codes
+    families: tuple                 # of Family
+    rules: tuple                    # of Rule
+    effective_from: str | None = None
+    effective_to: str | None = None
+    description: str = ""
+    example: bool = False
+    extends: str | None = None
+    digest: str = ""                # sha256 of the rule file(s) the payer was built from
+
+    @property
+    def known_codes(self) -> frozenset:
+        return frozenset().union(*self.codes.values()) if self.codes else frozenset()
+
+    def family_of(self, code: str):
+        for fam in self.families:
+            if code == fam.primary:
+                return fam, "primary"
+            if code == fam.addon:
+                return fam, "addon"
+        return None, None
+
+    def in_effect(self, date: str | None) -> bool:
+        if date is None:
+            return True
+        return (self.effective_from is None or self.effective_from <= date) and \
+               (self.effective_to is None or date <= self.effective_to)
+
+
+@dataclass(frozen=True)
+class Service:
+    code: str
+    minutes: int
+    group_size: int | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    services: tuple                  # of Service, as entered
+    payer: str | None = None
+    date_of_service: str | None = None
+    discipline: str | None = None
+    context: dict = field(default_factory=dict)
+    file: str | None = None          # where the session came from, for messages
+    line: int | None = None

@@ -1,0 +1,141 @@
+"""The rule network behind one seam: durable_rules (raw C binding) or its pure-Python twin.
+
+Both take the same compiled ruleset and a session's facts, and return the firings as data:
+a sorted list of `(rule_key, (fact_id, ...))`, aliases in rule order. Nothing here knows YAML.
+
+durable_rules is driven exactly as shared/durable-rules-notes.md §9 prescribes: no Host, no
+durable.lang, one ruleset handle per compiled payer, one live sid per session deleted in `finally`,
+an always-firing sentinel rule so the delete is safe, unique fact ids, canonical fact order.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import operator
+
+from .compiler import SENTINEL, Compiled
+from .errors import EvaluationError
+
+try:  # durable-rules does not build on Python 3.13+; the Python twin then serves alone.
+    import durable_rules_engine as _durable
+except ImportError:  # pragma: no cover - depends on the interpreter
+    _durable = None
+
+ENGINES = ("durable", "python")
+_names = itertools.count()
+
+
+def durable_available() -> bool:
+    return _durable is not None
+
+
+def default_engine() -> str:
+    return "durable" if durable_available() else "python"
+
+
+def make_network(compiled: Compiled, engine: str):
+    if engine == "durable":
+        if not durable_available():
+            raise EvaluationError("the durable engine is not installed on this Python; use --engine python")
+        return DurableNetwork(compiled)
+    if engine == "python":
+        return PythonNetwork(compiled)
+    raise EvaluationError(f"unknown engine {engine!r}")
+
+
+class DurableNetwork:
+    """One durable_rules ruleset handle for one compiled payer."""
+
+    def __init__(self, compiled: Compiled):
+        self.aliases = {key: [next(iter(t)) for t in rule["all"]] for key, rule in compiled.ruleset.items()}
+        self.name = f"payer-{compiled.payer.id}-{next(_names)}"
+        self.handle = _durable.create_ruleset(self.name, json.dumps(compiled.ruleset))
+        self.sids = itertools.count()
+
+    def run(self, facts: list) -> list:
+        # Only one sid is ever live per handle (deleted before the next session starts), so the
+        # 1,024-live-sid limit and the 32-bit sid hash collisions of notes §4 #6/#7 cannot bite.
+        sid = f"s{next(self.sids)}"
+        payload = json.dumps([{**fact, "sid": sid} for fact in facts])
+        firings = []
+        try:
+            code, state = _durable.assert_facts(self.handle, payload)
+            if code == 2:
+                raise EvaluationError("two facts share an id")
+            started = _durable.start_action_for_state(self.handle, state)
+            message = started[1] if started else None
+            while message:
+                (key, bound), = json.loads(message).items()
+                if key != SENTINEL:
+                    firings.append((key, tuple(bound[alias]["id"] for alias in self.aliases[key])))
+                message = _durable.complete_and_start_action(self.handle, state)
+        finally:
+            _durable.delete_state(self.handle, sid)
+        firings.sort()
+        return firings
+
+    def close(self):
+        if self.handle is not None:
+            _durable.delete_ruleset(self.handle)
+            self.handle = None
+
+
+class PythonNetwork:
+    """Pure-Python evaluation of the same compiled ruleset JSON (the twin and the cross-check)."""
+
+    def __init__(self, compiled: Compiled):
+        self.rules = []
+        for key, rule in compiled.ruleset.items():
+            if key == SENTINEL:
+                continue
+            self.rules.append((key, [(_kind_of(expr), _predicate(expr)) for term in rule["all"]
+                                     for expr in term.values()]))
+
+    def run(self, facts: list) -> list:
+        by_kind: dict = {}
+        for fact in facts:
+            by_kind.setdefault(fact["t"], []).append(fact)
+        firings = []
+        for key, terms in self.rules:
+            candidates = [[f for f in by_kind.get(kind, ()) if test(f)] for kind, test in terms]
+            for combo in itertools.product(*candidates):
+                ids = tuple(f["id"] for f in combo)
+                if len(set(ids)) == len(ids):       # durable's dist=1: a fact never binds two aliases
+                    firings.append((key, ids))
+        firings.sort()
+        return firings
+
+    def close(self):
+        pass
+
+
+def _kind_of(expr: dict) -> str:
+    if "t" in expr:
+        return expr["t"]
+    return next(sub["t"] for sub in expr["$and"] if "t" in sub)
+
+
+_OPS = {"$lt": operator.lt, "$lte": operator.le, "$gt": operator.gt, "$gte": operator.ge, "$neq": operator.ne}
+
+
+def _predicate(expr: dict):
+    """A Python function fact -> bool with durable's semantics: a test on a missing field is false."""
+    (op, body), = expr.items()
+    if op == "$and":
+        parts = [_predicate(e) for e in body]
+        return lambda f: all(p(f) for p in parts)
+    if op == "$or":
+        parts = [_predicate(e) for e in body]
+        return lambda f: any(p(f) for p in parts)
+    if op == "$ex":
+        (field, _), = body.items()
+        return lambda f: field in f
+    if op == "$nex":
+        (field, _), = body.items()
+        return lambda f: field not in f
+    if op in _OPS:
+        (field, value), = body.items()
+        compare = _OPS[op]
+        return lambda f: field in f and compare(f[field], value)
+    field, value = op, body
+    return lambda f: field in f and f[field] == value

@@ -1,0 +1,90 @@
+"""JSON Schema validation with file:line errors (the most useful message first)."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from .errors import suggest
+from .paths import SCHEMAS_DIR
+from .yamlload import Located, format_path
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> Draft202012Validator:
+    with open(SCHEMAS_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
+        schema = json.load(fh)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def schema_errors(name: str, located: Located, error_class, data=None, base_path=()) -> list:
+    """Every schema error in `data` (default: the whole located document) as `error_class` instances,
+    sorted by line. `base_path` is where `data` sits inside the located document; paths in messages are relative to `data`."""
+    data = located.data if data is None else data
+    out = []
+    for error in validator(name).iter_errors(data):
+        for path, message in _explain(error):
+            full = tuple(base_path) + tuple(path)
+            out.append(error_class(message, located.file, located.line_of(full), format_path(path)))
+    out.sort(key=lambda e: (e.line or 0, e.path))
+    return out
+
+
+def _explain(error):
+    """(path, message) pairs for one jsonschema error, in words a rule author reads easily."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        for key in sorted(k for k in error.instance if k not in allowed):
+            hint = suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
+            yield path + [key], f"unknown key {key!r}{hint}"
+        return
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        deepest = best_match(error.context)
+        yield from _explain_inner(deepest, path)
+        return
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        yield path, f"missing required key {missing!r}"
+        return
+    if error.validator == "maxProperties" and error.validator_value == 1:
+        yield path, f"one action per list item, found {len(error.instance)}: {', '.join(sorted(error.instance))}"
+        return
+    yield path, _message(error)
+
+
+def _explain_inner(error, base):
+    for path, message in _explain(error):
+        yield (path if len(path) >= len(base) else base), message
+
+
+def _message(error) -> str:
+    value = error.instance
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    v = error.validator
+    if v == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{shown} is not of type {expected}"
+    if v == "enum":
+        choices = ", ".join(map(str, error.validator_value))
+        return f"{shown} is not one of: {choices}{suggest(str(value), error.validator_value)}"
+    if v == "const":
+        return f"must be {json.dumps(error.validator_value)}"
+    if v == "pattern":
+        return f"{shown} does not have the expected form ({error.validator_value})"
+    if v in ("minimum", "maximum"):
+        word = "at least" if v == "minimum" else "at most"
+        return f"{shown} must be {word} {error.validator_value}"
+    if v == "minItems":
+        return "must not be empty" if error.validator_value == 1 else f"needs at least {error.validator_value} items"
+    if v == "maxItems":
+        return f"has {len(value)} items, at most {error.validator_value} are allowed"
+    if v == "minProperties":
+        return "must not be empty"
+    return error.message

@@ -1,0 +1,139 @@
+"""YAML (and JSON) → plain data, keeping the line of every node.
+
+Rule and session files are untrusted: only the plain YAML types are built (no Python objects, no custom
+tags), duplicate keys are errors, anchors and aliases are refused (they are how "billion laughs" bombs
+work), and nesting is bounded.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+
+import yaml
+
+from .errors import InputError
+
+MAX_DEPTH = 40
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:timestamp",
+}
+
+
+class Located:
+    """Plain data plus `lines`: a map from a path tuple (`("rules", 2, "id")`) to its 1-based line."""
+
+    __slots__ = ("data", "lines", "file")
+
+    def __init__(self, data, lines: dict, file: str):
+        self.data = data
+        self.lines = lines
+        self.file = file
+
+    def line_of(self, path) -> int | None:
+        """Line of the node at `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+
+def format_path(path) -> str:
+    """('rules', 2, 'then', 0) → 'rules[2].then[0]'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases as soon as the parser meets them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in rule or session files", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors (&name) are not allowed in rule or session files", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_text(text: str, file: str, error_class=InputError, multi: bool = False) -> Located:
+    """Parse one YAML/JSON document (or, with `multi`, a stream) into Located data."""
+    try:
+        loader = _Loader(text)
+        try:
+            nodes = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+                if not multi and len(nodes) > 1:
+                    raise error_class("expected one YAML document, found several", file, nodes[1].start_mark.line + 1)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise error_class(f"invalid YAML: {problem}", file, line) from None
+    except yaml.YAMLError as exc:
+        raise error_class(f"invalid YAML: {exc}", file) from None
+    except RecursionError:
+        raise error_class(f"document nested too deeply (more than {MAX_DEPTH} levels)", file) from None
+    lines: dict = {}
+    if not nodes:
+        return Located(None, {(): 1}, file)
+    builder = _Builder(file, error_class, lines)
+    if multi:
+        return Located([builder.build(n, (i,), 0) for i, n in enumerate(nodes)], lines, file)
+    return Located(builder.build(nodes[0], (), 0), lines, file)
+
+
+class _Builder:
+    def __init__(self, file, error_class, lines):
+        self.file = file
+        self.error_class = error_class
+        self.lines = lines
+        self.constructor = yaml.SafeLoader("")
+
+    def fail(self, message, node, path):
+        raise self.error_class(message, self.file, node.start_mark.line + 1, format_path(path))
+
+    def build(self, node, path, depth):
+        if depth > MAX_DEPTH:
+            self.fail(f"nested too deeply (more than {MAX_DEPTH} levels)", node, path)
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.fail("mapping keys must be plain scalars", key_node, path)
+                key = self.scalar(key_node, path)
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    self.fail(f"mapping key {key!r} must be a string", key_node, path)
+                key = str(key)
+                if key in out:
+                    self.fail(f"duplicate key {key!r} (first at line {self.lines[path + (key,)]})",
+                              key_node, path + (key,))
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, path + (key,), depth + 1)
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node, path):
+        if node.tag not in _PLAIN_TAGS:
+            self.fail(f"YAML tag {node.tag!r} is not allowed (plain values only)", node, path)
+        value = self.constructor.construct_object(node, deep=False)
+        if isinstance(value, _dt.datetime):
+            self.fail("a date and time is not allowed here; write a date as YYYY-MM-DD", node, path)
+        if isinstance(value, _dt.date):
+            return value.isoformat()
+        if isinstance(value, float) and value != value:
+            self.fail("NaN is not a number the engine accepts", node, path)
+        return value
