@@ -7,7 +7,7 @@ and warning, the rules that produced it.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import units as U
 from .compiler import compile_payer
@@ -68,9 +68,12 @@ class Biller:
             return error_record(session.session_id,
                                 f"payer {payer.id!r} has no version in effect on {when} (its rules apply from {span})")
         if date:
-            session = Session(**{**session.__dict__, "date_of_service": date})
+            session = replace(session, date_of_service=date)
         compiled, network = self.network(payer)
-        return bill_session(session, compiled, network)
+        try:
+            return bill_session(session, compiled, network)
+        except Exception as exc:    # nothing is lost: a failure bills this session as an error record
+            return error_record(session.session_id, f"internal error while billing: {type(exc).__name__}: {exc}")
 
     def close(self):
         for _, network in self._networks.values():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from . import render
 from .billing import Biller
-from .errors import InputError, PayrulesError, UsageError
-from .loader import Registry, check_payer, rule_files, PayerFile
+from .errors import PayrulesError, SessionError, UsageError
+from .loader import PayerFile, Registry, check_payer, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
 from .sessions import load_sessions
@@ -28,9 +28,6 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args)
-    except InputError as exc:
-        _error(str(exc))
-        return 2
     except PayrulesError as exc:
         _error(str(exc))
         return 2
@@ -82,9 +79,11 @@ def cmd_bill(args) -> int:
     registry = Registry(args.rules)
     if args.payer and registry.get(args.payer) is None:
         raise UsageError(registry.unknown_message(args.payer))
-    sessions = []
+    sessions, single = [], len(args.inputs) == 1
     for name in args.inputs:
-        sessions.extend(load_sessions(name, start=len(sessions) + 1))
+        loaded, one = load_sessions(name, start=len(sessions) + 1)
+        sessions.extend(loaded)
+        single = single and one
     biller = Biller(registry, args.engine or default_engine())
     try:
         records = [biller.bill(s, args.payer, args.date) for s in sessions]
@@ -92,24 +91,20 @@ def cmd_bill(args) -> int:
         biller.close()
     for session, record in zip(sessions, records):
         _report(session, record)
-    out = {"json": lambda r: render.to_json(r, single=_single(args.inputs, sessions)), "jsonl": render.to_jsonl,
+    out = {"json": lambda r: render.to_json(r, single), "jsonl": render.to_jsonl,
            "csv": render.to_csv, "table": render.to_table}[args.format](records)
     sys.stdout.write(out)
     failed = any("error" in r or any(w["severity"] == "error" for w in r["warnings"]) for r in records)
     return 1 if failed else 0
 
 
-def _single(inputs, sessions) -> bool:
-    """A single session object in, a single result object out (design.md §5)."""
-    return len(sessions) == 1 and len(inputs) == 1 and not inputs[0].endswith(".jsonl")
-
-
 def _report(session, record) -> None:
-    """Errors of a session on stderr: its id and the problem, no patient data."""
-    where = f"{session.file}:{session.line}: " if getattr(session, "file", None) and getattr(session, "line", None) else ""
+    """Errors of a session on stderr, `error: FILE:LINE: ...` naming the session by its id only."""
+    if isinstance(session, SessionError):
+        _error(f"{session} (session {session.session_id})")
+        return
+    where = f"{session.file}:{session.line}: " if session.file and session.line else ""
     if "error" in record:
-        if where and record["error"].startswith(session.file or "\0"):
-            where = ""
         _error(f"{where}session {record['session_id']}: {record['error']}")
         return
     for w in record["warnings"]:

@@ -14,7 +14,7 @@ from .errors import RuleFileError, UsageError, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
 from .schema import schema_errors
-from .yamlload import Located, load_text
+from .yamlload import Located, format_path, load_text
 
 MAX_RULE_FILE_BYTES = 2 * 1024 * 1024
 
@@ -89,7 +89,6 @@ def check_payer(pfile: PayerFile):
 
 
 def _err(doc: Located, path, message) -> RuleFileError:
-    from .yamlload import format_path
     return RuleFileError(message, doc.file, doc.line_of(path), format_path(path))
 
 
@@ -204,7 +203,7 @@ def _build(doc: Located, digest: str) -> Payer:
     return Payer(id=data["payer"], name=data["name"], file=doc.file, method=method, codes=codes,
                  families=families, rules=tuple(rules), effective_from=data.get("effective_from"),
                  effective_to=data.get("effective_to"), description=data.get("description", ""),
-                 example=bool(data.get("example", False)), digest=digest)
+                 example=bool(data.get("example", False)), digest=digest, line=doc.line_of(("payer",)))
 
 
 def _normalise_when(when: dict) -> dict:
@@ -236,8 +235,8 @@ class Registry:
                 payer = load_payer(pfile)
                 if payer.id in self.payers:
                     first = self.payers[payer.id]
-                    raise RuleFileError(f"payer id {payer.id!r} is already defined in {first.file}", pfile.display, 1,
-                                        "payer")
+                    raise RuleFileError(f"payer id {payer.id!r} is already defined in {first.file}", pfile.display,
+                                        payer.line, "payer")
                 self.payers[payer.id] = payer
 
     def get(self, payer_id: str) -> Payer | None:

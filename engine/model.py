@@ -62,6 +62,7 @@ class Payer:
     example: bool = False
     extends: str | None = None
     digest: str = ""                # sha256 of the rule file(s) the payer was built from
+    line: int = 1                   # line of the `payer:` key
 
     @property
     def known_codes(self) -> frozenset:

@@ -7,7 +7,8 @@ import json
 
 
 def to_json(records: list, single: bool) -> str:
-    payload = records[0] if single and len(records) == 1 else records
+    """One object for an input that held one session object (design.md §5), else a list."""
+    payload = records[0] if single else records
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -36,17 +36,18 @@ def read_input(name: str):
         raise UsageError("input is not UTF-8 text", display, data[:exc.start].count(b"\n") + 1) from None
 
 
-def load_sessions(name: str, start: int = 1) -> list:
-    """Every session in one input, as Session or SessionError, in input order.
+def load_sessions(name: str, start: int = 1) -> tuple:
+    """(sessions, single): every session in one input, as Session or SessionError, in input order, and
+    whether the input was one session object rather than a list or JSONL.
     `start` numbers the default session ids (session-<n>) across several inputs."""
     display, text = read_input(name)
     if display.endswith(".jsonl") or (display == "<stdin>" and _looks_like_jsonl(text)):
-        return _from_jsonl(text, display, start)
+        return _from_jsonl(text, display, start), False
     doc = load_text(text, display, UsageError)
     if isinstance(doc.data, list):
-        return [parse_session(item, doc, (i,), start + i) for i, item in enumerate(doc.data)]
+        return [parse_session(item, doc, (i,), start + i) for i, item in enumerate(doc.data)], False
     if isinstance(doc.data, dict):
-        return [parse_session(doc.data, doc, (), start)]
+        return [parse_session(doc.data, doc, (), start)], True
     raise UsageError("input must hold a session (a mapping) or a list of sessions", display, doc.line_of(()))
 
 
