@@ -20,20 +20,21 @@ def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def schema_errors(name: str, located: Located, error_class, data=None, base_path=()) -> list:
+def schema_errors(name: str, located: Located, error_class, data=None, base_path=(), echo_values=True) -> list:
     """Every schema error in `data` (default: the whole located document) as `error_class` instances,
-    sorted by line. `base_path` is where `data` sits inside the located document; paths in messages are relative to `data`."""
+    unknown keys first (a typo explains a "missing" key better than the missing key does), then by line.
+    `echo_values=False` keeps the offending values out of messages (sessions: no patient data). `base_path` is where `data` sits inside the located document; paths in messages are relative to `data`."""
     data = located.data if data is None else data
     out = []
     for error in validator(name).iter_errors(data):
-        for path, message in _explain(error):
+        for path, message in _explain(error, echo_values):
             full = tuple(base_path) + tuple(path)
             out.append(error_class(message, located.file, located.line_of(full), format_path(path)))
-    out.sort(key=lambda e: (e.line or 0, e.path))
+    out.sort(key=lambda e: (not e.message.startswith("unknown key"), e.line or 0, e.path))
     return out
 
 
-def _explain(error):
+def _explain(error, echo=True):
     """(path, message) pairs for one jsonschema error, in words a rule author reads easily."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -44,7 +45,8 @@ def _explain(error):
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
         deepest = best_match(error.context)
-        yield from _explain_inner(deepest, path)
+        for inner_path, message in _explain(deepest, echo):
+            yield (inner_path if len(inner_path) >= len(path) else path), message
         return
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
@@ -53,17 +55,16 @@ def _explain(error):
     if error.validator == "maxProperties" and error.validator_value == 1:
         yield path, f"one action per list item, found {len(error.instance)}: {', '.join(sorted(error.instance))}"
         return
-    yield path, _message(error)
+    yield path, _message(error, echo)
 
 
-def _explain_inner(error, base):
-    for path, message in _explain(error):
-        yield (path if len(path) >= len(base) else base), message
+_TYPE_NAMES = {str: "a string", int: "a number", float: "a number", bool: "true/false", dict: "a mapping",
+               list: "a list", type(None): "null"}
 
 
-def _message(error) -> str:
+def _message(error, echo=True) -> str:
     value = error.instance
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    shown = repr(value) if echo and not isinstance(value, (dict, list)) else _TYPE_NAMES.get(type(value), "value")
     if len(shown) > 60:
         shown = shown[:57] + "..."
     v = error.validator
@@ -73,14 +74,15 @@ def _message(error) -> str:
         return f"{shown} is not of type {expected}"
     if v == "enum":
         choices = ", ".join(map(str, error.validator_value))
-        return f"{shown} is not one of: {choices}{suggest(str(value), error.validator_value)}"
+        hint = suggest(str(value), error.validator_value) if echo else ""
+        return f"{shown} is not one of: {choices}{hint}"
     if v == "const":
         return f"must be {json.dumps(error.validator_value)}"
     if v == "pattern":
-        return f"{shown} does not have the expected form ({error.validator_value})"
+        return f"{shown if echo else 'value'} does not have the expected form ({error.validator_value})"
     if v in ("minimum", "maximum"):
         word = "at least" if v == "minimum" else "at most"
-        return f"{shown} must be {word} {error.validator_value}"
+        return f"{shown + ' ' if echo else ''}must be {word} {error.validator_value}"
     if v == "minItems":
         return "must not be empty" if error.validator_value == 1 else f"needs at least {error.validator_value} items"
     if v == "maxItems":

@@ -89,13 +89,13 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         return SessionError("a session must be a mapping", doc.file, doc.line_of(path), session_id=default_id)
     session_id = str(data["session_id"]) if isinstance(data.get("session_id"), (str, int)) \
         and not isinstance(data.get("session_id"), bool) else default_id
-    errors = schema_errors("session", doc, SessionError, data=data, base_path=path)
+    errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
     if errors:
         errors[0].session_id = session_id
         return errors[0]
     date = data.get("date_of_service")
     if date is not None and not _is_date(date):
-        return SessionError(f"{date!r} is not a calendar date", doc.file, doc.line_of(path + ("date_of_service",)),
+        return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
     services = tuple(Service(code=str(s["code"]), minutes=s["minutes"], group_size=s.get("group_size"),
                              provider=s.get("provider")) for s in data["services"])

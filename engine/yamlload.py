@@ -17,6 +17,7 @@ _PLAIN_TAGS = {
     "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:timestamp",
 }
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
 class Located:
@@ -106,6 +107,8 @@ class _Builder:
         if depth > MAX_DEPTH:
             self.fail(f"nested too deeply (more than {MAX_DEPTH} levels)", node, path)
         self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _COLLECTION_TAGS:
+            self.fail(f"YAML tag {node.tag!r} is not allowed (plain values only)", node, path)
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:
@@ -129,11 +132,21 @@ class _Builder:
     def scalar(self, node, path):
         if node.tag not in _PLAIN_TAGS:
             self.fail(f"YAML tag {node.tag!r} is not allowed (plain values only)", node, path)
+        if node.tag.endswith(":timestamp"):
+            return self.date(node)
         value = self.constructor.construct_object(node, deep=False)
-        if isinstance(value, _dt.datetime):
-            self.fail("a date and time is not allowed here; write a date as YYYY-MM-DD", node, path)
-        if isinstance(value, _dt.date):
-            return value.isoformat()
         if isinstance(value, float) and value != value:
             self.fail("NaN is not a number the engine accepts", node, path)
         return value
+
+    def date(self, node):
+        """An unquoted date as its ISO text. Anything else that looks like a timestamp (a date and
+        time, an impossible date) stays the text it was, for the schema and date checks to report
+        against the field it belongs to."""
+        try:
+            value = self.constructor.construct_object(node, deep=False)
+        except ValueError:
+            return node.value
+        if isinstance(value, _dt.datetime):
+            return node.value
+        return value.isoformat()
