@@ -1,0 +1,287 @@
+"""Broken payer files: exit 2, `error: FILE:LINE: PATH: message` on stderr, no traceback (design.md §3).
+
+Each test writes a broken copy of GOOD (a small valid payer) into tmp_path and runs it two ways:
+`validate FILE` (FILE shown as given) and `bill examples/ot-session.yaml --rules DIR --payer testpayer`
+(FILE shown relative to the rules tree's parent, i.e. `extra/testpayer.yaml`). The expected LINE is
+counted by hand in the text written; GOOD's line numbers are in the comment beside it.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+payer: testpayer
+name: Test payer
+effective_from: 2020-01-01
+method:
+  name: cms_8_minute
+  unit_minutes: 15
+  first_unit_minutes: 8
+codes:
+  timed_15: [97110, 97140, 97535]
+rules:
+  - id: timed-pool
+    description: Timed codes share the pool.
+    source: "test"
+    when:
+      line: {code_in: timed_15}
+    then:
+      - timed_units: true
+  - id: note
+    description: A note on 97110.
+    source: "test"
+    when:
+      line: {code: 97110}
+    then:
+      - info: "{code} noted"
+"""
+# Lines of GOOD:
+#  1 payer            9 timed_15            17 - timed_units: true
+#  2 name            10 rules:              18 - id: note
+#  3 effective_from  11 - id: timed-pool    19 description
+#  4 method:         12 description         20 source
+#  5 name            13 source              21 when:
+#  6 unit_minutes    14 when:               22 line: {code: 97110}
+#  7 first_unit_min  15 line: {code_in: ..} 23 then:
+#  8 codes:          16 then:               24 - info: "{code} noted"
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def edit(old: str, new: str, text: str = GOOD) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def write(tmp_path: Path, content) -> Path:
+    directory = tmp_path / "extra"
+    directory.mkdir()
+    path = directory / "testpayer.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def error_messages(stderr: str, display: str, line: int, field: str | None) -> list:
+    """Messages of the stderr lines `error: DISPLAY:LINE: FIELD: message` (no FIELD part when None)."""
+    prefix = f"error: {re.escape(display)}:{line}: "
+    if field is not None:
+        prefix += re.escape(field) + ": "
+    return [m.group(1) for m in re.finditer(f"^{prefix}(.+)$", stderr, re.M)]
+
+
+def check(tmp_path: Path, content, line: int, field: str | None, *fragments: str, pattern: str | None = None) -> list:
+    """Both commands refuse the file: exit 2, no traceback, an error line at LINE naming FIELD, whose
+    message contains every fragment (case-insensitive) and matches `pattern` when given."""
+    path = write(tmp_path, content)
+    runs = [
+        (run_cli("validate", path), path.as_posix()),
+        (run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer"),
+         "extra/testpayer.yaml"),
+    ]
+    found = []
+    for proc, display in runs:
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2, (proc.args, proc.returncode, proc.stderr)
+        messages = error_messages(proc.stderr, display, line, field)
+        assert messages, f"no line `error: {display}:{line}: {field or ''}...` in stderr of {proc.args}:\n{proc.stderr}"
+        good = [m for m in messages if all(f.lower() in m.lower() for f in fragments)
+                and (pattern is None or re.search(pattern, m))]
+        assert good, (fragments, pattern, messages)
+        found.extend(good)
+        if proc.args[3] == "bill":
+            assert proc.stdout == ""
+    return found
+
+
+def test_good_file_is_valid_and_bills(tmp_path):
+    """The base case: every failure below is caused by the one edit it makes."""
+    path = write(tmp_path, GOOD)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "error:" not in proc.stderr
+    proc = run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer")
+    assert proc.returncode == 0, proc.stderr
+    assert '"payer": "testpayer"' in proc.stdout
+
+
+def test_invalid_yaml_syntax(tmp_path):
+    # line 19: a second ": " inside a plain scalar
+    check(tmp_path, edit("description: A note on 97110.", "description: A note: on 97110."), 19, None, "yaml")
+
+
+def test_unclosed_flow_sequence(tmp_path):
+    # line 9 opens a flow sequence that is never closed; the parser meets line 10 (`rules:`) inside it
+    text = edit("timed_15: [97110, 97140, 97535]", "timed_15: [97110, 97140, 97535")
+    path = write(tmp_path, text)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(rf"^error: {re.escape(path.as_posix())}:(9|10): .*yaml", proc.stderr, re.M | re.I), proc.stderr
+
+
+def test_duplicate_yaml_key(tmp_path):
+    # `name:` again on line 3; the first is on line 2
+    messages = check(tmp_path, edit("name: Test payer\n", "name: Test payer\nname: Other\n"), 3, "name", "duplicate")
+    assert all("line 2" in m for m in messages), messages
+
+
+def test_unknown_top_level_key_suggests_the_right_one(tmp_path):
+    # line 10: `rulez:` instead of `rules:`
+    check(tmp_path, edit("rules:\n", "rulez:\n"), 10, "rulez", pattern=r"\brules\b")
+
+
+def test_wrong_type(tmp_path):
+    check(tmp_path, edit("- timed_units: true", '- units: "one"'), 17, "rules[0].then[0].units", "integer")
+
+
+def test_missing_required_key(tmp_path):
+    # the second rule (line 18) without its `source:` line
+    text = edit('    source: "test"\n    when:\n      line: {code: 97110}',
+                "    when:\n      line: {code: 97110}")
+    check(tmp_path, text, 18, "rules[1]", "source", "required")
+
+
+def test_negative_units(tmp_path):
+    check(tmp_path, edit("- timed_units: true", "- units: -1"), 17, "rules[0].then[0].units", "-1",
+          pattern=r"(at least|minimum|>=)\s*0")
+
+
+def test_zero_unit_minutes(tmp_path):
+    check(tmp_path, edit("unit_minutes: 15", "unit_minutes: 0"), 6, "method.unit_minutes",
+          pattern=r"(at least|minimum|>=)\s*1")
+
+
+def test_unknown_action(tmp_path):
+    check(tmp_path, edit("- timed_units: true", "- bil: 1"), 17, "rules[0].then[0].bil", "unknown key")
+
+
+def test_duplicate_rule_id_gives_first_line(tmp_path):
+    # rule 2 (line 18) reuses the id of rule 1, defined on line 11
+    check(tmp_path, edit("- id: note", "- id: timed-pool"), 18, "rules[1].id", "duplicate", "line 11")
+
+
+def test_unknown_code_list_suggests_nearest(tmp_path):
+    check(tmp_path, edit("code_in: timed_15", "code_in: timed_16"), 15, "rules[0].when.line.code_in",
+          "timed_16", "timed_15")
+
+
+def test_unknown_message_placeholder(tmp_path):
+    check(tmp_path, edit('"{code} noted"', '"{cod} noted"'), 24, "rules[1].then[0].info", "{cod}", "placeholder")
+
+
+def test_yaml_anchor_and_alias_refused(tmp_path):
+    # anchor on line 9, alias on a new line 10
+    text = edit("  timed_15: [97110, 97140, 97535]\n",
+                "  timed_15: &timed [97110, 97140, 97535]\n  also_timed: *timed\n")
+    path = write(tmp_path, text)
+    for proc, display in [(run_cli("validate", path), path.as_posix()),
+                          (run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer"),
+                           "extra/testpayer.yaml")]:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert re.search(rf"^error: {re.escape(display)}:(9|10): .*(anchor|alias)", proc.stderr, re.M | re.I), \
+            proc.stderr
+
+
+def test_yaml_alias_of_a_scalar_refused(tmp_path):
+    # anchor on line 2 (name), alias on line 19 (description)
+    text = edit("name: Test payer", "name: &n Test payer")
+    text = edit("description: A note on 97110.", "description: *n", text)
+    path = write(tmp_path, text)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(rf"^error: {re.escape(path.as_posix())}:(2|19): .*(anchor|alias)", proc.stderr, re.M | re.I), \
+        proc.stderr
+
+
+PYTHON_TAGS = {
+    # the classic exploit form: a sequence of arguments for os.system
+    "apply-sequence": 'name: !!python/object/apply:os.system ["touch {marker}"]',
+    # an object built from a mapping of attributes
+    "object-mapping": 'name: !!python/object:argparse.Namespace {{cmd: "touch {marker}"}}',
+    # a tag on a plain scalar
+    "object-scalar": 'name: !!python/object/apply:os.system "touch {marker}"',
+}
+
+
+@pytest.mark.parametrize("form", sorted(PYTHON_TAGS))
+def test_python_object_tag_refused_and_not_executed(tmp_path, form):
+    marker = tmp_path / "executed"
+    line = PYTHON_TAGS[form].format(marker=marker.as_posix())
+    # the tag is on line 2 (`name:`)
+    messages = check(tmp_path, edit("name: Test payer", line), 2, None, "tag")
+    assert all("python/object" in m for m in messages), messages
+    assert not marker.exists()
+
+
+def test_python_tag_on_a_list_refused_even_where_a_list_is_valid(tmp_path):
+    # `!!python/tuple` on the code list (line 9): the file is otherwise valid, so only the tag is wrong
+    check(tmp_path, edit("timed_15: [97110, 97140, 97535]", "timed_15: !!python/tuple [97110, 97140, 97535]"),
+          9, None, "tag")
+
+
+def test_non_utf8_file(tmp_path):
+    # a Latin-1 byte (0xE9, "é") on line 19
+    content = edit("description: A note on 97110.", "description: A note on 97110 (caf\xe9).").encode("latin-1")
+    check(tmp_path, content, 19, None, "utf-8")
+
+
+def test_empty_then_list(tmp_path):
+    text = edit("    then:\n      - timed_units: true\n", "    then: []\n")
+    check(tmp_path, text, 16, "rules[0].then", "empty")
+
+
+def test_first_unit_minutes_larger_than_unit_minutes(tmp_path):
+    check(tmp_path, edit("first_unit_minutes: 8", "first_unit_minutes: 20"), 7, "method.first_unit_minutes",
+          "unit_minutes")
+
+
+def test_effective_to_before_effective_from(tmp_path):
+    # effective_to inserted as line 4
+    text = edit("effective_from: 2020-01-01\n", "effective_from: 2020-01-01\neffective_to: 2019-12-31\n")
+    check(tmp_path, text, 4, "effective_to", "effective_from")
+
+
+def test_line_action_on_a_session_only_rule(tmp_path):
+    # rule 2 tests only the session but adds a modifier, which needs a line; the action is on line 24
+    text = edit('      line: {code: 97110}\n    then:\n      - info: "{code} noted"\n',
+                "      session: {discipline: OT}\n    then:\n      - modifier: GO\n")
+    check(tmp_path, text, 24, "rules[1].then[0].modifier", "line")
+
+
+def test_every_error_of_a_file_is_listed_by_validate(tmp_path):
+    # two independent semantic errors: unknown code list (line 15) and unknown placeholder (line 24)
+    text = edit("code_in: timed_15", "code_in: timed_16")
+    text = edit('"{code} noted"', '"{cod} noted"', text)
+    path = write(tmp_path, text)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2
+    assert error_messages(proc.stderr, path.as_posix(), 15, "rules[0].when.line.code_in")
+    assert error_messages(proc.stderr, path.as_posix(), 24, "rules[1].then[0].info")
+
+
+def test_invalid_file_among_valid_ones_fails_validate(tmp_path):
+    bad = write(tmp_path, edit("- timed_units: true", "- units: -1"))
+    proc = run_cli("validate", "rules/medicare.yaml", bad)
+    assert proc.returncode == 2
+    assert "rules/medicare.yaml" in proc.stdout          # the good file is still reported valid
+    assert error_messages(proc.stderr, bad.as_posix(), 17, "rules[0].then[0].units")
+
+
+def test_duplicate_payer_id_across_trees(tmp_path):
+    # a second file claiming `payer: medicare` (line 1)
+    write(tmp_path, edit("payer: testpayer", "payer: medicare"))
+    proc = run_cli("bill", "examples/ot-session.yaml", "--rules", tmp_path / "extra")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(r"^error: extra/testpayer\.yaml:1: payer: .*medicare", proc.stderr, re.M), proc.stderr
