@@ -157,20 +157,26 @@ def _render(template: str, line, session, payer) -> str:
 
 
 def _decision(state: LineState):
-    """The one unit decision for a line: (kind, value, rules), or None when no rule decided."""
+    """The one unit decision for a line: (kind, value), "conflict", or None when no rule decided."""
     if not state.decisions:
         return None
     kinds = {(a.kind, repr(a.value)) for _, a in state.decisions}
     if len(kinds) > 1:
         return "conflict"
     _, action = state.decisions[0]
-    return action.kind, action.value, [r.id for r, _ in state.decisions]
+    return action.kind, action.value
 
 
-def _allocate(states: list, payer: Payer, warnings: list):
-    """Apply the unit decisions: fixed units, blocks, and the payer's method over the timed services."""
-    method = payer.method
-    groups: dict = {}          # service key -> [LineState], a family forms one service
+def _engine_error(state: LineState, rule: str, reason: str, warnings: list) -> None:
+    """A line the engine itself refuses to bill, whatever the payer file says (rule id engine.*)."""
+    state.reason = reason
+    warnings.append({"severity": "error", "rule": rule, "message": reason, "codes": [state.line.code]})
+
+
+def _services(states: list, payer: Payer, warnings: list) -> dict:
+    """Billable lines grouped into services: key (code, or family id) -> (decision, member states).
+    Held lines, lines no rule gives units to and conflicting decisions are left out, with a reason."""
+    groups: dict = {}
     for state in states:
         if state.holds:
             state.reason = "; ".join(reason for _, reason in state.holds)
@@ -178,30 +184,37 @@ def _allocate(states: list, payer: Payer, warnings: list):
             continue
         decision = _decision(state)
         if decision is None:
-            state.reason = f"no rule of payer {payer.id} decides the units of {state.line.code}"
-            warnings.append({"severity": "error", "rule": "engine.no-unit-rule", "message": state.reason,
-                             "codes": [state.line.code]})
-            continue
-        if decision == "conflict":
-            ids = sorted({r.id for r, _ in state.decisions})
-            state.reason = f"rules {', '.join(ids)} decide the units of {state.line.code} differently"
-            warnings.append({"severity": "error", "rule": "engine.unit-conflict", "message": state.reason,
-                             "codes": [state.line.code]})
-            continue
-        family, _ = payer.family_of(state.line.code)
-        key = family.id if family else state.line.code
-        groups.setdefault(key, []).append(state)
-
-    timed, extra_lines, notes = [], [], {}
+            _engine_error(state, "engine.no-unit-rule",
+                          f"no rule of payer {payer.id} decides the units of {state.line.code}", warnings)
+        elif decision == "conflict":
+            ids = ", ".join(sorted({r.id for r, _ in state.decisions}))
+            _engine_error(state, "engine.unit-conflict",
+                          f"rules {ids} decide the units of {state.line.code} differently", warnings)
+        else:
+            family, _ = payer.family_of(state.line.code)
+            groups.setdefault(family.id if family else state.line.code, []).append(state)
+    services = {}
     for key, members in groups.items():
-        decisions = {(_decision(m)[0], repr(_decision(m)[1])) for m in members}
-        if len(decisions) > 1:
+        family = payer.family(key)
+        if len({repr(_decision(m)) for m in members}) > 1:
             for m in members:
-                m.reason = f"the codes of family {key} are given different unit rules"
-                warnings.append({"severity": "error", "rule": "engine.unit-conflict", "message": m.reason,
-                                 "codes": [m.line.code]})
-            continue
-        kind, value, _ = _decision(members[0])
+                _engine_error(m, "engine.unit-conflict", f"the codes of family {key} are given different unit rules",
+                              warnings)
+        elif family and family.addon and not any(m.line.code == family.primary for m in members):
+            for m in members:
+                _engine_error(m, "engine.addon-without-primary",
+                              f"add-on {m.line.code} billed without its primary {family.primary}", warnings)
+        else:
+            services[key] = (_decision(members[0]), members)
+    return services
+
+
+def _allocate(states: list, payer: Payer, warnings: list):
+    """Apply the unit decisions: fixed units, blocks, and the payer's method over the timed services."""
+    method = payer.method
+    services = _services(states, payer, warnings)
+    timed, extra_lines, notes = [], [], {}
+    for key, ((kind, value), members) in services.items():
         minutes = sum(m.line.minutes for m in members)
         if kind == "timed_units":
             timed.append(U.Service(key, minutes, min(m.line.order for m in members)))
@@ -212,7 +225,7 @@ def _allocate(states: list, payer: Payer, warnings: list):
             n = U.blocks(minutes, value["first_minutes"], value["first_min_minutes"], value["next_minutes"],
                          value["next_min_minutes"])
             notes[key] = ("blocks", minutes, n, value)
-            _share(key, n, members, payer, extra_lines, warnings)
+            _share(key, n, members, payer, extra_lines)
 
     if method.pooled:
         allocation = U.pooled(timed, method.unit_minutes, method.first_unit_minutes, method.tie_break)
@@ -220,9 +233,9 @@ def _allocate(states: list, payer: Payer, warnings: list):
         allocation = U.per_code(timed, method.unit_minutes, method.first_unit_minutes)
     for service in timed:
         notes[service.key] = ("timed", service.minutes, allocation.units[service.key], allocation)
-        _share(service.key, allocation.units[service.key], groups[service.key], payer, extra_lines, warnings)
+        _share(service.key, allocation.units[service.key], services[service.key][1], payer, extra_lines)
     if allocation.tie:
-        _tie_warning(allocation, groups, payer, warnings)
+        _tie_warning(allocation, services, payer, warnings)
     for state in states:
         if state.units == 0 and not state.reason:
             state.reason = _zero_reason(state, payer, notes, allocation)
@@ -230,21 +243,16 @@ def _allocate(states: list, payer: Payer, warnings: list):
     return extra_lines, {"allocation": allocation, "notes": notes}
 
 
-def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list, warnings: list) -> None:
+def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list) -> None:
     """Give a service's n units to its line(s): a single code takes them all; a family is split
     primary x1 and add-on x(n-1), creating the add-on line when only the primary was entered."""
-    family = next((f for f in payer.families if f.id == key), None)
+    family = payer.family(key)
     if family is None or family.addon is None:
         for m in members:
             m.units = n
         return
-    primary = next((m for m in members if m.line.code == family.primary), None)
+    primary = next(m for m in members if m.line.code == family.primary)
     addon = next((m for m in members if m.line.code == family.addon), None)
-    if primary is None:
-        addon.reason = f"add-on {family.addon} billed without its primary {family.primary}"
-        warnings.append({"severity": "error", "rule": "engine.addon-without-primary", "message": addon.reason,
-                         "codes": [family.addon]})
-        return
     first, rest = U.split_family(n)
     primary.units = first
     if addon is not None:
@@ -257,29 +265,22 @@ def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list, war
         extra_lines.append((primary, generated))
 
 
-def _tie_warning(allocation, groups, payer, warnings):
+def _tie_warning(allocation, services, payer, warnings):
     """CMS lets the clinician choose between equal leftovers (§20.2 Examples 2 and 5): say which
     alternatives are acceptable and which one the configured tie-break picked."""
     tied, wins, winners = allocation.tie
-    names = ", ".join(_service_name(k, groups) for k in tied)
-    won = ", ".join(_service_name(k, groups) for k in winners)
+    codes = {key: [m.line.code for m in services[key][1]] for key in tied}
     units = "unit" if wins == 1 else "units"
+    winner = services[winners[0]][1][0]
     warnings.append({
         "severity": "info",
-        "rule": _decision(groups[winners[0]][0])[2][0],
+        "rule": winner.decisions[0][0].id,
         "message": (f"equal leftover minutes ({allocation.leftover[tied[0]]} each): CMS accepts the {wins} "
-                    f"remaining {units} on any {wins} of {names}; billed on {won} "
+                    f"remaining {units} on any {wins} of {', '.join('+'.join(codes[k]) for k in tied)}; "
+                    f"billed on {', '.join('+'.join(codes[k]) for k in winners)} "
                     f"(tie-break: {', '.join(payer.method.tie_break)})"),
-        "codes": [c for k in tied for c in _codes_of(k, groups)],
+        "codes": [c for k in tied for c in codes[k]],
     })
-
-
-def _codes_of(key, groups):
-    return [m.line.code for m in groups[key]]
-
-
-def _service_name(key, groups) -> str:
-    return "+".join(_codes_of(key, groups))
 
 
 def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str:

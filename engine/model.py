@@ -68,6 +68,9 @@ class Payer:
     def known_codes(self) -> frozenset:
         return frozenset().union(*self.codes.values()) if self.codes else frozenset()
 
+    def family(self, family_id: str):
+        return next((f for f in self.families if f.id == family_id), None)
+
     def family_of(self, code: str):
         for fam in self.families:
             if code == fam.primary:
