@@ -217,16 +217,6 @@ def test_impossible_date(tmp_path, written):
 
 # --- unknown but well-formed code: billed, with an error-severity warning -------------------------------------
 
-def edit_distance(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
 def test_unknown_code_is_billed_as_unbilled_with_suggestion(tmp_path):
     text = edit('  - code: "97110"\n    minutes: 33\n',
                 '  - code: "97111"\n    minutes: 33\n  - code: "97140"\n    minutes: 10\n')
@@ -243,9 +233,8 @@ def test_unknown_code_is_billed_as_unbilled_with_suggestion(tmp_path):
     assert len(errors) == 1 and errors[0]["codes"] == ["97111"] and "97111" in errors[0]["message"]
     suggested = re.search(r"did you mean '?(\w{5})", errors[0]["message"])
     assert suggested, errors[0]["message"]
-    # a known Medicare code one edit away (97110, 97112, 97113, 97116, 97161 are)
+    # a known Medicare code one edit away from 97111, worked by hand from the code lists
     assert suggested.group(1) in {"97110", "97112", "97113", "97116", "97161"}
-    assert edit_distance(suggested.group(1), "97111") == 1
     assert "S-1" in proc.stderr and "97111" in proc.stderr
 
 
