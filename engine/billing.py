@@ -28,7 +28,9 @@ class LineState:
     modifiers: list = field(default_factory=list)
     rules: list = field(default_factory=list)           # ids of every rule that touched the line
     holds: list = field(default_factory=list)           # (rule, reason)
+    caps: list = field(default_factory=list)            # (rule, max units)
     units: int = 0
+    capped_from: int = 0                                # units earned before a max_units limit
     reason: str = ""
     reason_rules: list = field(default_factory=list)
 
@@ -46,7 +48,9 @@ class Biller:
         self._networks: dict = {}
 
     def network(self, payer: Payer):
-        key = payer.id
+        """The compiled payer and its network, built once per resolved payer (the registry caches
+        resolved payers, so identity is stable)."""
+        key = id(payer)
         if key not in self._networks:
             compiled = compile_payer(payer)
             self._networks[key] = (compiled, make_network(compiled, self.engine))
@@ -59,16 +63,12 @@ class Biller:
         payer_id = payer_id or session.payer
         if not payer_id:
             return error_record(session.session_id, "no payer: give the session a payer field or use --payer")
-        payer = self.registry.get(payer_id)
-        if payer is None:
-            return error_record(session.session_id, self.registry.unknown_message(payer_id))
-        when = date or session.date_of_service
-        if not payer.in_effect(when):
-            span = f"{payer.effective_from or 'the beginning'} to {payer.effective_to or 'now'}"
-            return error_record(session.session_id,
-                                f"payer {payer.id!r} has no version in effect on {when} (its rules apply from {span})")
         if date:
             session = replace(session, date_of_service=date)
+        try:
+            payer = self.registry.resolve(payer_id, session.date_of_service)
+        except SessionError as exc:
+            return error_record(session.session_id, exc.message)
         compiled, network = self.network(payer)
         try:
             return bill_session(session, compiled, network)
@@ -106,6 +106,7 @@ def bill_session(session: Session, compiled, network) -> dict:
 
     states = [by_id[line.fact_id] for line in lines]
     extra_lines, method_notes = _allocate(states, payer, warnings)
+    _apply_caps(states, warnings)
     for entry in trace:
         state = entry.pop("_line")
         entry["effect"] = "; ".join(_describe(e, state) for e in entry.pop("effects"))
@@ -116,6 +117,10 @@ def _apply(action, rule, state, session, payer, warnings):
     kind, value = action.kind, action.value
     if kind in UNIT_ACTIONS:
         state.decisions.append((rule, action))
+        state.touch(rule.id)
+        return (kind, value)
+    if kind == "max_units":
+        state.caps.append((rule, value))
         state.touch(rule.id)
         return (kind, value)
     if kind == "modifier":
@@ -243,6 +248,24 @@ def _allocate(states: list, payer: Payer, warnings: list):
     return extra_lines, {"allocation": allocation, "notes": notes}
 
 
+def _apply_caps(states: list, warnings: list) -> None:
+    """Per-code unit limits (max_units): units above the lowest limit are not billed, and said so.
+    The units are not given to another code: a limit takes units away, it does not move them."""
+    for state in states:
+        if not state.caps or state.units == 0:
+            continue
+        rule, limit = min(state.caps, key=lambda cap: (cap[1], cap[0].index))
+        if state.units > limit:
+            warnings.append({"severity": "warning", "rule": rule.id, "codes": [state.line.code],
+                             "message": f"{state.line.code}: {state.units} units earned, at most {limit} billed "
+                                        f"({rule.description})"})
+            state.capped_from = state.units
+            state.units = limit
+            if limit == 0:
+                state.reason = f"limited to 0 units by {rule.id}"
+                state.reason_rules = [rule.id]
+
+
 def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list) -> None:
     """Give a service's n units to its line(s): a single code takes them all; a family is split
     primary x1 and add-on x(n-1), creating the add-on line when only the primary was entered."""
@@ -319,6 +342,9 @@ def _describe(effect, state) -> str:
         return f"{code}: {state.line.minutes} min counted in blocks → {state.units} unit(s)"
     if kind == "modifier":
         return f"{code}: modifier {value}"
+    if kind == "max_units":
+        reached = f" (capped from {state.capped_from})" if state.capped_from else " (not reached)"
+        return f"{code}: at most {value} unit(s){reached}"
     if kind == "hold":
         return f"{code} not billed: {value}"
     return value

@@ -1,4 +1,4 @@
-"""Command line: payrules bill | validate | payers (shared/design.md §3, CONTRACT).
+"""Command line: payrules bill | compare | validate | payers (shared/design.md §3, CONTRACT).
 
 Exit codes: 0 every session billed; 1 a session has an error-severity warning or could not be billed;
 2 usage error, invalid rule file, unknown --payer, or an input that cannot be parsed at all.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from . import render
 from .billing import Biller
+from .compare import compare_session, to_table as compare_table
 from .errors import PayrulesError, SessionError, UsageError
-from .loader import PayerFile, Registry, check_payer, rule_files
+from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
-from .paths import RULES_DIR
 from .sessions import load_sessions
 
 
@@ -56,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"rule network (default: {default_engine()})")
     bill.set_defaults(run=cmd_bill)
 
+    compare = sub.add_parser("compare", help="the same session(s) under several payers, side by side")
+    compare.add_argument("inputs", nargs="+", metavar="INPUT", help="as for bill")
+    which = compare.add_mutually_exclusive_group(required=True)
+    which.add_argument("--payers", type=_ids, help="comma-separated payer ids; the first is the baseline")
+    which.add_argument("--all-payers", action="store_true", help="every known payer")
+    compare.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    compare.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
+    compare.add_argument("--format", choices=["table", "json"], default="table")
+    compare.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
+    compare.set_defaults(run=cmd_compare)
+
     validate = sub.add_parser("validate", help="check payer rule files")
     validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
     validate.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
@@ -68,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ids(text: str) -> list:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("give at least one payer id")
+    return list(dict.fromkeys(ids))
+
+
 def _date(text: str) -> str:
     try:
         return datetime.date.fromisoformat(text).isoformat()
@@ -75,15 +93,25 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def cmd_bill(args) -> int:
-    registry = Registry(args.rules)
-    if args.payer and registry.get(args.payer) is None:
-        raise UsageError(registry.unknown_message(args.payer))
-    sessions, single = [], len(args.inputs) == 1
-    for name in args.inputs:
+def _load_all(inputs) -> tuple:
+    """Every session of every input, numbered across inputs, and whether it was one session object."""
+    sessions, single = [], len(inputs) == 1
+    for name in inputs:
         loaded, one = load_sessions(name, start=len(sessions) + 1)
         sessions.extend(loaded)
         single = single and one
+    return sessions, single
+
+
+def _failed(records) -> bool:
+    return any("error" in r or any(w["severity"] == "error" for w in r["warnings"]) for r in records)
+
+
+def cmd_bill(args) -> int:
+    registry = Registry(args.rules)
+    if args.payer and not registry.has(args.payer):
+        raise UsageError(registry.unknown_message(args.payer))
+    sessions, single = _load_all(args.inputs)
     biller = Biller(registry, args.engine or default_engine())
     try:
         records = [biller.bill(s, args.payer, args.date) for s in sessions]
@@ -94,8 +122,31 @@ def cmd_bill(args) -> int:
     out = {"json": lambda r: render.to_json(r, single), "jsonl": render.to_jsonl,
            "csv": render.to_csv, "table": render.to_table}[args.format](records)
     sys.stdout.write(out)
-    failed = any("error" in r or any(w["severity"] == "error" for w in r["warnings"]) for r in records)
-    return 1 if failed else 0
+    return 1 if _failed(records) else 0
+
+
+def cmd_compare(args) -> int:
+    registry = Registry(args.rules)
+    payer_ids = registry.ids() if args.all_payers else args.payers
+    for pid in payer_ids:
+        if not registry.has(pid):
+            raise UsageError(registry.unknown_message(pid))
+    sessions, single = _load_all(args.inputs)
+    biller = Biller(registry, args.engine or default_engine())
+    try:
+        comparisons = [compare_session(s, payer_ids, biller, args.date) for s in sessions]
+    finally:
+        biller.close()
+    for session, c in zip(sessions, comparisons):
+        for record in c["results"].values():
+            _report(session, record)
+            if isinstance(session, SessionError):
+                break
+    if args.format == "json":
+        sys.stdout.write(render.to_json(comparisons, single))
+    else:
+        sys.stdout.write(compare_table(comparisons))
+    return 1 if _failed([r for c in comparisons for r in c["results"].values()]) else 0
 
 
 def _report(session, record) -> None:
@@ -113,43 +164,34 @@ def _report(session, record) -> None:
 
 
 def cmd_validate(args) -> int:
-    files = []
-    if args.paths:
-        for name in args.paths:
-            path = Path(name)
-            if path.is_dir():
-                files.extend(rule_files(path))
-            elif path.is_file():
-                files.append(PayerFile(path, path.as_posix()))
-            else:
-                raise UsageError(f"no such file or directory: {name}")
-    else:
-        for directory in [RULES_DIR] + [Path(d) for d in args.rules]:
-            files.extend(rule_files(directory))
-    bad = 0
-    ids: dict = {}
-    for pfile in files:
-        result = check_payer(pfile)
-        if isinstance(result, list):
-            bad += 1
-            for error in result[:20]:
-                _error(str(error))
-            continue
-        if result.id in ids:
-            bad += 1
-            _error(f"{pfile.display}: payer: payer id {result.id!r} is already defined in {ids[result.id]}")
-            continue
-        ids[result.id] = pfile.display
-        print(f"ok   {pfile.display}  payer {result.id}  ({len(result.rules)} rules)")
-    print(f"{len(files) - bad} valid, {bad} invalid", file=sys.stderr)
+    """Check the named files and trees (default: every known payer), each merged with what it extends."""
+    dirs, files = list(args.rules), []
+    for name in args.paths:
+        path = Path(name)
+        if path.is_dir():
+            dirs.append(path)
+        elif path.is_file():
+            files.append(PayerFile(path, path.as_posix()))
+        else:
+            raise UsageError(f"no such file or directory: {name}")
+    registry = Registry(dirs, strict=False, extra_files=files)
+    named = {p.path.resolve() for d in dirs[len(args.rules):] for p in rule_files(d)} | \
+            {p.path.resolve() for p in files}
+    checked = [p for p in registry.files if not args.paths or p.path.resolve() in named]
+    shown = {p.display for p in checked}
+    errors = [e for e in registry.errors() if e.file in shown]
+    for error in errors:
+        _error(str(error))
+    bad = {e.file for e in errors}
+    for pfile in checked:
+        if pfile.display not in bad:
+            print(f"ok   {pfile.display}")
+    print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid", file=sys.stderr)
     return 2 if bad else 0
 
 
 def cmd_payers(args) -> int:
-    registry = Registry(args.rules)
-    listing = [{"id": p.id, "name": p.name, "method": p.method.name, "file": p.file, "extends": p.extends,
-                "effective_from": p.effective_from, "effective_to": p.effective_to}
-               for p in sorted(registry.payers.values(), key=lambda p: p.id)]
+    listing = Registry(args.rules).listing()
     if args.format == "json":
         sys.stdout.write(json.dumps(listing, indent=2) + "\n")
     else:

@@ -1,27 +1,33 @@
 """Payer rule files → validated Payer models, with file:line for every error.
 
-Stages: read (bounded size) → YAML with line numbers → JSON Schema → semantic checks (duplicate rule ids,
-unknown code lists, families, message placeholders, thresholds) → Payer.
+Stages: read (bounded size) → YAML with line numbers → JSON Schema → file checks (one file alone) →
+Registry: versions of a payer by effective dates, `extends` chains → resolution for a date of service
+(parent first, then the child's method keys, code lists, families, overrides, disables, new rules) →
+checks of the merged payer (code lists, families, thresholds) → Payer.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RuleFileError, UsageError, suggest
+from .errors import RuleFileError, SessionError, UsageError, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
 from .schema import schema_errors
 from .yamlload import Located, format_path, load_text
 
 MAX_RULE_FILE_BYTES = 2 * 1024 * 1024
+MAX_EXTENDS_DEPTH = 16
 
 # What a message template may name; each is a field of the line or session fact it matched.
 PLACEHOLDERS = {"code", "minutes", "group_size", "provider", "suggestion", "discipline", "family", "primary",
-                "date_of_service"}
-LINE_ACTIONS = {"timed_units", "units", "block_units", "modifier", "hold"}
+                "date_of_service", "max_units"}
+LINE_ACTIONS = {"timed_units", "units", "block_units", "max_units", "modifier", "hold"}
+UNIT_ACTIONS = {"timed_units", "units", "block_units"}
+METHOD_DEFAULTS = {"unit_minutes": 15, "first_unit_minutes": 8, "tie_break": ["minutes", "order", "code"]}
 
 
 @dataclass(frozen=True)
@@ -31,17 +37,56 @@ class PayerFile:
     display: str            # relative to the rules tree's parent, e.g. rules/medicare.yaml
 
 
+@dataclass(frozen=True)
+class Spec:
+    """One schema-valid payer file: a whole payer, a version of one, or a child (`extends`)."""
+    doc: Located
+    digest: str
+
+    @property
+    def data(self) -> dict:
+        return self.doc.data
+
+    @property
+    def id(self) -> str:
+        return self.data["payer"]
+
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+    @property
+    def extends(self):
+        return self.data.get("extends")
+
+    @property
+    def effective(self) -> tuple:
+        return self.data.get("effective_from"), self.data.get("effective_to")
+
+    def line(self, *path) -> int:
+        return self.doc.line_of(path)
+
+    def err(self, path, message) -> RuleFileError:
+        return RuleFileError(message, self.file, self.doc.line_of(path), format_path(path))
+
+
+def in_range(date, span) -> bool:
+    start, end = span
+    return date is None or ((start is None or start <= date) and (end is None or date <= end))
+
+
+def overlaps(a, b) -> bool:
+    return (a[0] is None or b[1] is None or a[0] <= b[1]) and (b[0] is None or a[1] is None or b[0] <= a[1])
+
+
 def rule_files(directory: Path) -> list:
     """Every *.yaml / *.yml file below a rules tree, in a stable order."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"rules directory not found: {directory}")
     base = directory.resolve().parent
-    found = []
-    for path in sorted(directory.rglob("*")):
-        if path.suffix in (".yaml", ".yml") and path.is_file() and not path.name.endswith(".tests.yaml"):
-            found.append(PayerFile(path, _display(path, base)))
-    return found
+    return [PayerFile(path, _display(path, base)) for path in sorted(directory.rglob("*"))
+            if path.suffix in (".yaml", ".yml") and path.is_file() and not path.name.endswith(".tests.yaml")]
 
 
 def _display(path: Path, base: Path) -> str:
@@ -51,120 +96,109 @@ def _display(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def load_payer(pfile: PayerFile) -> Payer:
-    """Load one payer file; raises RuleFileError (the first error by line) when anything is wrong."""
-    errors = check_payer(pfile)
-    if isinstance(errors, Payer):
-        return errors
-    raise errors[0]
-
-
-def check_payer(pfile: PayerFile):
-    """The Payer, or the list of every error found in the file (sorted by line)."""
+def read_spec(pfile: PayerFile):
+    """(Spec or None, errors): the file as a Spec when it is schema-valid, and every error found in the
+    file alone (sorted by line). A schema-valid file with errors is still merged, so that `validate`
+    lists the errors that depend on its parent too."""
     try:
         raw = pfile.path.read_bytes()
     except OSError as exc:
-        return [RuleFileError(f"cannot read: {exc.strerror}", pfile.display)]
+        return None, [RuleFileError(f"cannot read: {exc.strerror}", pfile.display)]
     if len(raw) > MAX_RULE_FILE_BYTES:
-        return [RuleFileError(f"file too large ({len(raw)} bytes; at most {MAX_RULE_FILE_BYTES})", pfile.display)]
+        return None, [RuleFileError(f"file too large ({len(raw)} bytes; at most {MAX_RULE_FILE_BYTES})",
+                                    pfile.display)]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        return [RuleFileError("not UTF-8 text", pfile.display, line)]
+        return None, [RuleFileError("not UTF-8 text", pfile.display, raw[:exc.start].count(b"\n") + 1)]
     try:
         doc = load_text(text, pfile.display, RuleFileError)
     except RuleFileError as exc:
-        return [exc]
+        return None, [exc]
     if not isinstance(doc.data, dict):
-        return [RuleFileError("a payer file must be a mapping with payer, name, method and rules",
-                              pfile.display, doc.line_of(()))]
+        return None, [RuleFileError("a payer file must be a mapping with payer, name, method and rules",
+                                    pfile.display, doc.line_of(()))]
     errors = schema_errors("payer", doc, RuleFileError)
     if errors:
-        return errors
-    errors = _semantic_errors(doc)
-    if errors:
-        return sorted(errors, key=lambda e: (e.line or 0, e.path))
-    return _build(doc, hashlib.sha256(raw).hexdigest())
-
-
-def _err(doc: Located, path, message) -> RuleFileError:
-    return RuleFileError(message, doc.file, doc.line_of(path), format_path(path))
+        return None, errors
+    spec = Spec(doc, hashlib.sha256(raw).hexdigest())
+    return spec, sorted(_file_errors(spec), key=lambda e: (e.line or 0, e.path))
 
 
 def _code(value) -> str:
     return str(value)
 
 
-def _semantic_errors(doc: Located) -> list:
-    data = doc.data
-    errors = []
-    codes = {name: {_code(c) for c in items} for name, items in data.get("codes", {}).items()}
-    known = set().union(*codes.values()) if codes else set()
-    method = data["method"]
-    if method.get("first_unit_minutes", 8) > method.get("unit_minutes", 15):
-        errors.append(_err(doc, ("method", "first_unit_minutes"),
-                           "first_unit_minutes must not be larger than unit_minutes"))
+def _file_errors(spec: Spec) -> list:
+    """Checks that need nothing but the file itself."""
+    data, errors = spec.data, []
     for key in ("effective_from", "effective_to"):
         if key in data and not _valid_date(data[key]):
-            errors.append(_err(doc, (key,), f"{data[key]!r} is not a calendar date"))
-    if data.get("effective_from") and data.get("effective_to") and data["effective_from"] > data["effective_to"]:
-        errors.append(_err(doc, ("effective_to",), "effective_to is before effective_from"))
-
+            errors.append(spec.err((key,), f"{data[key]!r} is not a calendar date"))
+    if _backwards(spec.effective):
+        errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
+    if spec.extends == spec.id:
+        errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
     for i, fam in enumerate(data.get("families", [])):
         if fam["id"] in family_ids:
-            errors.append(_err(doc, ("families", i, "id"), f"duplicate family id {fam['id']!r}"))
+            errors.append(spec.err(("families", i, "id"), f"duplicate family id {fam['id']!r}"))
         family_ids.add(fam["id"])
-        for role in ("primary", "addon"):
-            if role in fam and _code(fam[role]) not in known:
-                errors.append(_err(doc, ("families", i, role),
-                                   f"code {_code(fam[role])} is in none of the code lists{suggest(_code(fam[role]), known)}"))
-
-    seen = {}
-    for i, rule in enumerate(data["rules"]):
-        path = ("rules", i)
-        if rule["id"] in seen:
-            errors.append(_err(doc, path + ("id",), f"duplicate rule id {rule['id']!r} (first at line {seen[rule['id']]})"))
-        else:
-            seen[rule["id"]] = doc.line_of(path + ("id",))
-        line_cond = rule["when"].get("line")
-        for key in ("code_in", "code_not_in"):
-            ref = (line_cond or {}).get(key)
-            if isinstance(ref, str) and ref not in codes:
-                errors.append(_err(doc, path + ("when", "line", key),
-                                   f"no code list named {ref!r}{suggest(ref, codes) or ' under codes:'}"))
-        fam_test = (line_cond or {}).get("family")
-        for value in _test_values(fam_test):
-            if value not in family_ids:
-                errors.append(_err(doc, path + ("when", "line", "family"),
-                                   f"no family named {value!r}{suggest(value, family_ids)}"))
-        unit_actions = [a for a in rule["then"] if next(iter(a)) in ("timed_units", "units", "block_units")]
-        if len(unit_actions) > 1:
-            errors.append(_err(doc, path + ("then",), "a rule may decide units only once"))
-        for j, action in enumerate(rule["then"]):
-            (kind, value), = action.items()
-            apath = path + ("then", j, kind)
-            if kind in LINE_ACTIONS and line_cond is None:
-                errors.append(_err(doc, apath, f"action {kind!r} needs a line: condition under when:"))
-            if kind in ("info", "warn", "error", "hold"):
-                bad = _bad_placeholders(value)
-                if bad:
-                    errors.append(_err(doc, apath, f"unknown placeholder {{{bad}}}{suggest(bad, PLACEHOLDERS)}; "
-                                                   f"allowed: {', '.join(sorted(PLACEHOLDERS))}"))
-            if kind == "block_units":
-                for first, whole in (("first_min_minutes", "first_minutes"), ("next_min_minutes", "next_minutes")):
-                    if value[first] > value[whole]:
-                        errors.append(_err(doc, apath + (first,), f"{first} must not be larger than {whole}"))
+    seen: dict = {}
+    for section in ("rules", "override"):
+        for i, rule in enumerate(data.get(section, [])):
+            path = (section, i)
+            span = (rule.get("effective_from"), rule.get("effective_to"))
+            for key in ("effective_from", "effective_to"):
+                if key in rule and not _valid_date(rule[key]):
+                    errors.append(spec.err(path + (key,), f"{rule[key]!r} is not a calendar date"))
+            if _backwards(span):
+                errors.append(spec.err(path + ("effective_to",), "effective_to is before effective_from"))
+            for other_span, other_line in seen.get(rule["id"], []):
+                if overlaps(span, other_span):
+                    errors.append(spec.err(path + ("id",), f"duplicate rule id {rule['id']!r} (first at line "
+                                           f"{other_line}); two rules may share an id only with effective "
+                                           "dates that do not overlap"))
+                    break
+            seen.setdefault(rule["id"], []).append((span, spec.line(*path, "id")))
+            errors.extend(_rule_errors(spec, rule, path))
     return errors
 
 
-def _test_values(test):
-    if isinstance(test, str):
-        return [test]
-    if isinstance(test, dict):
-        return [v for k, v in test.items() if k == "ne"] + list(test.get("in", []))
-    return []
+def _rule_errors(spec: Spec, rule: dict, path: tuple) -> list:
+    errors = []
+    line_cond = rule["when"].get("line")
+    if len([a for a in rule["then"] if next(iter(a)) in UNIT_ACTIONS]) > 1:
+        errors.append(spec.err(path + ("then",), "a rule may decide units only once (timed_units, units or "
+                                                 "block_units)"))
+    for j, action in enumerate(rule["then"]):
+        (kind, value), = action.items()
+        apath = path + ("then", j, kind)
+        if kind in LINE_ACTIONS and line_cond is None:
+            errors.append(spec.err(apath, f"action {kind!r} acts on a service line: add a line: condition "
+                                          "under when: (line: {} matches every line)"))
+        if kind in ("info", "warn", "error", "hold"):
+            bad = _bad_placeholders(value)
+            if bad:
+                errors.append(spec.err(apath, f"unknown placeholder {{{bad}}}{suggest(bad, PLACEHOLDERS)}; "
+                                              f"allowed: {', '.join(sorted(PLACEHOLDERS))}"))
+        if kind == "block_units":
+            for first, whole in (("first_min_minutes", "first_minutes"), ("next_min_minutes", "next_minutes")):
+                if value[first] > value[whole]:
+                    errors.append(spec.err(apath + (first,), f"{first} must not be larger than {whole}"))
+    return errors
+
+
+def _backwards(span) -> bool:
+    return bool(span[0] and span[1] and span[0] > span[1])
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _bad_placeholders(template: str):
@@ -177,33 +211,291 @@ def _bad_placeholders(template: str):
     return None
 
 
-def _valid_date(text: str) -> bool:
-    import datetime
-    try:
-        datetime.date.fromisoformat(text)
-        return True
-    except ValueError:
-        return False
+@dataclass
+class _Merged:
+    """A payer's effective content, parent first, each rule with the file it came from."""
+    spec: Spec
+    method: dict = field(default_factory=dict)
+    method_at: tuple = ()               # (spec, path) of the method's name, for messages
+    codes: dict = field(default_factory=dict)
+    families: dict = field(default_factory=dict)
+    rules: list = field(default_factory=list)       # (spec, path, rule dict)
+    specs: list = field(default_factory=list)       # every file used, parent first
 
 
-def _build(doc: Located, digest: str) -> Payer:
-    data = doc.data
-    m = data["method"]
-    method = Method(name=m["name"], unit_minutes=m.get("unit_minutes", 15),
-                    first_unit_minutes=m.get("first_unit_minutes", 8),
-                    tie_break=tuple(m.get("tie_break", ("minutes", "order", "code"))))
-    codes = {name: frozenset(_code(c) for c in items) for name, items in data.get("codes", {}).items()}
-    families = tuple(Family(f["id"], _code(f["primary"]), _code(f["addon"]) if "addon" in f else None)
-                     for f in data.get("families", []))
-    rules = []
-    for i, r in enumerate(data["rules"]):
-        then = tuple(Action(*next(iter(a.items()))) for a in r["then"])
-        rules.append(Rule(id=r["id"], description=r["description"], source=r["source"], when=_normalise_when(r["when"]),
-                          then=then, file=doc.file, line=doc.line_of(("rules", i, "id")), index=i))
-    return Payer(id=data["payer"], name=data["name"], file=doc.file, method=method, codes=codes,
-                 families=families, rules=tuple(rules), effective_from=data.get("effective_from"),
-                 effective_to=data.get("effective_to"), description=data.get("description", ""),
-                 example=bool(data.get("example", False)), digest=digest, line=doc.line_of(("payer",)))
+class Registry:
+    """Every payer file found in the bundled rules tree plus extra trees; resolves a payer for a date."""
+
+    def __init__(self, extra_dirs=(), include_bundled: bool = True, strict: bool = True, extra_files=()):
+        dirs = ([RULES_DIR] if include_bundled else []) + [Path(d) for d in extra_dirs]
+        found = [pfile for directory in dirs for pfile in rule_files(directory)] + list(extra_files)
+        seen, self.files = set(), []
+        for pfile in found:                      # a file named twice (a tree and by name) is read once
+            if pfile.path.resolve() not in seen:
+                seen.add(pfile.path.resolve())
+                self.files.append(pfile)
+        self.file_errors: dict = {}             # display -> [RuleFileError]
+        self.versions: dict = {}                # payer id -> [Spec], by effective_from
+        for pfile in self.files:
+            spec, errors = read_spec(pfile)
+            if errors:
+                self.file_errors[pfile.display] = errors
+            if spec is not None:
+                self.versions.setdefault(spec.id, []).append(spec)
+        for specs in self.versions.values():
+            specs.sort(key=lambda s: (s.effective[0] or "", s.file))
+        self._cache: dict = {}
+        if strict:
+            errors = self.errors()
+            if errors:
+                raise errors[0]
+
+    def errors(self) -> list:
+        """Every error of every file, alone and merged with its parents, sorted by file and line."""
+        errors = [e for errs in self.file_errors.values() for e in errs]
+        for specs in self.versions.values():
+            errors.extend(self._version_errors(specs))
+            for spec in specs:
+                for date in self._check_dates(spec):
+                    try:
+                        self._build(self._merge(spec, date, ()), date, check=True)
+                    except RuleFileError as exc:
+                        errors.append(exc)
+                    except _Errors as exc:
+                        errors.extend(exc.errors)
+        unique = {(e.file, e.line, e.path, e.message): e for e in errors}
+        return sorted(unique.values(), key=lambda e: (e.file or "", not e.message.startswith("unknown key"),
+                                                      e.line or 0, e.path))
+
+    def _version_errors(self, specs) -> list:
+        errors = []
+        for i, later in enumerate(specs):
+            for earlier in specs[:i]:
+                if overlaps(earlier.effective, later.effective):
+                    errors.append(later.err(("payer",),
+                                            f"payer {later.id!r} is already defined in {earlier.file} for dates "
+                                            f"that overlap; give the versions effective_from/effective_to "
+                                            f"ranges that do not overlap"))
+        return errors
+
+    def _check_dates(self, spec: Spec) -> list:
+        """Dates at which to check a file: once with every rule (None), and at the start of each parent
+        version that overlaps it, so that every parent it can be combined with is checked."""
+        dates = [None]
+        if spec.extends:
+            for parent in self.versions.get(spec.extends, []):
+                if overlaps(parent.effective, spec.effective) and len(self.versions[spec.extends]) > 1:
+                    start = max(filter(None, [parent.effective[0], spec.effective[0]]), default=None)
+                    dates.append(start)
+        return dates
+
+    def ids(self) -> list:
+        return sorted(self.versions)
+
+    def listing(self) -> list:
+        """Every payer version as design.md §3 lists it (`payers --format json`)."""
+        return [{"id": p.id, "name": p.name, "method": p.method.name, "file": p.file, "extends": p.extends,
+                 "effective_from": p.effective_from, "effective_to": p.effective_to} for p in self.all_payers()]
+
+    def has(self, payer_id: str) -> bool:
+        return payer_id in self.versions
+
+    def all_payers(self) -> list:
+        """Every version of every payer, resolved on its first day."""
+        return [self._build(self._merge(spec, spec.effective[0], ()), spec.effective[0], check=False)
+                for payer_id in self.ids() for spec in self.versions[payer_id]]
+
+    def unknown_message(self, payer_id: str) -> str:
+        return f"unknown payer {payer_id!r}{suggest(payer_id, self.versions)}; known: {', '.join(self.ids())}"
+
+    def resolve(self, payer_id: str, date: str | None) -> Payer:
+        """The Payer in effect for a date of service; SessionError when none is (or a date is needed)."""
+        specs = self.versions.get(payer_id)
+        if not specs:
+            raise SessionError(self.unknown_message(payer_id))
+        spec = self._select(payer_id, date)
+        dated = self._dated(spec)
+        if dated and date is None:
+            raise SessionError(f"payer {payer_id!r} has rules that depend on the date of service: give "
+                               "date_of_service (or --date)")
+        key = (spec.file, date if dated else None)
+        if key not in self._cache:
+            self._cache[key] = self._build(self._merge(spec, date, ()), date, check=False)
+        return self._cache[key]
+
+    def _select(self, payer_id: str, date, child: Spec | None = None) -> Spec:
+        specs = self.versions.get(payer_id, [])
+        if date is None:
+            if len(specs) == 1:
+                return specs[0]
+            spans = ", ".join(f"{s.effective[0] or '...'} to {s.effective[1] or '...'}" for s in specs)
+            raise SessionError(f"payer {payer_id!r} has {len(specs)} versions ({spans}): give date_of_service "
+                               "(or --date) to choose one")
+        for spec in specs:
+            if in_range(date, spec.effective):
+                return spec
+        spans = ", ".join(f"{s.effective[0] or 'the beginning'} to {s.effective[1] or 'now'}" for s in specs)
+        raise SessionError(f"payer {payer_id!r} has no version in effect on {date} (its rules apply from {spans})")
+
+    def _dated(self, spec: Spec) -> bool:
+        """Whether resolution depends on the date beyond the choice of this file."""
+        merged_specs, current = [], spec
+        while current is not None and len(merged_specs) < MAX_EXTENDS_DEPTH:
+            merged_specs.append(current)
+            parents = self.versions.get(current.extends, []) if current.extends else []
+            if len(parents) > 1:
+                return True
+            current = parents[0] if parents else None
+        return any("effective_from" in r or "effective_to" in r
+                   for s in merged_specs for section in ("rules", "override") for r in s.data.get(section, []))
+
+    def _merge(self, spec: Spec, date, chain: tuple) -> _Merged:
+        if spec.id in chain:
+            cycle = " -> ".join(chain + (spec.id,))
+            raise spec.err(("extends",), f"extends forms a cycle: {cycle}")
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise spec.err(("extends",), f"extends chain longer than {MAX_EXTENDS_DEPTH}")
+        if spec.extends:
+            if spec.extends not in self.versions:
+                raise spec.err(("extends",), f"extends unknown payer {spec.extends!r}"
+                                             f"{suggest(spec.extends, self.versions)}")
+            try:
+                parent = self._select(spec.extends, date) if date or len(self.versions[spec.extends]) == 1 \
+                    else self._latest_overlapping(spec)
+            except SessionError as exc:
+                raise spec.err(("extends",), exc.message) from None
+            merged = self._merge(parent, date, chain + (spec.id,))
+        else:
+            merged = _Merged(spec)
+        return self._apply(merged, spec, date)
+
+    def _latest_overlapping(self, spec: Spec) -> Spec:
+        candidates = [p for p in self.versions[spec.extends] if overlaps(p.effective, spec.effective)]
+        if not candidates:
+            raise SessionError(f"no version of {spec.extends!r} is in effect while {spec.id!r} is")
+        return candidates[-1]
+
+    def _apply(self, base: _Merged, spec: Spec, date) -> _Merged:
+        data = spec.data
+        out = _Merged(spec, dict(base.method), base.method_at, dict(base.codes), dict(base.families),
+                      list(base.rules), base.specs + [spec])
+        if "method" in data:
+            out.method.update(data["method"])
+            if "name" in data["method"]:
+                out.method_at = (spec, ("method", "name"))
+            elif not out.method_at:
+                out.method_at = (spec, ("method",))
+        for name, items in data.get("codes", {}).items():
+            out.codes[name] = frozenset(_code(c) for c in items)
+        for i, fam in enumerate(data.get("families", [])):
+            out.families[fam["id"]] = (spec, ("families", i), fam)
+        errors = []
+        inherited = {r["id"] for _, _, r in base.rules}
+        for i, rule_id in enumerate(data.get("disable", [])):
+            if rule_id not in inherited:
+                errors.append(spec.err(("disable", i), self._missing(rule_id, inherited, spec, "disable")))
+            out.rules = [entry for entry in out.rules if entry[2]["id"] != rule_id]
+        overrides: dict = {}
+        for i, rule in enumerate(data.get("override", [])):
+            if rule["id"] not in inherited:
+                errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec, "override")))
+            else:
+                overrides.setdefault(rule["id"], []).append((spec, ("override", i), rule))
+        for rule_id, replacements in overrides.items():
+            # the replacement(s) take the place of the parent's first rule of that id
+            at = next(k for k, entry in enumerate(out.rules) if entry[2]["id"] == rule_id)
+            kept = [e for e in out.rules if e[2]["id"] != rule_id]
+            out.rules = kept[:at] + replacements + kept[at:]
+        for i, rule in enumerate(data.get("rules", [])):
+            if rule["id"] in inherited:
+                errors.append(spec.err(("rules", i, "id"), f"rule id {rule['id']!r} is already a rule of "
+                                       f"{spec.extends}: list it under override: to replace it, or choose a new id"))
+            out.rules.append((spec, ("rules", i), rule))
+        if errors:
+            raise _Errors(errors)
+        if date is not None:
+            out.rules = [e for e in out.rules if in_range(date, (e[2].get("effective_from"), e[2].get("effective_to")))]
+        return out
+
+    @staticmethod
+    def _missing(rule_id, inherited, spec, section) -> str:
+        where = f"the rules of {spec.extends}" if spec.extends else "a parent (this payer has no extends:)"
+        return f"{section}: no rule {rule_id!r} in {where}{suggest(rule_id, inherited)}"
+
+    def _build(self, merged: _Merged, date, check: bool) -> Payer:
+        errors = _merged_errors(merged) if check else []
+        if errors:
+            raise _Errors(errors)
+        spec, m = merged.spec, {**METHOD_DEFAULTS, **merged.method}
+        method = Method(name=m["name"], unit_minutes=m["unit_minutes"], first_unit_minutes=m["first_unit_minutes"],
+                        tie_break=tuple(m["tie_break"]))
+        families = tuple(Family(fid, _code(f["primary"]), _code(f["addon"]) if "addon" in f else None)
+                         for fid, (_, _, f) in merged.families.items())
+        rules = []
+        for index, (source, path, r) in enumerate(merged.rules):
+            then = tuple(Action(*next(iter(a.items()))) for a in r["then"])
+            rules.append(Rule(id=r["id"], description=r["description"], source=r["source"],
+                              when=_normalise_when(r["when"]), then=then, file=source.file,
+                              line=source.line(*path, "id"), index=index))
+        digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()).hexdigest()
+        return Payer(id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
+                     families=families, rules=tuple(rules), effective_from=spec.effective[0],
+                     effective_to=spec.effective[1], description=spec.data.get("description", ""),
+                     example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
+                     line=spec.line("payer"))
+
+    def check(self) -> None:
+        """Raise the first error of any file (the CLI's exit 2)."""
+        errors = self.errors()
+        if errors:
+            raise errors[0]
+
+
+class _Errors(Exception):
+    def __init__(self, errors):
+        super().__init__(errors[0].message)
+        self.errors = errors
+
+
+def _merged_errors(merged: _Merged) -> list:
+    """Checks of a payer with everything it inherits: code lists, families and method named."""
+    errors = []
+    codes, families = merged.codes, merged.families
+    known = set().union(*codes.values()) if codes else set()
+    method = {**METHOD_DEFAULTS, **merged.method}
+    if "name" not in method:
+        spec = merged.spec
+        errors.append(spec.err(("method",) if "method" in spec.data else ("payer",),
+                               "method: name is missing (cms_8_minute or midpoint_per_code)"))
+    elif method["first_unit_minutes"] > method["unit_minutes"]:
+        spec, path = merged.method_at
+        errors.append(spec.err(path[:1] + ("first_unit_minutes",), "first_unit_minutes must not be larger than "
+                                                                   "unit_minutes"))
+    for fid, (spec, path, fam) in families.items():
+        for role in ("primary", "addon"):
+            if role in fam and _code(fam[role]) not in known:
+                errors.append(spec.err(path + (role,), f"code {_code(fam[role])} is in none of the code lists"
+                                                       f"{suggest(_code(fam[role]), known)}; add it to one"))
+    for spec, path, rule in merged.rules:
+        line_cond = rule["when"].get("line") or {}
+        for key in ("code_in", "code_not_in"):
+            ref = line_cond.get(key)
+            if isinstance(ref, str) and ref not in codes:
+                errors.append(spec.err(path + ("when", "line", key), f"no code list named {ref!r}"
+                                       f"{suggest(ref, codes) or '; define it under codes:'}"))
+        for value in _test_values(line_cond.get("family")):
+            if value not in families:
+                errors.append(spec.err(path + ("when", "line", "family"),
+                                       f"no family named {value!r}{suggest(value, families)}"))
+    return errors
+
+
+def _test_values(test):
+    if isinstance(test, str):
+        return [test]
+    if isinstance(test, dict):
+        return [v for k, v in test.items() if k == "ne"] + list(test.get("in", []))
+    return []
 
 
 def _normalise_when(when: dict) -> dict:
@@ -224,23 +516,15 @@ def _normalise_when(when: dict) -> dict:
     return out
 
 
-class Registry:
-    """Every payer found in the bundled rules tree plus extra trees, loaded once."""
-
-    def __init__(self, extra_dirs=(), include_bundled: bool = True):
-        dirs = ([RULES_DIR] if include_bundled else []) + [Path(d) for d in extra_dirs]
-        self.payers: dict = {}
-        for directory in dirs:
-            for pfile in rule_files(directory):
-                payer = load_payer(pfile)
-                if payer.id in self.payers:
-                    first = self.payers[payer.id]
-                    raise RuleFileError(f"payer id {payer.id!r} is already defined in {first.file}", pfile.display,
-                                        payer.line, "payer")
-                self.payers[payer.id] = payer
-
-    def get(self, payer_id: str) -> Payer | None:
-        return self.payers.get(payer_id)
-
-    def unknown_message(self, payer_id: str) -> str:
-        return f"unknown payer {payer_id!r}{suggest(payer_id, self.payers)}; known: {', '.join(sorted(self.payers))}"
+def load_payer(pfile: PayerFile) -> Payer:
+    """One stand-alone payer file → Payer (RuleFileError on the first error). For tests and tools."""
+    spec, errors = read_spec(pfile)
+    if errors:
+        raise errors[0]
+    registry = Registry.__new__(Registry)
+    registry.files, registry.file_errors, registry._cache = [pfile], {}, {}
+    registry.versions = {spec.id: [spec]}
+    errors = registry.errors()
+    if errors:
+        raise errors[0]
+    return registry._build(registry._merge(spec, None, ()), None, check=False)

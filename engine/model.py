@@ -79,12 +79,6 @@ class Payer:
                 return fam, "addon"
         return None, None
 
-    def in_effect(self, date: str | None) -> bool:
-        if date is None:
-            return True
-        return (self.effective_from is None or self.effective_from <= date) and \
-               (self.effective_to is None or date <= self.effective_to)
-
 
 @dataclass(frozen=True)
 class Service:

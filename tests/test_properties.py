@@ -128,7 +128,7 @@ def bill(billers, engine: str, data: dict) -> dict:
 def test_generator_timed_list_is_the_payer_timed_15_list(registry):
     # The properties below classify codes with the domain's §5.1 table; they are only meaningful if
     # the payer file's timed_15 list is that table.
-    assert registry.get("medicare").codes["timed_15"] == frozenset(TIMED_15)
+    assert registry.resolve("medicare", None).codes["timed_15"] == frozenset(TIMED_15)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -39,16 +39,16 @@ def text_at(location: str) -> str:
 # --- rule locations ---------------------------------------------------------------------------------
 
 def test_every_bundled_rule_location_holds_its_id(registry):
-    assert registry.payers, "no bundled payer found"
+    assert registry.all_payers(), "no bundled payer found"
     checked = 0
-    for payer in registry.payers.values():
+    for payer in registry.all_payers():
         assert payer.rules, payer.id
         for rule in payer.rules:
             assert Path(rule.file).parts[0] == RULES_DIR.name, rule.location
             assert text_at(rule.location) == f"id: {rule.id}", (payer.id, rule.id, rule.location)
             checked += 1
     # medicare.yaml alone defines 20 rules (counted in the file by hand).
-    assert len(registry.get("medicare").rules) >= 20
+    assert len(registry.resolve("medicare", None).rules) >= 20
     assert checked >= 20
 
 
@@ -71,7 +71,7 @@ TRACE_SESSIONS = [
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("data", TRACE_SESSIONS, ids=[f"session{i}" for i in range(len(TRACE_SESSIONS))])
 def test_trace_and_lines_point_at_real_rule_definitions(billers, registry, engine, data):
-    payer = registry.get("medicare")
+    payer = registry.resolve("medicare", None)
     by_id = {rule.id: rule for rule in payer.rules}
     result = billers[engine].bill(session_from(data), "medicare")
     assert "error" not in result, result
@@ -123,7 +123,7 @@ def test_one_durable_biller_bills_more_sessions_than_durable_keeps_alive(registr
     sessions = scale_sessions(1100)
     biller = Biller(registry, "durable")
     try:
-        payer = registry.get("medicare")
+        payer = registry.resolve("medicare", None)
         handle = biller.network(payer)[1].handle
         results = [biller.bill(session_from(data), "medicare") for data in sessions]
         assert biller.network(payer)[1].handle is handle, "the ruleset was rebuilt mid-run"
@@ -174,7 +174,7 @@ def walk(expr, problems: list, where: str) -> None:
 
 
 def test_compiled_medicare_ruleset_uses_only_the_safe_subset(registry):
-    payer = registry.get("medicare")
+    payer = registry.resolve("medicare", None)
     ruleset = compile_payer(payer).ruleset
     problems: list = []
     for key, definition in ruleset.items():
