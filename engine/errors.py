@@ -67,6 +67,8 @@ def closest(word: str, choices, max_distance: int | None = None):
     for choice in choices:
         choice = str(choice)
         distance = edit_distance(word, choice)
+        if distance > limit and max_distance is None and len(word) >= 4 and choice.startswith(word):
+            distance = limit        # an abbreviation: 'midpoint' for 'midpoint_per_code'
         if distance > limit:
             continue
         nearness = abs(int(word) - int(choice)) if word.isdigit() and choice.isdigit() else 0

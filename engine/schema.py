@@ -44,7 +44,9 @@ def _explain(error, echo=True):
             yield path + [key], f"unknown key {key!r}{hint}"
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
-        deepest = best_match(error.context)
+        # the branch whose type fits says more than "is not of type object"
+        fitting = [e for e in error.context if e.validator != "type"] or error.context
+        deepest = best_match(fitting)
         for inner_path, message in _explain(deepest, echo):
             yield (inner_path if len(inner_path) >= len(path) else path), message
         return
@@ -58,6 +60,7 @@ def _explain(error, echo=True):
     yield path, _message(error, echo)
 
 
+CODE_PATTERN = "^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$"
 _TYPE_NAMES = {str: "a string", int: "a number", float: "a number", bool: "true/false", dict: "a mapping",
                list: "a list", type(None): "null"}
 
@@ -68,6 +71,8 @@ def _message(error, echo=True) -> str:
     if len(shown) > 60:
         shown = shown[:57] + "..."
     v = error.validator
+    if error.schema.get("pattern") == CODE_PATTERN and v in ("pattern", "minimum", "maximum"):
+        return f"{shown if echo else 'value'} is not a CPT/HCPCS code (five characters, like 97110 or G0283)"
     if v == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
