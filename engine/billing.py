@@ -58,6 +58,11 @@ class Biller:
 
     def bill(self, session, payer_id: str | None = None, date: str | None = None) -> dict:
         """A result dict, or an error record `{"session_id", "error"}` for a session that cannot be billed."""
+        outcome = self.evaluate(session, payer_id, date)
+        return outcome if isinstance(outcome, dict) else outcome.result
+
+    def evaluate(self, session, payer_id: str | None = None, date: str | None = None):
+        """The whole Outcome of billing a session (for explain and audit), or an error record."""
         if isinstance(session, SessionError):
             return error_record(session.session_id, str(session))
         payer_id = payer_id or session.payer
@@ -71,7 +76,7 @@ class Biller:
             return error_record(session.session_id, exc.message)
         compiled, network = self.network(payer)
         try:
-            return bill_session(session, compiled, network)
+            return evaluate_session(session, compiled, network)
         except Exception as exc:    # nothing is lost: a failure bills this session as an error record
             return error_record(session.session_id, f"internal error while billing: {type(exc).__name__}: {exc}")
 
@@ -85,22 +90,36 @@ def error_record(session_id, message: str) -> dict:
     return {"session_id": session_id, "error": message}
 
 
+@dataclass
+class Outcome:
+    """Everything billing a session produced: the result, and the steps that explain it."""
+    session: Session
+    payer: Payer
+    facts: list
+    firings: list               # (Rule, (fact id, ...)) in canonical order
+    states: list                # LineState per merged line
+    allocation: U.Allocation    # the unit method's arithmetic over the timed services
+    notes: dict                 # service key -> how its units were computed
+    result: dict
+
+
 def bill_session(session: Session, compiled, network) -> dict:
+    return evaluate_session(session, compiled, network).result
+
+
+def evaluate_session(session: Session, compiled, network) -> Outcome:
     payer = compiled.payer
     lines = merge_services(session)
     facts = build_facts(session, lines, payer)
-    firings = network.run(facts)
+    firings = [(compiled.keys[key], fact_ids) for key, fact_ids in network.run(facts)]
     by_id = {line.fact_id: LineState(line) for line in lines}
     names = {line.fact_id: line.code for line in lines}
     names["session"] = "session"
     warnings, trace = [], []
 
-    for key, fact_ids in firings:
-        rule = compiled.keys[key]
+    for rule, fact_ids in firings:
         state = by_id.get(fact_ids[-1])
-        effects = []
-        for action in rule.then:
-            effects.append(_apply(action, rule, state, session, payer, warnings))
+        effects = [_apply(action, rule, state, session, payer, warnings) for action in rule.then]
         trace.append({"rule": rule.id, "source": rule.location, "facts": [names[f] for f in fact_ids],
                       "effects": effects, "_line": state})
 
@@ -110,7 +129,8 @@ def bill_session(session: Session, compiled, network) -> dict:
     for entry in trace:
         state = entry.pop("_line")
         entry["effect"] = "; ".join(_describe(e, state) for e in entry.pop("effects"))
-    return _result(session, payer, states, extra_lines, warnings, trace, method_notes)
+    result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
+    return Outcome(session, payer, facts, firings, states, method_notes["allocation"], method_notes["notes"], result)
 
 
 def _apply(action, rule, state, session, payer, warnings):
@@ -244,7 +264,7 @@ def _allocate(states: list, payer: Payer, warnings: list):
     for state in states:
         if state.units == 0 and not state.reason:
             state.reason = _zero_reason(state, payer, notes, allocation)
-            state.reason_rules = list(state.rules)
+            state.reason_rules = [r.id for r, _ in state.decisions] or list(state.rules)
     return extra_lines, {"allocation": allocation, "notes": notes}
 
 

@@ -1,4 +1,4 @@
-"""Command line: payrules bill | compare | validate | payers (shared/design.md §3, CONTRACT).
+"""Command line: payrules bill | compare | explain | validate | payers (shared/design.md §3, CONTRACT).
 
 Exit codes: 0 every session billed; 1 a session has an error-severity warning or could not be billed;
 2 usage error, invalid rule file, unknown --payer, or an input that cannot be parsed at all.
@@ -14,6 +14,7 @@ from pathlib import Path
 from . import render
 from .billing import Biller
 from .compare import compare_session, to_table as compare_table
+from .explain import explain_json, explain_text
 from .errors import PayrulesError, SessionError, UsageError
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=["table", "json"], default="table")
     compare.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     compare.set_defaults(run=cmd_compare)
+
+    explain = sub.add_parser("explain", help="every rule that fired and why each unit went where it went")
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="as for bill")
+    explain.add_argument("--payer", help="payer id (default: the session's payer)")
+    explain.add_argument("--why-not", action="append", default=[], metavar="RULE_ID",
+                         help="also say, fact by fact, which condition of this rule failed (repeatable)")
+    explain.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    explain.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
+    explain.set_defaults(run=cmd_explain)
 
     validate = sub.add_parser("validate", help="check payer rule files")
     validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
@@ -147,6 +159,29 @@ def cmd_compare(args) -> int:
     else:
         sys.stdout.write(compare_table(comparisons))
     return 1 if _failed([r for c in comparisons for r in c["results"].values()]) else 0
+
+
+def cmd_explain(args) -> int:
+    registry = Registry(args.rules)
+    if args.payer and not registry.has(args.payer):
+        raise UsageError(registry.unknown_message(args.payer))
+    sessions, single = _load_all(args.inputs)
+    biller = Biller(registry, args.engine or default_engine())
+    try:
+        outcomes = [biller.evaluate(s, args.payer, args.date) for s in sessions]
+    finally:
+        biller.close()
+    records = [o if isinstance(o, dict) else o.result for o in outcomes]
+    for session, record in zip(sessions, records):
+        _report(session, record)
+    if args.format == "json":
+        docs = [o if isinstance(o, dict) else explain_json(o, args.why_not) for o in outcomes]
+        sys.stdout.write(render.to_json(docs, single))
+    else:
+        texts = [f"Session {o['session_id']}: NOT BILLED\n  error: {o['error']}\n" if isinstance(o, dict)
+                 else explain_text(o, args.why_not) for o in outcomes]
+        sys.stdout.write("\n".join(texts))
+    return 1 if _failed(records) else 0
 
 
 def _report(session, record) -> None:
