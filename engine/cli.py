@@ -1,4 +1,4 @@
-"""Command line: payrules bill | compare | explain | validate | payers (shared/design.md §3, CONTRACT).
+"""Command line: payrules bill | compare | explain | audit | validate | payers (shared/design.md §3, CONTRACT).
 
 Exit codes: 0 every session billed; 1 a session has an error-severity warning or could not be billed;
 2 usage error, invalid rule file, unknown --payer, or an input that cannot be parsed at all.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import render
+from .audit import AuditLog, query
 from .billing import Biller
 from .compare import compare_session, to_table as compare_table
 from .explain import explain_json, explain_text
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     bill.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="json")
     bill.add_argument("--engine", choices=ENGINES, default=None,
                       help=f"rule network (default: {default_engine()})")
+    bill.add_argument("--audit-db", metavar="PATH", help="append every session's result and trace to this SQLite log")
     bill.set_defaults(run=cmd_bill)
 
     compare = sub.add_parser("compare", help="the same session(s) under several payers, side by side")
@@ -78,6 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     explain.set_defaults(run=cmd_explain)
+
+    audit = sub.add_parser("audit", help="query an audit log written by bill --audit-db")
+    audit.add_argument("database", metavar="PATH")
+    audit.add_argument("--session", help="a session id")
+    audit.add_argument("--rule", help="sessions this rule touched (fired on)")
+    audit.add_argument("--payer", help="a payer id")
+    audit.add_argument("--from", dest="date_from", type=_date, help="date of service from (YYYY-MM-DD)")
+    audit.add_argument("--to", dest="date_to", type=_date, help="date of service up to (YYYY-MM-DD)")
+    audit.add_argument("--format", choices=["table", "json"], default="table")
+    audit.set_defaults(run=cmd_audit)
 
     validate = sub.add_parser("validate", help="check payer rule files")
     validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
@@ -124,11 +136,23 @@ def cmd_bill(args) -> int:
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     sessions, single = _load_all(args.inputs)
-    biller = Biller(registry, args.engine or default_engine())
+    engine = args.engine or default_engine()
+    biller = Biller(registry, engine)
+    log = AuditLog(args.audit_db, engine) if args.audit_db else None
+    records = []
     try:
-        records = [biller.bill(s, args.payer, args.date) for s in sessions]
+        for position, session in enumerate(sessions, 1):
+            outcome = biller.evaluate(session, args.payer, args.date)
+            record = outcome if isinstance(outcome, dict) else outcome.result
+            records.append(record)
+            if log:
+                payer = None if isinstance(outcome, dict) else outcome.payer
+                date = None if isinstance(outcome, dict) else outcome.session.date_of_service
+                log.record(position, record, payer, date)
     finally:
         biller.close()
+        if log:
+            log.close()
     for session, record in zip(sessions, records):
         _report(session, record)
     out = {"json": lambda r: render.to_json(r, single), "jsonl": render.to_jsonl,
@@ -159,6 +183,17 @@ def cmd_compare(args) -> int:
     else:
         sys.stdout.write(compare_table(comparisons))
     return 1 if _failed([r for c in comparisons for r in c["results"].values()]) else 0
+
+
+def cmd_audit(args) -> int:
+    if not Path(args.database).is_file():
+        raise UsageError("no such audit database", args.database)
+    rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(render.audit_table(rows, args.rule))
+    return 0
 
 
 def cmd_explain(args) -> int:

@@ -442,7 +442,7 @@ class Registry:
                      families=families, rules=tuple(rules), effective_from=spec.effective[0],
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
-                     line=spec.line("payer"))
+                     line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
 
     def check(self) -> None:
         """Raise the first error of any file (the CLI's exit 2)."""

@@ -63,6 +63,7 @@ class Payer:
     extends: str | None = None
     digest: str = ""                # sha256 of the rule file(s) the payer was built from
     line: int = 1                   # line of the `payer:` key
+    files: tuple = ()               # (file, sha256) of every rule file used, parent first
 
     @property
     def known_codes(self) -> frozenset:

@@ -74,3 +74,15 @@ def payers_table(payers: list) -> str:
     rows = [(p["id"], p["method"], p["file"], p["extends"] or "-",
              f"{p['effective_from'] or '...'} to {p['effective_to'] or '...'}", p["name"]) for p in payers]
     return "\n".join(table(rows, ["Payer", "Method", "File", "Extends", "Effective", "Name"], "llllll")) + "\n"
+
+
+def audit_table(rows: list, rule: str | None = None) -> str:
+    body = []
+    for r in rows:
+        result = r["result"]
+        units = "-" if "error" in result else str(result["total_units"])
+        touched = f"{len(r['firings'])} firing(s)" if rule else ""
+        body.append((r["billed_at"], r["run_id"], r["session_id"], r["payer"] or "-", r["date_of_service"] or "-",
+                     r["status"], units, (r["rules_hash"] or "-")[:12], touched))
+    headers = ["Billed at", "Run", "Session", "Payer", "Date", "Status", "Units", "Rules hash", rule or ""]
+    return "\n".join(table(body, headers, "lrllllrll")) + f"\n{len(rows)} session(s)\n"
