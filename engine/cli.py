@@ -1,4 +1,4 @@
-"""Command line: payrules bill | compare | explain | audit | validate | payers (shared/design.md §3, CONTRACT).
+"""Command line: payrules bill | compare | explain | audit | test | validate | payers (shared/design.md §3, CONTRACT).
 
 Exit codes: 0 every session billed; 1 a session has an error-severity warning or could not be billed;
 2 usage error, invalid rule file, unknown --payer, or an input that cannot be parsed at all.
@@ -19,6 +19,8 @@ from .explain import explain_json, explain_text
 from .errors import PayrulesError, SessionError, UsageError
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
+from .paths import RULES_DIR
+from .scenarios import load_scenarios, run_scenario, scenario_files
 from .sessions import load_sessions
 
 
@@ -95,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
     validate.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
     validate.set_defaults(run=cmd_validate)
+
+    test = sub.add_parser("test", help="run payer scenario tests (*.tests.yaml)")
+    test.add_argument("paths", nargs="*", metavar="PATH", help="scenario files or directories (default: every rules tree)")
+    test.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    test.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
+    test.set_defaults(run=cmd_test)
 
     payers = sub.add_parser("payers", help="list known payers")
     payers.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
@@ -258,6 +266,31 @@ def cmd_validate(args) -> int:
             print(f"ok   {pfile.display}")
     print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid", file=sys.stderr)
     return 2 if bad else 0
+
+
+def cmd_test(args) -> int:
+    """Run scenarios; payers are found in the rules trees and in the directories of the scenario files."""
+    paths = args.paths or [RULES_DIR] + args.rules
+    files = scenario_files(paths)
+    dirs = list(args.rules) + sorted({str(p.parent) for p, _ in files})
+    registry = Registry(dirs)
+    biller = Biller(registry, args.engine or default_engine())
+    passed = failed = 0
+    try:
+        for path, display in files:
+            for scenario in load_scenarios(path, display):
+                diffs = run_scenario(scenario, biller)
+                if diffs:
+                    failed += 1
+                    print(f"FAIL {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
+                    print("".join(f"     {d}\n" for d in diffs), end="")
+                else:
+                    passed += 1
+                    print(f"ok   {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
+    finally:
+        biller.close()
+    print(f"scenarios: {passed} passed, {failed} failed")
+    return 1 if failed or not passed else 0
 
 
 def cmd_payers(args) -> int:

@@ -1,0 +1,131 @@
+"""Payer scenario tests in YAML (`payrules test`), like `opa test` or Drools test scenarios: a payer
+author writes sessions and the lines, units and warnings the payer must give them in a `*.tests.yaml`
+file beside the payer; each scenario passes or fails with a readable diff."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RuleFileError, UsageError
+from .schema import schema_errors
+from .sessions import parse_session
+from .yamlload import Located, load_text
+
+SUFFIX = ".tests.yaml"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    file: str
+    line: int
+    name: str
+    payer: str
+    date: str | None
+    session: object         # Session or SessionError
+    expect: dict
+
+
+def scenario_files(paths) -> list:
+    """(path, display) of every *.tests.yaml among the given files and below the given directories."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            base = path.resolve().parent
+            found += [(p, _display(p, base)) for p in sorted(path.rglob("*" + SUFFIX))]
+        elif path.is_file():
+            found.append((path, path.as_posix()))
+        else:
+            raise UsageError(f"no such file or directory: {path}")
+    return found
+
+
+def _display(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def load_scenarios(path: Path, display: str) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleFileError(f"cannot read scenarios: {exc}", display) from None
+    doc = load_text(text, display, RuleFileError)
+    if not isinstance(doc.data, dict):
+        raise RuleFileError("a scenario file must be a mapping with payer and scenarios", display, 1)
+    errors = schema_errors("scenarios", doc, RuleFileError)
+    if errors:
+        raise errors[0]
+    out = []
+    for i, item in enumerate(doc.data["scenarios"]):
+        path_ = ("scenarios", i)
+        session = parse_session(item["session"], doc, path_ + ("session",), i + 1)
+        out.append(Scenario(display, doc.line_of(path_ + ("name",)), item["name"],
+                            item.get("payer", doc.data["payer"]), item.get("date"), session, item["expect"]))
+    return out
+
+
+def run_scenario(scenario: Scenario, biller) -> list:
+    """The differences between what the payer gave and what the scenario expects ([] = pass)."""
+    result = biller.bill(scenario.session, scenario.payer, scenario.date)
+    expect = scenario.expect
+    if "error" in result:
+        if "error" in expect and expect["error"] in result["error"]:
+            return []
+        wanted = f"an error containing {expect['error']!r}" if "error" in expect else "a billed session"
+        return [f"expected {wanted}, got the error: {result['error']}"]
+    if "error" in expect:
+        return [f"expected an error containing {expect['error']!r}, but the session was billed"]
+    diffs = []
+    got = {line["code"]: line for line in result["lines"]}
+    reasons = {u["code"]: u["reason"] for u in result["unbilled"]}
+    if "lines" in expect:
+        wanted = {str(code): units for code, units in expect["lines"].items()}
+        for code in list(wanted) + [c for c in got if c not in wanted]:
+            want, have = wanted.get(code), got[code]["units"] if code in got else None
+            if want != have:
+                why = f" (not billed: {reasons[code]})" if code in reasons else ""
+                diffs.append(f"lines.{code}: expected {_units(want)}, got {_units(have)}{why}")
+    for code, mods in expect.get("modifiers", {}).items():
+        have = got.get(str(code), {}).get("modifiers")
+        if have != mods:
+            diffs.append(f"modifiers.{code}: expected {mods}, got {have if have is not None else 'no billed line'}")
+    if "unbilled" in expect:
+        wanted, have = sorted(map(str, expect["unbilled"])), sorted(reasons)
+        if wanted != have:
+            diffs.append(f"unbilled: expected {wanted}, got {have}")
+    for key in ("total_units", "total_timed_minutes", "total_timed_units"):
+        if key in expect and expect[key] != result[key]:
+            diffs.append(f"{key}: expected {expect[key]}, got {result[key]}")
+    matched = set()
+    for want in expect.get("warnings", []):
+        hit = next((i for i, w in enumerate(result["warnings"]) if i not in matched and _matches(w, want)), None)
+        if hit is None:
+            diffs.append(f"warnings: expected {_describe(want)}, got none such; warnings were: "
+                         + ("; ".join(f"{w['severity']} {w['rule']}: {w['message']}" for w in result["warnings"])
+                            or "none"))
+        else:
+            matched.add(hit)
+    if expect.get("only_these_warnings"):
+        for i, w in enumerate(result["warnings"]):
+            if i not in matched:
+                diffs.append(f"warnings: unexpected {w['severity']} {w['rule']}: {w['message']}")
+    return diffs
+
+
+def _units(n) -> str:
+    return "not billed" if n is None else f"{n} unit{'s' if n != 1 else ''}"
+
+
+def _matches(warning: dict, want: dict) -> bool:
+    return all([
+        "rule" not in want or warning["rule"] == want["rule"],
+        "severity" not in want or warning["severity"] == want["severity"],
+        "message" not in want or want["message"] in warning["message"],
+        "codes" not in want or sorted(warning["codes"]) == sorted(map(str, want["codes"])),
+    ])
+
+
+def _describe(want: dict) -> str:
+    return ", ".join(f"{k} {v!r}" for k, v in want.items())
