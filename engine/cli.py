@@ -182,10 +182,11 @@ def cmd_compare(args) -> int:
     finally:
         biller.close()
     for session, c in zip(sessions, comparisons):
-        for record in c["results"].values():
-            _report(session, record)
-            if isinstance(session, SessionError):
-                break
+        if isinstance(session, SessionError):
+            _report(session, None)
+            continue
+        for payer_id, record in c["results"].items():
+            _report(session, record, payer_id)
     if args.format == "json":
         sys.stdout.write(render.to_json(comparisons, single))
     else:
@@ -227,18 +228,19 @@ def cmd_explain(args) -> int:
     return 1 if _failed(records) else 0
 
 
-def _report(session, record) -> None:
+def _report(session, record, payer_id: str | None = None) -> None:
     """Errors of a session on stderr, `error: FILE:LINE: ...` naming the session by its id only."""
     if isinstance(session, SessionError):
         _error(f"{session} (session {session.session_id})")
         return
     where = f"{session.file}:{session.line}: " if session.file and session.line else ""
+    who = f"session {record['session_id']}" + (f", payer {payer_id}" if payer_id else "")
     if "error" in record:
-        _error(f"{where}session {record['session_id']}: {record['error']}")
+        _error(f"{where}{who}: {record['error']}")
         return
     for w in record["warnings"]:
         if w["severity"] == "error":
-            _error(f"{where}session {record['session_id']}: {w['rule']}: {w['message']}")
+            _error(f"{where}{who}: {w['rule']}: {w['message']}")
 
 
 def cmd_validate(args) -> int:

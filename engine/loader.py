@@ -363,6 +363,8 @@ class Registry:
                 parent = self._select(spec.extends, date) if date or len(self.versions[spec.extends]) == 1 \
                     else self._latest_overlapping(spec)
             except SessionError as exc:
+                if date is not None:    # a session dated where the parent has no version: that session's error
+                    raise SessionError(f"payer {spec.id!r} extends {spec.extends!r}: {exc.message}") from None
                 raise spec.err(("extends",), exc.message) from None
             merged = self._merge(parent, date, chain + (spec.id,))
         else:
