@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import render
 from .audit import AuditLog, query
+from .batch import Counts, Progress, Writer, bill_stream
 from .billing import Biller
 from .compare import compare_session, to_table as compare_table
 from .explain import explain_json, explain_text
@@ -21,7 +22,7 @@ from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
 from .scenarios import load_scenarios, run_scenario, scenario_files
-from .sessions import load_sessions
+from .sessions import FORMATS, SessionInput, load_sessions
 
 
 def main(argv=None) -> int:
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     bill.add_argument("--engine", choices=ENGINES, default=None,
                       help=f"rule network (default: {default_engine()})")
     bill.add_argument("--audit-db", metavar="PATH", help="append every session's result and trace to this SQLite log")
+    bill.add_argument("--jobs", type=_positive, default=1, metavar="N", help="bill in N worker processes (output stays in input order)")
+    bill.add_argument("--input-format", choices=FORMATS, default="auto",
+                      help="input format (default: from the file name, or sniffed)")
     bill.set_defaults(run=cmd_bill)
 
     compare = sub.add_parser("compare", help="the same session(s) under several payers, side by side")
@@ -111,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs from 1 to 64")
+    return value
+
+
 def _ids(text: str) -> list:
     ids = [part.strip() for part in text.split(",") if part.strip()]
     if not ids:
@@ -125,11 +139,11 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _load_all(inputs) -> tuple:
+def _load_all(inputs, fmt="auto") -> tuple:
     """Every session of every input, numbered across inputs, and whether it was one session object."""
     sessions, single = [], len(inputs) == 1
     for name in inputs:
-        loaded, one = load_sessions(name, start=len(sessions) + 1)
+        loaded, one = load_sessions(name, start=len(sessions) + 1, fmt=fmt)
         sessions.extend(loaded)
         single = single and one
     return sessions, single
@@ -139,34 +153,52 @@ def _failed(records) -> bool:
     return any("error" in r or any(w["severity"] == "error" for w in r["warnings"]) for r in records)
 
 
+MAX_REPORTED = 50     # per-session error lines on stderr; the summary counts the rest
+
+
 def cmd_bill(args) -> int:
-    registry = Registry(args.rules)
+    registry = Registry(args.rules)         # a rule-file problem stops the run before anything is billed
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
-    sessions, single = _load_all(args.inputs)
     engine = args.engine or default_engine()
-    biller = Biller(registry, engine)
+    inputs = [SessionInput(name, args.input_format) for name in args.inputs]
+    single = len(inputs) == 1 and inputs[0].format in ("yaml", "json")
+    counts, progress = Counts(), Progress()
+    writer = Writer(args.format)
     log = AuditLog(args.audit_db, engine) if args.audit_db else None
-    records = []
+    failed = reported = 0
     try:
-        for position, session in enumerate(sessions, 1):
-            outcome = biller.evaluate(session, args.payer, args.date)
-            record = outcome if isinstance(outcome, dict) else outcome.result
-            records.append(record)
+        stream = bill_stream(_numbered(inputs), args.rules, engine, args.payer, args.date, args.jobs, registry)
+        for session, record, audit in stream:
+            counts.add(session, record)
+            single = single and inputs[0].single and counts.read == 1
+            writer.write(record, single=single)
+            if "error" in record or any(w["severity"] == "error" for w in record["warnings"]):
+                failed += 1
+                if reported < MAX_REPORTED:
+                    _report(session, record)
+                    reported += 1
             if log:
-                payer = None if isinstance(outcome, dict) else outcome.payer
-                date = None if isinstance(outcome, dict) else outcome.session.date_of_service
-                log.record(position, record, payer, date)
+                log.record(counts.read, record, *(audit or (None, (), None)))
+            progress.update(counts)
+        writer.close(single)
     finally:
-        biller.close()
+        progress.done()
         if log:
             log.close()
-    for session, record in zip(sessions, records):
-        _report(session, record)
-    out = {"json": lambda r: render.to_json(r, single), "jsonl": render.to_jsonl,
-           "csv": render.to_csv, "table": render.to_table}[args.format](records)
-    sys.stdout.write(out)
-    return 1 if _failed(records) else 0
+    if reported < failed:
+        _error(f"{failed - reported} more session(s) with errors (see the output records)")
+    print(counts.line(), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _numbered(inputs):
+    """Sessions of every input in turn, default ids numbered across inputs."""
+    number = 1
+    for source in inputs:
+        source.start = number
+        yield from source
+        number += source.count
 
 
 def cmd_compare(args) -> int:

@@ -1,54 +1,354 @@
-"""Session input: YAML/JSON (one session or a list), JSONL, or standard input → Session models.
+"""Session input → Session models, streamed: YAML or JSON (one session or a list), JSONL, and CSV of
+service lines (one row per service, grouped into sessions by consecutive session_id), from files or
+standard input.
 
-A session that fails validation becomes a SessionError in its place, so counts always add up; only an
-input that cannot be parsed at all raises (UsageError, exit 2).
+Every session read yields exactly one item — a Session, or a SessionError in its place — so counts
+always add up. JSONL, JSON lists and CSV are read record by record, so memory stays flat however long
+the input; YAML is read whole (up to MAX_INPUT_BYTES). Only an input that cannot be read at all raises
+(UsageError, exit 2).
 """
 from __future__ import annotations
 
+import codecs
+import csv
 import datetime
+import io
+import json
+import re
 import sys
 
-from .errors import SessionError, UsageError
+from .errors import SessionError, UsageError, suggest
 from .model import Service, Session
 from .schema import schema_errors
 from .yamlload import Located, load_text
 
-MAX_INPUT_BYTES = 64 * 1024 * 1024
+MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
+MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
+FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
+CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider")
+CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline")
+_CHUNK = 1 << 16
 
 
-def read_input(name: str):
-    """(display name, text) of an input file or '-' for standard input."""
-    if name == "-":
-        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        display = "<stdin>"
-    else:
+class ParseError(SessionError):
+    """A record that could not be read as a session at all (malformed JSON, not UTF-8, ...)."""
+
+
+class SessionInput:
+    """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
+    input is one session object (then `bill --format json` writes an object, not a list)."""
+
+    def __init__(self, name: str, fmt: str = "auto", start: int = 1):
+        self.name = name
+        self.display = "<stdin>" if name == "-" else name
+        self.start = start
+        self.count = 0
         try:
-            with open(name, "rb") as fh:
-                data = fh.read(MAX_INPUT_BYTES + 1)
+            self.stream = sys.stdin.buffer if name == "-" else open(name, "rb")
         except OSError as exc:
             raise UsageError(f"cannot read input: {exc.strerror}", name) from None
-        display = name
-    if len(data) > MAX_INPUT_BYTES:
-        raise UsageError(f"input larger than {MAX_INPUT_BYTES} bytes", display)
-    try:
-        return display, data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError("input is not UTF-8 text", display, data[:exc.start].count(b"\n") + 1) from None
+        self.head = self.stream.read(_CHUNK)
+        self.format = fmt if fmt != "auto" else self._detect()
+        self.single = False
+
+    def _detect(self) -> str:
+        lower = self.display.lower()
+        for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".json", "json"),
+                         (".yaml", "yaml"), (".yml", "yaml")):
+            if lower.endswith(ext):
+                return fmt
+        text = self.head.lstrip(codecs.BOM_UTF8).lstrip()
+        if text.startswith(b"["):
+            return "json"
+        if text.startswith(b"{"):
+            first, _, rest = text.partition(b"\n")
+            try:
+                json.loads(first)
+                return "jsonl" if rest.strip() else "json"
+            except ValueError:
+                return "json"
+        return "yaml"
+
+    def close(self):
+        if self.stream is not sys.stdin.buffer:
+            self.stream.close()
+
+    def __iter__(self):
+        try:
+            reader = {"yaml": self._yaml, "json": self._json, "jsonl": self._jsonl, "csv": self._csv}[self.format]
+            for item in reader():
+                self.count += 1
+                yield item
+        finally:
+            self.close()
+
+    def _number(self) -> int:
+        return self.start + self.count
+
+    # --- YAML (whole document) ------------------------------------------------------------------------
+    def _yaml(self):
+        data = self.head + self.stream.read(MAX_INPUT_BYTES + 1 - len(self.head))
+        if len(data) > MAX_INPUT_BYTES:
+            raise UsageError(f"YAML input larger than {MAX_INPUT_BYTES} bytes: use JSONL or CSV for large batches",
+                             self.display)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UsageError("input is not UTF-8 text", self.display, data[:exc.start].count(b"\n") + 1) from None
+        doc = load_text(text, self.display, UsageError)
+        if isinstance(doc.data, dict):
+            self.single = True
+            yield parse_session(doc.data, doc, (), self._number())
+        elif isinstance(doc.data, list):
+            for i, item in enumerate(doc.data):
+                yield parse_session(item, doc, (i,), self._number())
+        else:
+            raise UsageError("input must hold a session (a mapping) or a list of sessions", self.display,
+                             doc.line_of(()))
+
+    # --- JSON: one object, or a list streamed element by element --------------------------------------
+    def _json(self):
+        stream = _Text(self.head, self.stream, self.display)
+        stream.skip_space()
+        if stream.peek() == "{":
+            self.single = True
+            yield self._json_value(stream, single=True)
+            stream.skip_space()
+            if stream.peek():
+                raise UsageError("unexpected text after the JSON session", self.display, stream.line)
+            return
+        if stream.peek() != "[":
+            raise UsageError("JSON input must be a session object or a list of sessions", self.display, stream.line)
+        stream.advance(1)
+        stream.skip_space()
+        if stream.peek() == "]":
+            return
+        while True:
+            item = self._json_value(stream)
+            yield item
+            if isinstance(item, ParseError):
+                raise UsageError(f"the rest of the JSON list cannot be read after the malformed session at line "
+                                 f"{item.line}", self.display, item.line)
+            stream.skip_space()
+            char = stream.peek()
+            if char == ",":
+                stream.advance(1)
+                stream.skip_space()
+            elif char == "]":
+                return
+            else:
+                raise UsageError("expected ',' or ']' in the JSON list", self.display, stream.line)
+
+    def _json_value(self, stream, single=False):
+        line, number = stream.line, self._number()
+        try:
+            data = stream.decode_value()
+        except ValueError as exc:
+            return ParseError(f"malformed JSON: {exc}", self.display, line, session_id=f"session-{number}")
+        except RecursionError:
+            return ParseError("JSON nested too deeply", self.display, line, session_id=f"session-{number}")
+        return parse_session(data, Located(data, {(): line}, self.display), (), number)
+
+    # --- JSONL: one session per line ------------------------------------------------------------------
+    def _jsonl(self):
+        stream = io.BufferedReader(_Prefixed(self.head, self.stream), buffer_size=_CHUNK)
+        lineno = 0
+        while True:
+            raw = stream.readline(MAX_RECORD_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):          # skip the rest of the over-long line
+                    raw = stream.readline(MAX_RECORD_BYTES)
+                yield ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", self.display, lineno,
+                                 session_id=f"session-{self._number()}")
+                continue
+            if not raw.strip():
+                continue
+            yield self._jsonl_record(raw, lineno)
+
+    def _jsonl_record(self, raw: bytes, lineno: int):
+        number = self._number()
+        try:
+            data = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            return ParseError("not UTF-8 text", self.display, lineno, session_id=f"session-{number}")
+        except ValueError as exc:
+            return ParseError(f"malformed JSON: {exc}", self.display, lineno, session_id=f"session-{number}")
+        except RecursionError:
+            return ParseError("JSON nested too deeply", self.display, lineno, session_id=f"session-{number}")
+        return parse_session(data, Located(data, {(): lineno}, self.display), (), number)
+
+    # --- CSV of service lines -------------------------------------------------------------------------
+    def _csv(self):
+        text = io.TextIOWrapper(_Prefixed(self.head, self.stream), encoding="utf-8-sig", errors="surrogateescape",
+                                newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UsageError(f"malformed CSV header: {exc}", self.display, 1) from None
+        columns = [c.strip() for c in header]
+        for name in columns:
+            if name not in CSV_COLUMNS:
+                raise UsageError(f"unknown CSV column {name!r}{suggest(name, CSV_COLUMNS)}; columns: "
+                                 f"{', '.join(CSV_COLUMNS)}", self.display, 1)
+        missing = [c for c in ("session_id", "code", "minutes") if c not in columns]
+        if missing:
+            raise UsageError(f"CSV needs the columns {', '.join(missing)}", self.display, 1)
+        group, first_line = [], 2
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if group:
+                    yield self._csv_session(group, first_line)
+                    group = []
+                yield ParseError(f"malformed CSV: {exc}", self.display, reader.line_num,
+                                 session_id=f"session-{self._number()}")
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            record = dict(zip(columns, (cell.strip() for cell in row)))
+            record["_line"] = reader.line_num
+            record["_width"] = len(row)
+            if group and record.get("session_id") != group[0].get("session_id"):
+                yield self._csv_session(group, first_line)
+                group = []
+            if not group:
+                first_line = reader.line_num
+            group.append(record)
+        if group:
+            yield self._csv_session(group, first_line)
+
+    def _csv_session(self, rows: list, line: int):
+        number = self._number()
+        sid = rows[0].get("session_id") or f"session-{number}"
+        if any("\udc80" <= ch <= "\udcff" for r in rows for v in r.values() if isinstance(v, str) for ch in v):
+            return ParseError("not UTF-8 text", self.display, line, session_id=f"session-{number}")
+        width = len(CSV_COLUMNS)
+        for r in rows:
+            if r["_width"] != len([c for c in r if not c.startswith("_")]) or r["_width"] > width:
+                return ParseError("row has a different number of cells than the header", self.display, r["_line"],
+                                  session_id=sid)
+        data = {"session_id": sid}
+        for key in CSV_SESSION_FIELDS:
+            values = {r.get(key) for r in rows if r.get(key)}
+            if len(values) > 1:
+                bad = next(r for r in rows if r.get(key) and r.get(key) != rows[0].get(key))
+                return SessionError(f"{key} differs between rows of the same session", self.display, bad["_line"],
+                                    key, session_id=sid)
+            if values:
+                data[key] = values.pop()
+        data["services"] = [{k: _csv_number(r[k]) if k in ("minutes", "group_size") else r[k]
+                             for k in ("code", "minutes", "group_size", "provider") if r.get(k)} for r in rows]
+        lines = {(): line}
+        lines.update({("services", i): r["_line"] for i, r in enumerate(rows)})
+        return parse_session(data, Located(data, lines, self.display), (), number)
 
 
-def load_sessions(name: str, start: int = 1) -> tuple:
-    """(sessions, single): every session in one input, as Session or SessionError, in input order, and
-    whether the input was one session object rather than a list or JSONL.
-    `start` numbers the default session ids (session-<n>) across several inputs."""
-    display, text = read_input(name)
-    if display.endswith(".jsonl") or (display == "<stdin>" and _looks_like_jsonl(text)):
-        return _from_jsonl(text, display, start), False
-    doc = load_text(text, display, UsageError)
-    if isinstance(doc.data, list):
-        return [parse_session(item, doc, (i,), start + i) for i, item in enumerate(doc.data)], False
-    if isinstance(doc.data, dict):
-        return [parse_session(doc.data, doc, (), start)], True
-    raise UsageError("input must hold a session (a mapping) or a list of sessions", display, doc.line_of(()))
+def _csv_number(text: str):
+    return int(text) if re.fullmatch(r"-?[0-9]{1,9}", text) else text
+
+
+class _Prefixed(io.RawIOBase):
+    """A byte stream that first gives back the bytes already read to detect the format."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _Text:
+    """Incremental reader of a JSON list: values are decoded one at a time from a sliding buffer."""
+
+    def __init__(self, head: bytes, stream, display: str):
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.stream, self.display = stream, display
+        self.buffer, self.pos, self.line = "", 0, 1
+        self.eof = False
+        self._feed(head)
+
+    def _feed(self, data: bytes):
+        try:
+            self.buffer = self.buffer[self.pos:] + self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError:
+            raise UsageError("input is not UTF-8 text", self.display, self.line) from None
+        self.pos = 0
+        if not data:
+            self.eof = True
+
+    def _more(self) -> bool:
+        if self.eof:
+            return False
+        self._feed(self.stream.read(_CHUNK))
+        return True
+
+    def peek(self) -> str:
+        while self.pos >= len(self.buffer):
+            if not self._more():
+                return ""
+        return self.buffer[self.pos]
+
+    def advance(self, n: int):
+        self.line += self.buffer.count("\n", self.pos, self.pos + n)
+        self.pos += n
+
+    def skip_space(self):
+        while True:
+            char = self.peek()
+            if char and char in " \t\r\n":
+                start = self.pos
+                while self.pos < len(self.buffer) and self.buffer[self.pos] in " \t\r\n":
+                    self.pos += 1
+                self.line += self.buffer.count("\n", start, self.pos)
+            else:
+                return
+
+    _decoder = json.JSONDecoder()
+
+    def decode_value(self):
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                # an incomplete value: read more and try again, up to the record limit
+                if not self.eof and len(self.buffer) - self.pos < MAX_RECORD_BYTES and exc.pos >= len(self.buffer) - 1:
+                    self._more()
+                    continue
+                if not self.eof and len(self.buffer) - self.pos < MAX_RECORD_BYTES and "Unterminated" in exc.msg:
+                    self._more()
+                    continue
+                raise ValueError(f"{exc.msg} (line {self.line + self.buffer.count(chr(10), self.pos, exc.pos)})") from None
+            if end >= len(self.buffer) and not self.eof:
+                # a number at the very end may continue in the next chunk
+                if self._more():
+                    continue
+            self.advance(end - self.pos)
+            return value
+
+
+def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
+    """(sessions, single) of one whole input, for commands that need them all (compare, explain)."""
+    source = SessionInput(name, fmt, start)
+    sessions = list(source)
+    return sessions, source.single
 
 
 def _is_date(text: str) -> bool:
@@ -59,47 +359,71 @@ def _is_date(text: str) -> bool:
         return False
 
 
-def _looks_like_jsonl(text: str) -> bool:
-    lines = [l for l in text.splitlines() if l.strip()]
-    return len(lines) > 1 and all(l.lstrip().startswith("{") and l.rstrip().endswith("}") for l in lines)
+_CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context"))
+_SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider"))
+_DISCIPLINES = frozenset(("PT", "OT", "SLP"))
+_PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 
-def _from_jsonl(text: str, display: str, start: int) -> list:
-    out = []
-    number = start
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            doc = load_text(raw, display, SessionError)
-            doc.lines = {path: lineno for path in doc.lines}
-        except SessionError as exc:
-            out.append(SessionError(exc.message, display, lineno, session_id=f"session-{number}"))
-            number += 1
-            continue
-        out.append(parse_session(doc.data, doc, (), number))
-        number += 1
-    return out
+def fast_valid(data) -> bool:
+    """True only for a session the schema certainly accepts (the common case, checked in plain Python);
+    False sends the session to the full JSON Schema validation, which gives the message. Never looser
+    than schemas/session.schema.json (a property test checks it)."""
+    if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
+        return False
+    sid = data.get("session_id", "x")
+    if not ((type(sid) is str and 1 <= len(sid) <= 128) or type(sid) is int):
+        return False
+    payer = data.get("payer", "x")
+    if type(payer) is not str or not 1 <= len(payer) <= 64:
+        return False
+    date = data.get("date_of_service", "2000-01-01")
+    if type(date) is not str or not _DATE.match(date) or len(date) != 10:
+        return False
+    if "discipline" in data and data["discipline"] not in _DISCIPLINES:
+        return False
+    if "context" in data and (type(data["context"]) is not dict or len(data["context"]) > 100):
+        return False
+    services = data.get("services")
+    if type(services) is not list or not 1 <= len(services) <= 200:
+        return False
+    for s in services:
+        if type(s) is not dict or not s.keys() <= _SERVICE_KEYS:
+            return False
+        code, minutes = s.get("code"), s.get("minutes")
+        if not ((type(code) is str and len(code) == 5 and _CODE.match(code)) or (type(code) is int and 10000 <= code <= 99999)):
+            return False
+        if type(minutes) is not int or not 0 <= minutes <= 1440:
+            return False
+        if "group_size" in s and (type(s["group_size"]) is not int or not 0 <= s["group_size"] <= 1000):
+            return False
+        if "provider" in s and s["provider"] not in _PROVIDERS:
+            return False
+    return True
 
 
 def parse_session(data, doc: Located, path: tuple, number: int):
     """One session object → Session, or SessionError naming the first problem."""
     default_id = f"session-{number}"
     if not isinstance(data, dict):
-        return SessionError("a session must be a mapping", doc.file, doc.line_of(path), session_id=default_id)
-    session_id = str(data["session_id"]) if isinstance(data.get("session_id"), (str, int)) \
-        and not isinstance(data.get("session_id"), bool) else default_id
-    errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
-    if errors:
-        errors[0].session_id = session_id
-        return errors[0]
+        return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=default_id)
+    raw_id = data.get("session_id")
+    session_id = str(raw_id) if (type(raw_id) is str and 1 <= len(raw_id) <= 128) or type(raw_id) is int \
+        else default_id
+    if not fast_valid(data):
+        errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
+        if errors:
+            errors[0].session_id = session_id
+            return errors[0]
     date = data.get("date_of_service")
     if date is not None and not _is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
-    services = tuple(Service(code=str(s["code"]), minutes=s["minutes"], group_size=s.get("group_size"),
+    services = tuple(Service(code=str(s["code"]), minutes=int(s["minutes"]),
+                             group_size=None if s.get("group_size") is None else int(s["group_size"]),
                              provider=s.get("provider")) for s in data["services"])
     return Session(session_id=session_id, services=services, payer=data.get("payer"),
-                   date_of_service=data.get("date_of_service"), discipline=data.get("discipline"),
+                   date_of_service=date, discipline=data.get("discipline"),
                    context=data.get("context", {}), file=doc.file, line=doc.line_of(path))
-
