@@ -98,10 +98,23 @@ class AuditLog:
         self.db.close()
 
 
+def _open_log(path: str) -> sqlite3.Connection:
+    """An existing audit log, read-only: a query never changes the file."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot read audit database: {exc}", path) from None
+    if not {"runs", "sessions", "rule_files", "firings"} <= tables:
+        db.close()
+        raise UsageError("not a payrules audit log (bill --audit-db writes one)", path)
+    return db
+
+
 def query(path: str, session_id=None, rule=None, payer=None, date_from=None, date_to=None) -> list:
     """Logged sessions matching every filter given, oldest first. With `rule`, only sessions that rule
     touched, each with the firings of that rule."""
-    db = _connect(path)
+    db = _open_log(path)
     try:
         where, args = [], []
         for column, value in (("s.session_id", session_id), ("s.payer", payer)):

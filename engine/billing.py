@@ -339,6 +339,11 @@ def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str
         return (f"{minutes} min is under the {value['first_min_minutes']} min that earn the first unit"
                 if n == 0 else f"{code}: 0 units")
     method = payer.method
+    if method.pooled and allocation.tie and key in allocation.tie[0]:
+        tied, _, winners = allocation.tie
+        return (f"{minutes} min ({allocation.leftover[key]} leftover): equal leftover minutes with "
+                f"{', '.join(k for k in tied if k != key)}; the tie-break ({', '.join(method.tie_break)}) gave the "
+                f"unit to {', '.join(winners)} (CMS accepts any of them)")
     if method.pooled:
         if allocation.total_units == 0:
             return (f"total timed minutes {allocation.total_minutes} are under the "
