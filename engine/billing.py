@@ -125,7 +125,7 @@ def evaluate_session(session: Session, compiled, network) -> Outcome:
 
     states = [by_id[line.fact_id] for line in lines]
     extra_lines, method_notes = _allocate(states, payer, warnings)
-    _apply_caps(states, warnings)
+    method_notes["timed_units_capped"] = _apply_caps(states, warnings)
     for entry in trace:
         state = entry.pop("_line")
         entry["effect"] = "; ".join(_describe(e, state) for e in entry.pop("effects"))
@@ -268,9 +268,11 @@ def _allocate(states: list, payer: Payer, warnings: list):
     return extra_lines, {"allocation": allocation, "notes": notes}
 
 
-def _apply_caps(states: list, warnings: list) -> None:
+def _apply_caps(states: list, warnings: list) -> int:
     """Per-code unit limits (max_units): units above the lowest limit are not billed, and said so.
-    The units are not given to another code: a limit takes units away, it does not move them."""
+    The units are not given to another code: a limit takes units away, it does not move them.
+    Returns how many timed units the limits took away."""
+    taken = 0
     for state in states:
         if not state.caps or state.units == 0:
             continue
@@ -280,10 +282,13 @@ def _apply_caps(states: list, warnings: list) -> None:
                              "message": f"{state.line.code}: {state.units} units earned, at most {limit} billed "
                                         f"({rule.description})"})
             state.capped_from = state.units
+            if _decision(state)[0] == "timed_units":
+                taken += state.units - limit
             state.units = limit
             if limit == 0:
                 state.reason = f"limited to 0 units by {rule.id}"
                 state.reason_rules = [rule.id]
+    return taken
 
 
 def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list) -> None:
@@ -399,7 +404,7 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
         "lines": billed,
         "unbilled": unbilled,
         "total_timed_minutes": allocation.total_minutes,
-        "total_timed_units": allocation.total_units,
+        "total_timed_units": allocation.total_units - method_notes["timed_units_capped"],
         "total_units": sum(line["units"] for line in billed),
         "warnings": warnings,
         "trace": trace,

@@ -216,8 +216,9 @@ class _Merged:
     """A payer's effective content, parent first, each rule with the file it came from."""
     spec: Spec
     method: dict = field(default_factory=dict)
-    method_at: tuple = ()               # (spec, path) of the method's name, for messages
+    method_from: dict = field(default_factory=dict)     # method key -> the Spec that set it, for messages
     codes: dict = field(default_factory=dict)
+    codes_from: dict = field(default_factory=dict)      # list name -> the Spec that wrote it last
     families: dict = field(default_factory=dict)
     rules: list = field(default_factory=list)       # (spec, path, rule dict)
     specs: list = field(default_factory=list)       # every file used, parent first
@@ -253,29 +254,42 @@ class Registry:
     def errors(self) -> list:
         """Every error of every file, alone and merged with its parents, sorted by file and line."""
         errors = [e for errs in self.file_errors.values() for e in errs]
+        merged = {}                                 # file -> (spec, errors of it merged with its parents)
         for specs in self.versions.values():
             errors.extend(self._version_errors(specs))
             for spec in specs:
+                found = []
                 for date in self._check_dates(spec):
                     try:
                         self._build(self._merge(spec, date, ()), date, check=True)
                     except RuleFileError as exc:
-                        errors.append(exc)
+                        found.append(exc)
                     except _Errors as exc:
-                        errors.extend(exc.errors)
-        unique = {(e.file, e.line, e.path, e.message): e for e in errors}
+                        found.extend(exc.errors)
+                merged[spec.file] = (spec, found)
+        key = lambda e: (e.file, e.line, e.path, e.message)     # noqa: E731
+        own = {file: {key(e) for e in found} for file, (_, found) in merged.items()}
+        for spec, found in merged.values():
+            for e in found:
+                if e.file == spec.file or key(e) in own.get(e.file, ()):
+                    errors.append(e)
+                else:   # the parent is fine alone: this file's changes (a list, a method key) broke it
+                    errors.append(spec.err(("extends",), f"with this file's changes, {e.file}:{e.line}: "
+                                                         f"{e.path}: {e.message}"))
+        unique = {key(e): e for e in errors}
         return sorted(unique.values(), key=lambda e: (e.file or "", not e.message.startswith("unknown key"),
                                                       e.line or 0, e.path))
 
     def _version_errors(self, specs) -> list:
+        """Versions of one payer whose dates overlap: an error in each of the two files."""
         errors = []
         for i, later in enumerate(specs):
             for earlier in specs[:i]:
                 if overlaps(earlier.effective, later.effective):
-                    errors.append(later.err(("payer",),
-                                            f"payer {later.id!r} is already defined in {earlier.file} for dates "
-                                            f"that overlap; give the versions effective_from/effective_to "
-                                            f"ranges that do not overlap"))
+                    for this, other in ((later, earlier), (earlier, later)):
+                        errors.append(this.err(("payer",), f"payer {this.id!r} is also defined in {other.file} for "
+                                                           "dates that overlap; give the versions effective_from/"
+                                                           "effective_to ranges that do not overlap"))
         return errors
 
     def _check_dates(self, spec: Spec) -> list:
@@ -320,7 +334,10 @@ class Registry:
                                "date_of_service (or --date)")
         key = (spec.file, date if dated else None)
         if key not in self._cache:
-            self._cache[key] = self._build(self._merge(spec, date, ()), date, check=False)
+            try:
+                self._cache[key] = self._build(self._merge(spec, date, ()), date, check=False)
+            except _Errors as exc:          # a registry built with strict=False can hold broken files
+                raise exc.errors[0] from None
         return self._cache[key]
 
     def _select(self, payer_id: str, date, child: Spec | None = None) -> Spec:
@@ -379,16 +396,14 @@ class Registry:
 
     def _apply(self, base: _Merged, spec: Spec, date) -> _Merged:
         data = spec.data
-        out = _Merged(spec, dict(base.method), base.method_at, dict(base.codes), dict(base.families),
-                      list(base.rules), base.specs + [spec])
+        out = _Merged(spec, dict(base.method), dict(base.method_from), dict(base.codes), dict(base.codes_from),
+                      dict(base.families), list(base.rules), base.specs + [spec])
         if "method" in data:
             out.method.update(data["method"])
-            if "name" in data["method"]:
-                out.method_at = (spec, ("method", "name"))
-            elif not out.method_at:
-                out.method_at = (spec, ("method",))
+            out.method_from.update({key: spec for key in data["method"]})
         for name, items in data.get("codes", {}).items():
             out.codes[name] = frozenset(_code(c) for c in items)
+            out.codes_from[name] = spec
         for i, fam in enumerate(data.get("families", [])):
             out.families[fam["id"]] = (spec, ("families", i), fam)
         errors = []
@@ -398,8 +413,12 @@ class Registry:
                 errors.append(spec.err(("disable", i), self._missing(rule_id, inherited, spec, "disable")))
             out.rules = [entry for entry in out.rules if entry[2]["id"] != rule_id]
         overrides: dict = {}
+        disabled = set(data.get("disable", []))
         for i, rule in enumerate(data.get("override", [])):
-            if rule["id"] not in inherited:
+            if rule["id"] in disabled:
+                errors.append(spec.err(("override", i, "id"), f"rule {rule['id']!r} is both disabled and overridden "
+                                                              "here: keep one of the two"))
+            elif rule["id"] not in inherited:
                 errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec, "override")))
             else:
                 overrides.setdefault(rule["id"], []).append((spec, ("override", i), rule))
@@ -415,8 +434,6 @@ class Registry:
             out.rules.append((spec, ("rules", i), rule))
         if errors:
             raise _Errors(errors)
-        if date is not None:
-            out.rules = [e for e in out.rules if in_range(date, (e[2].get("effective_from"), e[2].get("effective_to")))]
         return out
 
     @staticmethod
@@ -433,8 +450,10 @@ class Registry:
                         tie_break=tuple(m["tie_break"]))
         families = tuple(Family(fid, _code(f["primary"]), _code(f["addon"]) if "addon" in f else None)
                          for fid, (_, _, f) in merged.families.items())
+        in_effect = [e for e in merged.rules
+                     if in_range(date, (e[2].get("effective_from"), e[2].get("effective_to")))]
         rules = []
-        for index, (source, path, r) in enumerate(merged.rules):
+        for index, (source, path, r) in enumerate(in_effect):
             then = tuple(Action(*next(iter(a.items()))) for a in r["then"])
             rules.append(Rule(id=r["id"], description=r["description"], source=r["source"],
                               when=_normalise_when(r["when"]), then=then, file=source.file,
@@ -470,14 +489,28 @@ def _merged_errors(merged: _Merged) -> list:
         errors.append(spec.err(("method",) if "method" in spec.data else ("payer",),
                                "method: name is missing (cms_8_minute or midpoint_per_code)"))
     elif method["first_unit_minutes"] > method["unit_minutes"]:
-        spec, path = merged.method_at
-        errors.append(spec.err(path[:1] + ("first_unit_minutes",), "first_unit_minutes must not be larger than "
-                                                                   "unit_minutes"))
+        # blame the file that set the later of the two keys (the child, when it set either)
+        setters = [(merged.specs.index(merged.method_from[k]), rank, k)
+                   for rank, k in enumerate(("unit_minutes", "first_unit_minutes")) if k in merged.method_from]
+        key = max(setters)[2]
+        errors.append(merged.method_from[key].err(("method", key), "first_unit_minutes must not be larger than "
+                                                                     "unit_minutes"))
     for fid, (spec, path, fam) in families.items():
         for role in ("primary", "addon"):
-            if role in fam and _code(fam[role]) not in known:
-                errors.append(spec.err(path + (role,), f"code {_code(fam[role])} is in none of the code lists"
-                                                       f"{suggest(_code(fam[role]), known)}; add it to one"))
+            code = _code(fam[role]) if role in fam else None
+            if code is None or code in known:
+                continue
+            # a list written after the family (by a child) that dropped the code is the one to fix
+            later = [(merged.specs.index(src), name) for name, src in merged.codes_from.items()
+                     if merged.specs.index(src) > merged.specs.index(spec)]
+            if later:
+                _, name = max(later)
+                errors.append(merged.codes_from[name].err(("codes", name), f"code {code}, the {role} of family "
+                              f"{fid} ({spec.file}:{spec.line(*path, role)}), is in none of the code lists now; "
+                              "keep it in this list or in another"))
+            else:
+                errors.append(spec.err(path + (role,), f"code {code} is in none of the code lists"
+                                                       f"{suggest(code, known)}; add it to one"))
     for spec, path, rule in merged.rules:
         line_cond = rule["when"].get("line") or {}
         for key in ("code_in", "code_not_in"):

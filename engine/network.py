@@ -81,24 +81,51 @@ class DurableNetwork:
 
 
 class PythonNetwork:
-    """Pure-Python evaluation of the same compiled ruleset JSON (the twin and the cross-check)."""
+    """Pure-Python evaluation of the same compiled ruleset JSON (the twin and the cross-check).
+
+    Like an alpha network, each fact is tested only against the rule terms whose key equality test
+    (`code`, `in_<list>`, ...) it passes, found by a hash lookup on the fact's items."""
 
     def __init__(self, compiled: Compiled):
-        self.rules = []
+        self.rules = []             # (rule key, [term id, ...]) in rule order
+        self.tests = []             # term id -> predicate
+        self.index = {}             # fact type -> (keyed: {(field, value): [term id]}, unkeyed: [term id])
         for key, rule in compiled.ruleset.items():
             if key == SENTINEL:
                 continue
-            self.rules.append((key, [(_kind_of(expr), _predicate(expr)) for term in rule["all"]
-                                     for expr in term.values()]))
+            term_ids = []
+            for term in rule["all"]:
+                expr = next(iter(term.values()))
+                term_id = len(self.tests)
+                self.tests.append(_predicate(expr))
+                keyed, unkeyed = self.index.setdefault(_kind_of(expr), ({}, []))
+                index_key = _index_key(expr)
+                if index_key is None:
+                    unkeyed.append(term_id)
+                else:
+                    keyed.setdefault(index_key, []).append(term_id)
+                term_ids.append(term_id)
+            self.rules.append((key, term_ids))
 
     def run(self, facts: list) -> list:
-        by_kind: dict = {}
+        matches = [[] for _ in self.tests]
+        tests = self.tests
         for fact in facts:
-            by_kind.setdefault(fact["t"], []).append(fact)
+            keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
+            candidates = list(unkeyed)
+            for item in fact.items():
+                hits = keyed.get(item)
+                if hits:
+                    candidates.extend(hits)
+            for term_id in candidates:
+                if tests[term_id](fact):
+                    matches[term_id].append(fact)
         firings = []
-        for key, terms in self.rules:
-            candidates = [[f for f in by_kind.get(kind, ()) if test(f)] for kind, test in terms]
-            for combo in itertools.product(*candidates):
+        for key, term_ids in self.rules:
+            if len(term_ids) == 1:
+                firings.extend((key, (f["id"],)) for f in matches[term_ids[0]])
+                continue
+            for combo in itertools.product(*(matches[t] for t in term_ids)):
                 ids = tuple(f["id"] for f in combo)
                 if len(set(ids)) == len(ids):       # durable's dist=1: a fact never binds two aliases
                     firings.append((key, ids))
@@ -107,6 +134,19 @@ class PythonNetwork:
 
     def close(self):
         pass
+
+
+_EMPTY_INDEX = ({}, [])
+
+
+def _index_key(expr: dict):
+    """One plain equality test of the term (other than its fact type) to index it by, or None."""
+    tests = expr["$and"] if "$and" in expr else [expr]
+    for test in tests:
+        (field, value), = test.items()
+        if not field.startswith("$") and field != "t":
+            return (field, value)
+    return None
 
 
 def _kind_of(expr: dict) -> str:
