@@ -59,9 +59,8 @@ def build_facts(session: Session, lines: list, payer: Payer) -> list:
             fact["group_size"] = line.group_size
         if line.provider is not None:
             fact["provider"] = line.provider
-        for name in sorted(payer.codes):
-            if line.code in payer.codes[name]:
-                fact[list_field(name)] = True
+        for name in payer.code_lists.get(line.code, ()):
+            fact[list_field(name)] = True
         family, role = payer.family_of(line.code)
         if family is not None:
             fact["family"] = family.id

@@ -246,6 +246,7 @@ class Registry:
         for specs in self.versions.values():
             specs.sort(key=lambda s: (s.effective[0] or "", s.file))
         self._cache: dict = {}
+        self._resolved: dict = {}
         if strict:
             errors = self.errors()
             if errors:
@@ -324,6 +325,16 @@ class Registry:
 
     def resolve(self, payer_id: str, date: str | None) -> Payer:
         """The Payer in effect for a date of service; SessionError when none is (or a date is needed)."""
+        try:
+            return self._resolved[payer_id, date]
+        except KeyError:
+            pass
+        payer = self._resolve(payer_id, date)
+        if len(self._resolved) < 100_000:       # bounded: one entry per payer and day of service
+            self._resolved[payer_id, date] = payer
+        return payer
+
+    def _resolve(self, payer_id: str, date: str | None) -> Payer:
         specs = self.versions.get(payer_id)
         if not specs:
             raise SessionError(self.unknown_message(payer_id))
@@ -557,7 +568,7 @@ def load_payer(pfile: PayerFile) -> Payer:
     if errors:
         raise errors[0]
     registry = Registry.__new__(Registry)
-    registry.files, registry.file_errors, registry._cache = [pfile], {}, {}
+    registry.files, registry.file_errors, registry._cache, registry._resolved = [pfile], {}, {}, {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:

@@ -65,20 +65,27 @@ class Payer:
     line: int = 1                   # line of the `payer:` key
     files: tuple = ()               # (file, sha256) of every rule file used, parent first
 
-    @property
-    def known_codes(self) -> frozenset:
-        return frozenset().union(*self.codes.values()) if self.codes else frozenset()
+    def __post_init__(self):
+        # lookups made for every line of every session, computed once
+        roles = {}
+        for fam in self.families:
+            roles[fam.primary] = (fam, "primary")
+            if fam.addon:
+                roles[fam.addon] = (fam, "addon")
+        lists = {}
+        for name in sorted(self.codes):
+            for code in self.codes[name]:
+                lists.setdefault(code, []).append(name)
+        object.__setattr__(self, "_roles", roles)
+        object.__setattr__(self, "code_lists", {code: tuple(names) for code, names in lists.items()})
+        object.__setattr__(self, "known_codes", frozenset(lists))
 
     def family(self, family_id: str):
         return next((f for f in self.families if f.id == family_id), None)
 
     def family_of(self, code: str):
-        for fam in self.families:
-            if code == fam.primary:
-                return fam, "primary"
-            if code == fam.addon:
-                return fam, "addon"
-        return None, None
+        """(Family, "primary" | "addon") of a code, or (None, None)."""
+        return self._roles.get(code, (None, None))
 
 
 @dataclass(frozen=True)

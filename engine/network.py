@@ -84,11 +84,12 @@ class PythonNetwork:
     """Pure-Python evaluation of the same compiled ruleset JSON (the twin and the cross-check).
 
     Like an alpha network, each fact is tested only against the rule terms whose key equality test
-    (`code`, `in_<list>`, ...) it passes, found by a hash lookup on the fact's items."""
+    (`code`, `in_<list>`, ...) it passes, found by a hash lookup on the fact's items; what remains of
+    the term after its fact type and key test is checked by a predicate (often nothing is left)."""
 
     def __init__(self, compiled: Compiled):
-        self.rules = []             # (rule key, [term id, ...]) in rule order
-        self.tests = []             # term id -> predicate
+        self.terms = []             # term id -> (rule key, residual predicate or None, joined?)
+        self.joins = []             # (rule key, [term id, ...]) for rules over two facts
         self.index = {}             # fact type -> (keyed: {(field, value): [term id]}, unkeyed: [term id])
         for key, rule in compiled.ruleset.items():
             if key == SENTINEL:
@@ -96,36 +97,36 @@ class PythonNetwork:
             term_ids = []
             for term in rule["all"]:
                 expr = next(iter(term.values()))
-                term_id = len(self.tests)
-                self.tests.append(_predicate(expr))
-                keyed, unkeyed = self.index.setdefault(_kind_of(expr), ({}, []))
                 index_key = _index_key(expr)
+                term_id = len(self.terms)
+                self.terms.append((key, _residual(expr, index_key), len(rule["all"]) > 1))
+                keyed, unkeyed = self.index.setdefault(_kind_of(expr), ({}, []))
                 if index_key is None:
                     unkeyed.append(term_id)
                 else:
                     keyed.setdefault(index_key, []).append(term_id)
                 term_ids.append(term_id)
-            self.rules.append((key, term_ids))
+            if len(term_ids) > 1:
+                self.joins.append((key, term_ids))
 
     def run(self, facts: list) -> list:
-        matches = [[] for _ in self.tests]
-        tests = self.tests
+        firings, matches, terms = [], {}, self.terms
         for fact in facts:
             keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
-            candidates = list(unkeyed)
+            candidates = unkeyed
             for item in fact.items():
                 hits = keyed.get(item)
                 if hits:
-                    candidates.extend(hits)
+                    candidates = candidates + hits
             for term_id in candidates:
-                if tests[term_id](fact):
-                    matches[term_id].append(fact)
-        firings = []
-        for key, term_ids in self.rules:
-            if len(term_ids) == 1:
-                firings.extend((key, (f["id"],)) for f in matches[term_ids[0]])
-                continue
-            for combo in itertools.product(*(matches[t] for t in term_ids)):
+                key, test, joined = terms[term_id]
+                if test is None or test(fact):
+                    if joined:
+                        matches.setdefault(term_id, []).append(fact)
+                    else:
+                        firings.append((key, (fact["id"],)))
+        for key, term_ids in self.joins:
+            for combo in itertools.product(*(matches.get(t, ()) for t in term_ids)):
                 ids = tuple(f["id"] for f in combo)
                 if len(set(ids)) == len(ids):       # durable's dist=1: a fact never binds two aliases
                     firings.append((key, ids))
@@ -147,6 +148,15 @@ def _index_key(expr: dict):
         if not field.startswith("$") and field != "t":
             return (field, value)
     return None
+
+
+def _residual(expr: dict, index_key):
+    """The term's tests other than its fact type and its index key, as one predicate (None: none left)."""
+    tests = expr["$and"] if "$and" in expr else [expr]
+    rest = [t for t in tests if "t" not in t and (index_key is None or t != {index_key[0]: index_key[1]})]
+    if not rest:
+        return None
+    return _predicate(rest[0] if len(rest) == 1 else {"$and": rest})
 
 
 def _kind_of(expr: dict) -> str:
