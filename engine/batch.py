@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ def bill_stream(sessions, rules, engine, payer, date, jobs: int, registry=None):
         finally:
             biller.close()
         return
+    import multiprocessing          # only here: it is slow to import and most runs use one process
     context = multiprocessing.get_context("fork")
     with context.Pool(jobs, _init_worker, (rules, engine, payer, date)) as pool:
         pending = collections.deque()       # (chunk, async result), at most 4 per worker in flight

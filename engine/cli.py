@@ -12,16 +12,12 @@ import sys
 from pathlib import Path
 
 from . import render
-from .audit import AuditLog, query
 from .batch import Counts, Progress, Writer, bill_stream
 from .billing import Biller
-from .compare import compare_session, to_table as compare_table
-from .explain import explain_json, explain_text
 from .errors import PayrulesError, SessionError, UsageError
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
-from .scenarios import load_scenarios, run_scenario, scenario_files
 from .sessions import FORMATS, SessionInput, load_sessions
 
 
@@ -165,7 +161,10 @@ def cmd_bill(args) -> int:
     single = len(inputs) == 1 and inputs[0].format in ("yaml", "json")
     counts, progress = Counts(), Progress()
     writer = Writer(args.format)
-    log = AuditLog(args.audit_db, engine) if args.audit_db else None
+    log = None
+    if args.audit_db:
+        from .audit import AuditLog
+        log = AuditLog(args.audit_db, engine)
     failed = reported = 0
     try:
         stream = bill_stream(_numbered(inputs), args.rules, engine, args.payer, args.date, args.jobs, registry)
@@ -202,6 +201,7 @@ def _numbered(inputs):
 
 
 def cmd_compare(args) -> int:
+    from .compare import compare_session, to_table as compare_table
     registry = Registry(args.rules)
     payer_ids = registry.ids() if args.all_payers else args.payers
     for pid in payer_ids:
@@ -227,6 +227,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    from .audit import query
     if not Path(args.database).is_file():
         raise UsageError("no such audit database", args.database)
     rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
@@ -238,6 +239,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from .explain import explain_json, explain_text
     registry = Registry(args.rules)
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
@@ -304,6 +306,7 @@ def cmd_validate(args) -> int:
 
 def cmd_test(args) -> int:
     """Run scenarios; payers are found in the rules trees and in the directories of the scenario files."""
+    from .scenarios import load_scenarios, run_scenario, scenario_files
     paths = args.paths or [RULES_DIR] + args.rules
     files = scenario_files(paths)
     dirs = list(args.rules) + sorted({str(p.parent) for p, _ in files})

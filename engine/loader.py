@@ -13,6 +13,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cache
 from .errors import RuleFileError, SessionError, UsageError, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
@@ -111,17 +112,21 @@ def read_spec(pfile: PayerFile):
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [RuleFileError("not UTF-8 text", pfile.display, raw[:exc.start].count(b"\n") + 1)]
-    try:
-        doc = load_text(text, pfile.display, RuleFileError)
-    except RuleFileError as exc:
-        return None, [exc]
-    if not isinstance(doc.data, dict):
-        return None, [RuleFileError("a payer file must be a mapping with payer, name, method and rules",
-                                    pfile.display, doc.line_of(()))]
-    errors = schema_errors("payer", doc, RuleFileError)
-    if errors:
-        return None, errors
-    spec = Spec(doc, hashlib.sha256(raw).hexdigest())
+    digest = hashlib.sha256(raw).hexdigest()
+    doc = cache.load(digest, pfile.display)
+    if doc is None:
+        try:
+            doc = load_text(text, pfile.display, RuleFileError)
+        except RuleFileError as exc:
+            return None, [exc]
+        if not isinstance(doc.data, dict):
+            return None, [RuleFileError("a payer file must be a mapping with payer, name, method and rules",
+                                        pfile.display, doc.line_of(()))]
+        errors = schema_errors("payer", doc, RuleFileError)
+        if errors:
+            return None, errors
+        cache.store(digest, doc)
+    spec = Spec(doc, digest)
     return spec, sorted(_file_errors(spec), key=lambda e: (e.line or 0, e.path))
 
 

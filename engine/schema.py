@@ -4,20 +4,24 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-
 from .errors import suggest
 from .paths import SCHEMAS_DIR
 from .yamlload import Located, format_path
 
 
 @lru_cache(maxsize=None)
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str):
+    """The Draft 2020-12 validator of schemas/NAME.schema.json. jsonschema is imported here, on first
+    use, because most runs never need it (valid sessions take the fast path; validated rule files come
+    from the cache). The schemas themselves are checked against the meta-schema by the test suite."""
+    from jsonschema import Draft202012Validator
     with open(SCHEMAS_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
-        schema = json.load(fh)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+        return Draft202012Validator(json.load(fh))
+
+
+def schema_digest(name: str) -> str:
+    import hashlib
+    return hashlib.sha256((SCHEMAS_DIR / f"{name}.schema.json").read_bytes()).hexdigest()
 
 
 def schema_errors(name: str, located: Located, error_class, data=None, base_path=(), echo_values=True) -> list:
@@ -44,6 +48,7 @@ def _explain(error, echo=True):
             yield path + [key], f"unknown key {key!r}{hint}"
         return
     if error.validator in ("oneOf", "anyOf") and error.context:
+        from jsonschema.exceptions import best_match
         # the branch whose type fits says more than "is not of type object"
         fitting = [e for e in error.context if e.validator != "type"] or error.context
         deepest = best_match(fitting)

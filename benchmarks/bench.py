@@ -1,0 +1,193 @@
+"""payer-rules benchmark: prints its figures; it asserts nothing.
+
+    python benchmarks/bench.py                 # 100,000 sessions, both engines
+    python benchmarks/bench.py --million       # also peak RSS after 1,000,000 sessions
+    python benchmarks/bench.py --sessions 20000 --engines python
+
+Figures (issue 5): throughput in sessions/s for Medicare and for a per-code midpoint payer, full trace
+on, one process and --jobs 2; beside them a plain-Python direct computation of the same units (no rule
+engine) run in the same process, and the ratio engine/baseline; peak RSS of `payrules bill` streaming
+100,000 and 1,000,000 sessions; the wall time of a cold `payrules bill` of one session against
+`python -c pass`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine.batch import bill_stream                     # noqa: E402
+from engine.billing import Biller                        # noqa: E402
+from engine.loader import Registry                       # noqa: E402
+from engine.network import durable_available             # noqa: E402
+from engine.sessions import parse_session                # noqa: E402
+from engine.yamlload import Located                      # noqa: E402
+from workload import make_sessions                       # noqa: E402
+
+TARGETS = {"durable": (5000, 8.0), "python": (15000, 3.0)}     # sessions/s at least, ratio at most
+
+
+# --- the plain-Python baseline: the same units, no rule engine ----------------------------------------
+
+def baseline_units(session: dict, payer) -> dict:
+    """{code: units} computed directly: duplicates merged; timed codes (and 97129/97130 as one service)
+    pooled by the CMS method or rounded per code; untimed, evaluation and group codes one unit."""
+    minutes, order = {}, []
+    for s in session["services"]:
+        code = str(s["code"])
+        if code not in minutes:
+            order.append(code)
+            minutes[code] = 0
+        minutes[code] += s["minutes"]
+    codes, method = payer.codes, payer.method
+    one_unit = codes.get("untimed", frozenset()) | codes.get("evaluations", frozenset()) | codes.get("group", frozenset())
+    timed = {}
+    for code in order:
+        if code in codes.get("timed_15", ()):
+            timed[code] = minutes[code]
+        elif code in ("97129", "97130") and "97129" in minutes:
+            timed["cog"] = timed.get("cog", 0) + minutes[code]
+    u, first = method.unit_minutes, method.first_unit_minutes
+    chart = lambda m: 0 if m < first else 1 + (m - first) // u          # noqa: E731
+    if method.pooled:
+        total = chart(sum(timed.values()))
+        units = {k: m // u for k, m in timed.items()}
+        keys = list(timed)
+        ranked = sorted((k for k in keys if timed[k] % u), key=lambda k: (-(timed[k] % u), -timed[k], keys.index(k)))
+        for k in ranked[:total - sum(units.values())]:
+            units[k] += 1
+    else:
+        units = {k: chart(m) for k, m in timed.items()}
+    out = {code: 1 for code in order if code in one_unit}
+    for k, n in units.items():
+        if k == "cog":
+            if n:
+                out["97129"] = 1
+            if n > 1:
+                out["97130"] = n - 1
+        elif n:
+            out[k] = n
+    return out
+
+
+# --- measurements --------------------------------------------------------------------------------------
+
+def engine_run(biller, data):
+    """Parse, bill (full trace) and encode each session as bill --format jsonl does."""
+    out = []
+    for i, d in enumerate(data):
+        session = parse_session(d, Located(d, {(): i + 1}, "bench"), (), i + 1)
+        out.append(json.dumps(biller.bill(session), ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+def jobs_run(data, engine, jobs):
+    sessions = (parse_session(d, Located(d, {(): i + 1}, "bench"), (), i + 1) for i, d in enumerate(data))
+    return [json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            for _, record, _ in bill_stream(sessions, [], engine, None, None, jobs)]
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def throughput(n: int, engines: list) -> None:
+    registry = Registry()
+    print(f"Throughput: {n:,} generated sessions of 1-6 services, full trace, JSON-encoded; "
+          f"{os.cpu_count()} cores")
+    print(f"{'payer':18} {'engine':8} {'1 process':>12} {'--jobs 2':>12} {'x 1 job':>8} {'baseline':>12} "
+          f"{'ratio':>7}  target")
+    for payer_id in ("medicare", "example-midpoint"):
+        data = make_sessions(n, seed=7, payer=payer_id)
+        payer = registry.resolve(payer_id, "2026-03-02")
+        base_time, base_units = timed(lambda: [baseline_units(d, payer) for d in data])
+        for engine in engines:
+            biller = Biller(registry, engine)
+            engine_run(biller, data[:500])                      # warm up: compile, first sessions
+            one_time, lines = timed(engine_run, biller, data)
+            biller.close()
+            two_time, lines2 = timed(jobs_run, data, engine, 2)
+            mismatched = sum(1 for line, want in zip(lines, base_units)
+                             if {l["code"]: l["units"] for l in json.loads(line)["lines"]} != want)
+            rate, rate2, base_rate = n / one_time, n / two_time, n / base_time
+            ratio = one_time / base_time
+            floor, ceiling = TARGETS[engine]
+            verdict = "met" if rate >= floor and ratio <= ceiling else "NOT met"
+            print(f"{payer_id:18} {engine:8} {rate:10,.0f}/s {rate2:10,.0f}/s {rate2 / rate:7.2f}x "
+                  f"{base_rate:10,.0f}/s {ratio:6.1f}x  >= {floor:,}/s and <= {ceiling}x: {verdict}")
+            if lines2 != lines:
+                print("  !! --jobs 2 output differs from one process")
+            if mismatched:
+                print(f"  !! {mismatched} sessions where the engine's units differ from the baseline's")
+
+
+def peak_rss(counts: list, engines: list) -> None:
+    print("Peak RSS of `payrules bill FILE.jsonl --format jsonl > /dev/null` (streaming):")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            path = Path(tmp) / f"s{n}.jsonl"
+            with open(path, "w") as fh:
+                for start in range(0, n, 100_000):
+                    for d in make_sessions(min(100_000, n - start), seed=start + 1):
+                        fh.write(json.dumps(d) + "\n")
+            for engine in engines:
+                code = ("import resource, sys; from engine.cli import main\n"
+                        "rc = main(sys.argv[1:])\n"
+                        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-c", code, "bill", str(path), "--format", "jsonl",
+                                       "--engine", engine], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+                wall = time.perf_counter() - start
+                kb = next(int(l.split()[1]) for l in proc.stderr.splitlines() if l.startswith("maxrss_kb"))
+                print(f"  {n:>9,} sessions  {engine:8} peak RSS {kb / 1024:6.1f} MB  "
+                      f"({wall:.0f} s, {n / wall:,.0f}/s end to end)  target < 150 MB: "
+                      f"{'met' if kb / 1024 < 150 else 'NOT met'}")
+
+
+def cold_start(engines: list) -> None:
+    def wall(cmd):
+        runs = []
+        for _ in range(7):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+    bare = wall([sys.executable, "-c", "pass"])
+    print(f"Cold start (median of 7): python -c pass {bare * 1000:.0f} ms")
+    for engine in engines:
+        t = wall([sys.executable, "-m", "engine", "bill", "examples/ot-session.yaml", "--engine", engine])
+        ratio = t / bare
+        print(f"  payrules bill examples/ot-session.yaml --engine {engine}: {t * 1000:.0f} ms = {ratio:.1f}x "
+              f"a bare interpreter; target < 10x: {'met' if ratio < 10 else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--million", action="store_true", help="also measure peak RSS at 1,000,000 sessions")
+    parser.add_argument("--engines", default="durable,python")
+    args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e != "durable" or durable_available()]
+    print(f"Python {sys.version.split()[0]}; engines: {', '.join(engines)}\n")
+    throughput(args.sessions, engines)
+    print()
+    peak_rss([args.sessions] + ([1_000_000] if args.million else []), engines)
+    print()
+    cold_start(engines)
+
+
+if __name__ == "__main__":
+    main()
