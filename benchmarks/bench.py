@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.batch import bill_stream                     # noqa: E402
+from engine.batch import Job, bill_stream                     # noqa: E402
 from engine.billing import Biller                        # noqa: E402
 from engine.loader import Registry                       # noqa: E402
 from engine.network import durable_available             # noqa: E402
@@ -92,9 +92,10 @@ def engine_run(biller, data):
 
 
 def jobs_run(data, engine, jobs):
+    """The same through the batch pipeline (bill --format jsonl --jobs N): parsed here, billed and
+    encoded in the workers."""
     sessions = (parse_session(d, Located(d, {(): i + 1}, "bench"), (), i + 1) for i, d in enumerate(data))
-    return [json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-            for _, record, _ in bill_stream(sessions, [], engine, None, None, jobs)]
+    return [done.text.rstrip("\n") for _, done in bill_stream(sessions, [], engine, Job(), jobs)]
 
 
 def timed(fn, *args):

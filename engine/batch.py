@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from . import render
 from .billing import Biller
 from .loader import Registry
+from .errors import SessionError
 from .sessions import ParseError
 
 CHUNK = 64                      # sessions per task sent to a worker
@@ -24,11 +25,11 @@ class Counts:
     with_errors: int = 0
     failed_to_parse: int = 0
 
-    def add(self, session, record) -> None:
+    def add(self, category: str) -> None:
         self.read += 1
-        if isinstance(session, ParseError):
+        if category == "parse":
             self.failed_to_parse += 1
-        elif "error" in record or any(w["severity"] == "error" for w in record["warnings"]):
+        elif category == "error":
             self.with_errors += 1
         else:
             self.billed += 1
@@ -38,92 +39,132 @@ class Counts:
                 f"{self.failed_to_parse} failed to parse")
 
 
-# --- workers ------------------------------------------------------------------------------------------
+# --- billing one session, in this process or a worker -----------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """What every session of a run is billed and rendered with."""
+    payer: str | None = None
+    date: str | None = None
+    fmt: str = "jsonl"
+    audit: bool = False
+
+
+@dataclass(frozen=True)
+class Processed:
+    """One session's outcome, rendered where it was billed so that only text crosses processes."""
+    category: str           # billed | error | parse
+    text: str               # the record in the output format (a JSON list element for json)
+    report: tuple           # its error lines for stderr (no patient data)
+    audit: tuple | None     # (record, rules hash, rule files, date of service) for --audit-db
+
+
+def process(biller, session, job: Job) -> Processed:
+    outcome = biller.evaluate(session, job.payer, job.date)
+    record = outcome if isinstance(outcome, dict) else outcome.result
+    failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
+    category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
+    audit = None
+    if job.audit:
+        audit = (record, None, (), None) if isinstance(outcome, dict) else \
+            (record, outcome.payer.digest, outcome.payer.files, outcome.session.date_of_service)
+    return Processed(category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit)
+
+
+def render_one(record: dict, fmt: str) -> str:
+    if fmt == "jsonl":
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    if fmt == "json":
+        return "  " + json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+    if fmt == "csv":
+        return render.to_csv([record]).split("\n", 1)[1]
+    return render.to_table([record])
+
+
+def report_lines(session, record, payer_id: str | None = None) -> tuple:
+    """`FILE:LINE: session ID: problem` for each error of a session: its id, never its other data."""
+    if isinstance(session, SessionError):
+        return (f"{session} (session {session.session_id})",)
+    where = f"{session.file}:{session.line}: " if session.file and session.line else ""
+    who = f"session {record['session_id']}" + (f", payer {payer_id}" if payer_id else "")
+    if "error" in record:
+        return (f"{where}{who}: {record['error']}",)
+    return tuple(f"{where}{who}: {w['rule']}: {w['message']}" for w in record["warnings"] if w["severity"] == "error")
+
 
 _worker = {}
 
 
-def _init_worker(rules, engine, payer, date):
+def _init_worker(rules, engine, job):
     _worker["biller"] = Biller(Registry(rules), engine)
-    _worker["args"] = (payer, date)
+    _worker["job"] = job
 
 
-def _bill_chunk(sessions):
-    biller, (payer, date) = _worker["biller"], _worker["args"]
-    return [bill_one(biller, s, payer, date) for s in sessions]
+def _process_chunk(sessions):
+    biller, job = _worker["biller"], _worker["job"]
+    return [process(biller, s, job) for s in sessions]
 
 
-def bill_one(biller, session, payer, date):
-    """(record, audit facts): the record and what the audit log needs beyond it."""
-    outcome = biller.evaluate(session, payer, date)
-    if isinstance(outcome, dict):
-        return outcome, None
-    return outcome.result, (outcome.payer.digest, outcome.payer.files, outcome.session.date_of_service)
-
-
-def bill_stream(sessions, rules, engine, payer, date, jobs: int, registry=None):
-    """(session, record, audit facts) for every session, in input order."""
+def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
+    """(session, Processed) for every session, in input order, billed in `jobs` processes."""
     if jobs <= 1:
         biller = Biller(registry or Registry(rules), engine)
         try:
             for session in sessions:
-                yield (session, *bill_one(biller, session, payer, date))
+                yield session, process(biller, session, job)
         finally:
             biller.close()
         return
     import multiprocessing          # only here: it is slow to import and most runs use one process
     context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, _init_worker, (rules, engine, payer, date)) as pool:
+    with context.Pool(jobs, _init_worker, (rules, engine, job)) as pool:
         pending = collections.deque()       # (chunk, async result), at most 4 per worker in flight
         chunk = []
         for session in sessions:
             chunk.append(session)
             if len(chunk) == CHUNK:
-                pending.append((chunk, pool.apply_async(_bill_chunk, (chunk,))))
+                pending.append((chunk, pool.apply_async(_process_chunk, (chunk,))))
                 chunk = []
                 while len(pending) >= 4 * jobs:
                     yield from _drain(pending.popleft())
         if chunk:
-            pending.append((chunk, pool.apply_async(_bill_chunk, (chunk,))))
+            pending.append((chunk, pool.apply_async(_process_chunk, (chunk,))))
         while pending:
             yield from _drain(pending.popleft())
 
 
 def _drain(item):
     chunk, result = item
-    for session, (record, audit) in zip(chunk, result.get()):
-        yield session, record, audit
+    yield from zip(chunk, result.get())
 
 
 # --- output -------------------------------------------------------------------------------------------
 
 class Writer:
-    """Writes records as they come; `single` = one JSON object instead of a list."""
+    """Writes rendered records as they come, with the list brackets and CSV header around them."""
 
     def __init__(self, fmt: str, out=None):
         self.fmt = fmt
         self.out = out or sys.stdout
         self.count = 0
 
-    def write(self, record: dict, single: bool = False) -> None:
-        out, n = self.out, self.count
-        if self.fmt == "jsonl":
-            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+    def write(self, text: str) -> None:
+        if self.count == 0:
+            self.out.write({"json": "[\n", "csv": ",".join(render.CSV_COLUMNS) + "\n"}.get(self.fmt, ""))
         elif self.fmt == "json":
-            text = json.dumps(record, indent=2, ensure_ascii=False)
-            if single:
-                out.write(text + "\n")
-            else:
-                out.write(("[\n" if n == 0 else ",\n") + "  " + text.replace("\n", "\n  "))
-        elif self.fmt == "csv":
-            rows = render.to_csv([record])
-            out.write(rows if n == 0 else rows.split("\n", 1)[1])
-        else:
-            out.write(("" if n == 0 else "\n") + render.to_table([record]))
+            self.out.write(",\n")
+        elif self.fmt == "table":
+            self.out.write("\n")
+        self.out.write(text)
         self.count += 1
 
-    def close(self, single: bool = False) -> None:
-        if self.fmt == "json" and not single:
+    def write_single(self, record: dict) -> None:
+        """The one session of a single-object input, as an object (design.md §5)."""
+        self.out.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        self.count = -1
+
+    def close(self) -> None:
+        if self.fmt == "json" and self.count >= 0:
             self.out.write("[]\n" if self.count == 0 else "\n]\n")
         elif self.fmt == "csv" and self.count == 0:
             self.out.write(",".join(render.CSV_COLUMNS) + "\n")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import render
-from .batch import Counts, Progress, Writer, bill_stream
+from .batch import Counts, Job, Progress, Writer, bill_stream, report_lines
 from .billing import Biller
 from .errors import PayrulesError, SessionError, UsageError
 from .loader import PayerFile, Registry, rule_files
@@ -158,37 +158,37 @@ def cmd_bill(args) -> int:
         raise UsageError(registry.unknown_message(args.payer))
     engine = args.engine or default_engine()
     inputs = [SessionInput(name, args.input_format) for name in args.inputs]
-    single = len(inputs) == 1 and inputs[0].format in ("yaml", "json")
-    counts, progress = Counts(), Progress()
-    writer = Writer(args.format)
+    job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
+    counts, progress, writer = Counts(), Progress(), Writer(args.format)
     log = None
     if args.audit_db:
         from .audit import AuditLog
         log = AuditLog(args.audit_db, engine)
     failed = reported = 0
     try:
-        stream = bill_stream(_numbered(inputs), args.rules, engine, args.payer, args.date, args.jobs, registry)
-        for session, record, audit in stream:
-            counts.add(session, record)
-            single = single and inputs[0].single and counts.read == 1
-            writer.write(record, single=single)
-            if "error" in record or any(w["severity"] == "error" for w in record["warnings"]):
+        for session, done in bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry):
+            counts.add(done.category)
+            if args.format == "json" and len(inputs) == 1 and inputs[0].single:
+                writer.write_single(json.loads(done.text))
+            else:
+                writer.write(done.text)
+            if done.report:
                 failed += 1
-                if reported < MAX_REPORTED:
-                    _report(session, record)
+                for line in done.report[:max(0, MAX_REPORTED - reported)]:
+                    _error(line)
                     reported += 1
             if log:
-                log.record(counts.read, record, *(audit or (None, (), None)))
+                log.record(counts.read, *done.audit)
             progress.update(counts)
-        writer.close(single)
+        writer.close()
     finally:
         progress.done()
         if log:
             log.close()
-    if reported < failed:
-        _error(f"{failed - reported} more session(s) with errors (see the output records)")
+    if reported >= MAX_REPORTED and failed:
+        _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
     print(counts.line(), file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if counts.with_errors or counts.failed_to_parse else 0
 
 
 def _numbered(inputs):
@@ -263,18 +263,8 @@ def cmd_explain(args) -> int:
 
 
 def _report(session, record, payer_id: str | None = None) -> None:
-    """Errors of a session on stderr, `error: FILE:LINE: ...` naming the session by its id only."""
-    if isinstance(session, SessionError):
-        _error(f"{session} (session {session.session_id})")
-        return
-    where = f"{session.file}:{session.line}: " if session.file and session.line else ""
-    who = f"session {record['session_id']}" + (f", payer {payer_id}" if payer_id else "")
-    if "error" in record:
-        _error(f"{where}{who}: {record['error']}")
-        return
-    for w in record["warnings"]:
-        if w["severity"] == "error":
-            _error(f"{where}{who}: {w['rule']}: {w['message']}")
+    for line in report_lines(session, record, payer_id):
+        _error(line)
 
 
 def cmd_validate(args) -> int:
