@@ -20,7 +20,7 @@ UNIT_ACTIONS = ("timed_units", "units", "block_units")
 SEVERITIES = {"info": "info", "warn": "warning", "error": "error"}
 
 
-@dataclass
+@dataclass(slots=True)
 class LineState:
     """What the firings decided for one line."""
     line: Line
@@ -33,6 +33,7 @@ class LineState:
     capped_from: int = 0                                # units earned before a max_units limit
     reason: str = ""
     reason_rules: list = field(default_factory=list)
+    decision: object = None                             # set by _services: see _decision
 
     def touch(self, rule_id):
         if rule_id not in self.rules:
@@ -183,12 +184,12 @@ def _render(template: str, line, session, payer) -> str:
 
 def _decision(state: LineState):
     """The one unit decision for a line: (kind, value), "conflict", or None when no rule decided."""
-    if not state.decisions:
+    decisions = state.decisions
+    if not decisions:
         return None
-    kinds = {(a.kind, repr(a.value)) for _, a in state.decisions}
-    if len(kinds) > 1:
+    _, action = decisions[0]
+    if len(decisions) > 1 and len({(a.kind, repr(a.value)) for _, a in decisions}) > 1:
         return "conflict"
-    _, action = state.decisions[0]
     return action.kind, action.value
 
 
@@ -207,7 +208,7 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
             state.reason = "; ".join(reason for _, reason in state.holds)
             state.reason_rules = [r.id for r, _ in state.holds]
             continue
-        decision = _decision(state)
+        decision = state.decision = _decision(state)
         if decision is None:
             _engine_error(state, "engine.no-unit-rule",
                           f"no rule of payer {payer.id} decides the units of {state.line.code}", warnings)
@@ -221,7 +222,7 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
     services = {}
     for key, members in groups.items():
         family = payer.family(key)
-        if len({repr(_decision(m)) for m in members}) > 1:
+        if len(members) > 1 and len({repr(m.decision) for m in members}) > 1:
             for m in members:
                 _engine_error(m, "engine.unit-conflict", f"the codes of family {key} are given different unit rules",
                               warnings)
@@ -230,7 +231,7 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
                 _engine_error(m, "engine.addon-without-primary",
                               f"add-on {m.line.code} billed without its primary {family.primary}", warnings)
         else:
-            services[key] = (_decision(members[0]), members)
+            services[key] = (members[0].decision, members)
     return services
 
 
@@ -282,7 +283,7 @@ def _apply_caps(states: list, warnings: list) -> int:
                              "message": f"{state.line.code}: {state.units} units earned, at most {limit} billed "
                                         f"({rule.description})"})
             state.capped_from = state.units
-            if _decision(state)[0] == "timed_units":
+            if state.decision[0] == "timed_units":
                 taken += state.units - limit
             state.units = limit
             if limit == 0:

@@ -50,6 +50,9 @@ def load(digest: str, display: str):
     try:
         with open(path, encoding="utf-8") as fh:
             entry = json.load(fh)
+        body = json.dumps([entry["data"], entry["lines"]], sort_keys=True)
+        if entry.get("check") != hashlib.sha256(body.encode()).hexdigest() or not isinstance(entry["data"], dict):
+            return None                 # corrupt or not written by this code: parse the file again
         lines = {tuple(p): line for p, line in entry["lines"]}
         return Located(entry["data"], lines, display)
     except (OSError, ValueError, KeyError, TypeError):
@@ -63,8 +66,10 @@ def store(digest: str, doc: Located) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        lines = [[list(p), line] for p, line in doc.lines.items()]
+        check = hashlib.sha256(json.dumps([doc.data, lines], sort_keys=True).encode()).hexdigest()
         with open(temporary, "w", encoding="utf-8") as fh:
-            json.dump({"data": doc.data, "lines": [[list(p), line] for p, line in doc.lines.items()]}, fh)
+            json.dump({"data": doc.data, "lines": lines, "check": check}, fh)
         os.replace(temporary, path)
     except OSError:
         pass

@@ -77,11 +77,12 @@ class Payer:
             for code in self.codes[name]:
                 lists.setdefault(code, []).append(name)
         object.__setattr__(self, "_roles", roles)
+        object.__setattr__(self, "_families", {f.id: f for f in self.families})
         object.__setattr__(self, "code_lists", {code: tuple(names) for code, names in lists.items()})
         object.__setattr__(self, "known_codes", frozenset(lists))
 
     def family(self, family_id: str):
-        return next((f for f in self.families if f.id == family_id), None)
+        return self._families.get(family_id)
 
     def family_of(self, code: str):
         """(Family, "primary" | "addon") of a code, or (None, None)."""

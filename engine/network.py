@@ -91,6 +91,7 @@ class PythonNetwork:
         self.terms = []             # term id -> (rule key, residual predicate or None, joined?)
         self.joins = []             # (rule key, [term id, ...]) for rules over two facts
         self.index = {}             # fact type -> (keyed: {(field, value): [term id]}, unkeyed: [term id])
+        self.memo = {}              # fact content (without its id) -> matching term ids
         for key, rule in compiled.ruleset.items():
             if key == SENTINEL:
                 continue
@@ -112,19 +113,12 @@ class PythonNetwork:
     def run(self, facts: list) -> list:
         firings, matches, terms = [], {}, self.terms
         for fact in facts:
-            keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
-            candidates = unkeyed
-            for item in fact.items():
-                hits = keyed.get(item)
-                if hits:
-                    candidates = candidates + hits
-            for term_id in candidates:
-                key, test, joined = terms[term_id]
-                if test is None or test(fact):
-                    if joined:
-                        matches.setdefault(term_id, []).append(fact)
-                    else:
-                        firings.append((key, (fact["id"],)))
+            for term_id in self._matching(fact):
+                key, _, joined = terms[term_id]
+                if joined:
+                    matches.setdefault(term_id, []).append(fact)
+                else:
+                    firings.append((key, (fact["id"],)))
         for key, term_ids in self.joins:
             for combo in itertools.product(*(matches.get(t, ()) for t in term_ids)):
                 ids = tuple(f["id"] for f in combo)
@@ -132,6 +126,24 @@ class PythonNetwork:
                     firings.append((key, ids))
         firings.sort()
         return firings
+
+    def _matching(self, fact: dict) -> tuple:
+        """The terms a fact satisfies. They depend on its content alone, which repeats a great deal
+        across sessions (same code, same minutes), so they are remembered by content."""
+        content = tuple(item for item in fact.items() if item[0] != "id")
+        found = self.memo.get(content)
+        if found is None:
+            keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
+            candidates = list(unkeyed)
+            for item in content:
+                hits = keyed.get(item)
+                if hits:
+                    candidates.extend(hits)
+            found = tuple(t for t in sorted(candidates) if self.terms[t][1] is None or self.terms[t][1](fact))
+            if len(self.memo) >= 100_000:
+                self.memo.clear()
+            self.memo[content] = found
+        return found
 
     def close(self):
         pass

@@ -99,4 +99,12 @@ def _message(error, echo=True) -> str:
         return f"has {len(value)} items, at most {error.validator_value} are allowed"
     if v == "minProperties":
         return "must not be empty"
-    return error.message
+    if v == "maxProperties":
+        return f"has more than {error.validator_value} keys"
+    if v == "minLength":
+        return "must not be empty" if error.validator_value == 1 else f"is shorter than {error.validator_value} characters"
+    if v == "maxLength":
+        return f"is longer than {error.validator_value} characters"
+    if not echo:        # never jsonschema's own message: it quotes the value
+        return f"does not satisfy the schema's {v} rule"
+    return error.message if len(error.message) <= 200 else error.message[:197] + "..."

@@ -34,6 +34,21 @@ class ParseError(SessionError):
     """A record that could not be read as a session at all (malformed JSON, not UTF-8, ...)."""
 
 
+class _Unreadable(ParseError):
+    """Malformed JSON inside a JSON list: where the next session starts cannot be known."""
+
+
+MAX_CONTEXT_DEPTH = 8
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of plain data, counted up to `limit` + 1 (no deeper walk)."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+
+
 class SessionInput:
     """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
     input is one session object (then `bill --format json` writes an object, not a list)."""
@@ -126,7 +141,7 @@ class SessionInput:
         while True:
             item = self._json_value(stream)
             yield item
-            if isinstance(item, ParseError):
+            if isinstance(item, _Unreadable):
                 raise UsageError(f"the rest of the JSON list cannot be read after the malformed session at line "
                                  f"{item.line}", self.display, item.line)
             stream.skip_space()
@@ -144,9 +159,9 @@ class SessionInput:
         try:
             data = stream.decode_value()
         except ValueError as exc:
-            return ParseError(f"malformed JSON: {exc}", self.display, line, session_id=f"session-{number}")
+            return _Unreadable(f"malformed JSON: {exc}", self.display, line, session_id=f"session-{number}")
         except RecursionError:
-            return ParseError("JSON nested too deeply", self.display, line, session_id=f"session-{number}")
+            return _Unreadable("JSON nested too deeply", self.display, line, session_id=f"session-{number}")
         return parse_session(data, Located(data, {(): line}, self.display), (), number)
 
     # --- JSONL: one session per line ------------------------------------------------------------------
@@ -382,7 +397,7 @@ def fast_valid(data) -> bool:
     date = data.get("date_of_service", "2000-01-01")
     if type(date) is not str or not _DATE.match(date) or len(date) != 10:
         return False
-    if "discipline" in data and data["discipline"] not in _DISCIPLINES:
+    if "discipline" in data and (type(data["discipline"]) is not str or data["discipline"] not in _DISCIPLINES):
         return False
     if "context" in data and (type(data["context"]) is not dict or len(data["context"]) > 100):
         return False
@@ -399,7 +414,7 @@ def fast_valid(data) -> bool:
             return False
         if "group_size" in s and (type(s["group_size"]) is not int or not 0 <= s["group_size"] <= 1000):
             return False
-        if "provider" in s and s["provider"] not in _PROVIDERS:
+        if "provider" in s and (type(s["provider"]) is not str or s["provider"] not in _PROVIDERS):
             return False
     return True
 
@@ -417,11 +432,15 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         if errors:
             errors[0].session_id = session_id
             return errors[0]
+    if _depth(data.get("context"), MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
+        return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
+                            doc.line_of(path + ("context",)), "context", session_id=session_id)
     date = data.get("date_of_service")
     if date is not None and not _is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
-    services = tuple(Service(code=str(s["code"]), minutes=int(s["minutes"]),
+    services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
+                             minutes=int(s["minutes"]),
                              group_size=None if s.get("group_size") is None else int(s["group_size"]),
                              provider=s.get("provider")) for s in data["services"])
     return Session(session_id=session_id, services=services, payer=data.get("payer"),

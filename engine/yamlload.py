@@ -143,7 +143,10 @@ class _Builder:
             self.fail(f"YAML tag {node.tag!r} is not allowed (plain values only)", node, path)
         if node.tag.endswith(":timestamp"):
             return self.date(node)
-        value = self.constructor.construct_object(node, deep=False)
+        try:
+            value = self.constructor.construct_object(node, deep=False)
+        except ValueError:      # e.g. an integer of more than 4,300 digits
+            self.fail("not a number the engine accepts (too large)", node, path)
         if isinstance(value, float) and value != value:
             self.fail("NaN is not a number the engine accepts", node, path)
         return value
