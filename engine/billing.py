@@ -112,7 +112,11 @@ def evaluate_session(session: Session, compiled, network) -> Outcome:
     payer = compiled.payer
     lines = merge_services(session)
     facts = build_facts(session, lines, payer)
-    firings = [(compiled.keys[key], fact_ids) for key, fact_ids in network.run(facts)]
+    firings = []
+    for key, fact_ids in network.run(facts):
+        rule = compiled.keys[key]
+        # a rule on the session and a line matched the line, which carries the session's fields
+        firings.append((rule, ("session",) + fact_ids if len(rule.when) == 2 else fact_ids))
     by_id = {line.fact_id: LineState(line) for line in lines}
     names = {line.fact_id: line.code for line in lines}
     names["session"] = "session"

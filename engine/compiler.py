@@ -1,10 +1,12 @@
 """Payer → durable_rules ruleset (JSON form), restricted to a whitelisted, tested grammar subset.
 
-Every rule becomes `{"all": [alias terms]}` over at most two aliases: `s` (the session fact) and `l`
-(one line fact). Conditions are flat literal tests; anything that needs aggregation or "X and no Y"
-is computed in Python beforehand into fact attributes (see facts.py), because durable-rules 2.0.28
-answers wrongly or crashes on reference joins, late `$not` and nested groups
-(shared/durable-rules-notes.md §3, §4). `check_grammar` re-checks the output so that a compiler change
+Every rule becomes `{"all": [one alias term]}`: `s` (the session fact) for a rule on the session
+alone, else `l` (one line fact). A rule on the session *and* a line needs no join: every line fact
+carries the session's fields as `s_<field>` (facts.py), so its session tests become tests of the line.
+Conditions are flat literal tests; anything that needs aggregation or "X and no Y" is computed in
+Python beforehand into fact attributes, because durable-rules 2.0.28 answers wrongly or crashes on
+reference joins, late `$not` and nested groups, and every join node costs memory and time in each
+session's state (shared/durable-rules-notes.md §3, §4, §6). `check_grammar` re-checks the output so that a compiler change
 cannot emit a shape outside the subset.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .model import Payer, Rule
 SENTINEL = "done"           # always fires once per session, so delete_state is safe (notes §1.2)
 SENTINEL_PRI = 65000
 ALIASES = {"session": "s", "line": "l"}
+SESSION_ON_LINE = "s_"      # prefix of the session's fields copied onto every line fact
 FACT_TYPES = {"session": "session", "line": "line"}
 
 # Field of a fact -> Python type of its values. Comparisons are only ever emitted between equal types,
@@ -26,6 +29,7 @@ FIELD_TYPES = {
              "family_role": str, "has_primary": bool},
     "session": {"discipline": str, "date_of_service": str, "line_count": int},
 }
+FIELD_TYPES["line"].update({SESSION_ON_LINE + f: t for f, t in FIELD_TYPES["session"].items()})
 _COMPARE = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
 ALLOWED_OPERATORS = {"$and", "$or", "$lt", "$lte", "$gt", "$gte", "$neq", "$ex", "$nex"}
 MAX_DISTINCT_VALUES = 512   # findAlpha hangs above this (notes §4 #5)
@@ -51,9 +55,12 @@ def compile_payer(payer: Payer) -> Compiled:
     ruleset, keys = {}, {}
     for rule in payer.rules:
         key = rule_key(rule)
-        terms = [{ALIASES[kind]: _fact_expr(kind, rule.when[kind], rule)} for kind in ("session", "line")
-                 if kind in rule.when]
-        ruleset[key] = {"all": terms}
+        if "line" in rule.when:
+            session_tests = {SESSION_ON_LINE + f: t for f, t in rule.when.get("session", {}).items()}
+            term = {"l": _fact_expr("line", {**rule.when["line"], **session_tests}, rule)}
+        else:
+            term = {"s": _fact_expr("session", rule.when["session"], rule)}
+        ruleset[key] = {"all": [term]}
         keys[key] = rule
     ruleset[SENTINEL] = {"all": [{"s": {"t": "session"}}], "pri": SENTINEL_PRI}
     check_grammar(ruleset, keys)
@@ -106,8 +113,8 @@ def check_grammar(ruleset: dict, keys: dict) -> None:
         if set(definition) - {"all", "pri"}:
             fail(f"unexpected rule keys {sorted(set(definition) - {'all', 'pri'})}")
         terms = definition["all"]
-        if not 1 <= len(terms) <= 2:
-            fail("a rule must bind one or two facts")
+        if len(terms) != 1:
+            fail("a rule must bind exactly one fact (joins are not emitted)")
         for term in terms:
             (alias, expr), = term.items()
             if alias not in ALIASES.values():

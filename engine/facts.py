@@ -1,6 +1,7 @@
 """Session → facts for the rule network, with everything a flat condition cannot compute done here:
 duplicate codes merged, code-list membership flattened to `in_<list>: true`, add-on families and
-"add-on without its primary" resolved (durable's `$not` is unreliable, notes §4 #8).
+"add-on without its primary" resolved (durable's `$not` is unreliable, notes §4 #8), and the session's
+fields copied onto each line as `s_<field>` so that no rule needs a join.
 
 Facts come out in canonical order (the session, then lines in order of first appearance), each with a
 unique id, so the network's firings do not depend on how the input was written.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .compiler import list_field
+from .compiler import SESSION_ON_LINE, list_field
 from .model import Payer, Session
 
 
@@ -51,10 +52,11 @@ def build_facts(session: Session, lines: list, payer: Payer) -> list:
     if session.date_of_service:
         session_fact["date_of_service"] = session.date_of_service
     facts = [session_fact]
+    on_line = {SESSION_ON_LINE + k: v for k, v in session_fact.items() if k not in ("t", "id")}
     known = payer.known_codes
     for line in lines:
         fact = {"t": "line", "id": line.fact_id, "code": line.code, "minutes": line.minutes,
-                "known": line.code in known}
+                "known": line.code in known, **on_line}
         if line.group_size is not None:
             fact["group_size"] = line.group_size
         if line.provider is not None:

@@ -83,47 +83,31 @@ class DurableNetwork:
 class PythonNetwork:
     """Pure-Python evaluation of the same compiled ruleset JSON (the twin and the cross-check).
 
-    Like an alpha network, each fact is tested only against the rule terms whose key equality test
-    (`code`, `in_<list>`, ...) it passes, found by a hash lookup on the fact's items; what remains of
-    the term after its fact type and key test is checked by a predicate (often nothing is left)."""
+    Every compiled rule tests one fact (compiler.check_grammar). Like an alpha network, a fact is
+    tested only against the rules whose key equality test (`code`, `in_<list>`, ...) it passes, found
+    by a hash lookup on its items; what remains of the rule after its fact type and key test is checked
+    by a predicate (often nothing is left)."""
 
     def __init__(self, compiled: Compiled):
-        self.terms = []             # term id -> (rule key, residual predicate or None, joined?)
-        self.joins = []             # (rule key, [term id, ...]) for rules over two facts
+        self.terms = []             # term id -> (rule key, residual predicate or None)
         self.index = {}             # fact type -> (keyed: {(field, value): [term id]}, unkeyed: [term id])
         self.memo = {}              # fact content (without its id) -> matching term ids
         for key, rule in compiled.ruleset.items():
             if key == SENTINEL:
                 continue
-            term_ids = []
-            for term in rule["all"]:
-                expr = next(iter(term.values()))
-                index_key = _index_key(expr)
-                term_id = len(self.terms)
-                self.terms.append((key, _residual(expr, index_key), len(rule["all"]) > 1))
-                keyed, unkeyed = self.index.setdefault(_kind_of(expr), ({}, []))
-                if index_key is None:
-                    unkeyed.append(term_id)
-                else:
-                    keyed.setdefault(index_key, []).append(term_id)
-                term_ids.append(term_id)
-            if len(term_ids) > 1:
-                self.joins.append((key, term_ids))
+            (term,) = rule["all"]
+            expr = next(iter(term.values()))
+            index_key = _index_key(expr)
+            keyed, unkeyed = self.index.setdefault(_kind_of(expr), ({}, []))
+            if index_key is None:
+                unkeyed.append(len(self.terms))
+            else:
+                keyed.setdefault(index_key, []).append(len(self.terms))
+            self.terms.append((key, _residual(expr, index_key)))
 
     def run(self, facts: list) -> list:
-        firings, matches, terms = [], {}, self.terms
-        for fact in facts:
-            for term_id in self._matching(fact):
-                key, _, joined = terms[term_id]
-                if joined:
-                    matches.setdefault(term_id, []).append(fact)
-                else:
-                    firings.append((key, (fact["id"],)))
-        for key, term_ids in self.joins:
-            for combo in itertools.product(*(matches.get(t, ()) for t in term_ids)):
-                ids = tuple(f["id"] for f in combo)
-                if len(set(ids)) == len(ids):       # durable's dist=1: a fact never binds two aliases
-                    firings.append((key, ids))
+        terms = self.terms
+        firings = [(terms[t][0], (fact["id"],)) for fact in facts for t in self._matching(fact)]
         firings.sort()
         return firings
 

@@ -271,12 +271,16 @@ rules:
     then: [{warn: none}]
 """
 
+# Line facts carry the session's fields as s_<field> (engine/facts.py), so that a rule on the session
+# and a line is a test of the line alone: no join in the network.
+PT = {"s_line_count": 4, "s_discipline": "PT"}
 PT_FACTS = [
     {"t": "session", "id": "session", "line_count": 4, "discipline": "PT"},
-    {"t": "line", "id": "line-0001", "code": "97110", "minutes": 33, "known": True, "in_timed": True},
-    {"t": "line", "id": "line-0002", "code": "97140", "minutes": 7, "known": True, "in_timed": True},
-    {"t": "line", "id": "line-0003", "code": "97150", "minutes": 20, "group_size": 1, "known": True, "in_group": True},
-    {"t": "line", "id": "line-0004", "code": "92508", "minutes": 45, "known": True, "in_group": True},
+    {"t": "line", "id": "line-0001", "code": "97110", "minutes": 33, "known": True, "in_timed": True, **PT},
+    {"t": "line", "id": "line-0002", "code": "97140", "minutes": 7, "known": True, "in_timed": True, **PT},
+    {"t": "line", "id": "line-0003", "code": "97150", "minutes": 20, "group_size": 1, "known": True, "in_group": True,
+     **PT},
+    {"t": "line", "id": "line-0004", "code": "92508", "minutes": 45, "known": True, "in_group": True, **PT},
 ]
 # Worked by hand from TINY_PAYER (keys r0000.. in rule order; aliases session then line):
 PT_FIRINGS = sorted([
@@ -284,15 +288,17 @@ PT_FIRINGS = sorted([
     ("r0001", ("line-0001",)), ("r0001", ("line-0004",)),          # long: 33 and 45 minutes
     ("r0002", ("line-0003",)),                                     # small-group: group_size 1
     ("r0003", ("line-0004",)),                                     # no-size: 92508 has no group_size
-    ("r0004", ("session", "line-0003")), ("r0004", ("session", "line-0004")),   # PT, not timed
+    ("r0004", ("line-0003",)), ("r0004", ("line-0004",)),          # PT (on the line), not timed
     ("r0005", ("session",)),                                       # busy: 4 lines > 2
     ("r0006", ("line-0002",)),                                     # short-other: 97140 at 7 min
 ])
 
+SLP = {"s_line_count": 2, "s_discipline": "SLP"}
 SLP_FACTS = [
-    {"t": "line", "id": "line-0002", "code": "97110", "minutes": 5, "known": True, "in_timed": True},
+    {"t": "line", "id": "line-0002", "code": "97110", "minutes": 5, "known": True, "in_timed": True, **SLP},
     {"t": "session", "id": "session", "line_count": 2, "discipline": "SLP"},
-    {"t": "line", "id": "line-0001", "code": "97150", "minutes": 30, "group_size": 2, "known": True, "in_group": True},
+    {"t": "line", "id": "line-0001", "code": "97150", "minutes": 30, "group_size": 2, "known": True, "in_group": True,
+     **SLP},
 ]
 SLP_FIRINGS = sorted([
     ("r0000", ("line-0002",)),                                     # timed: 97110
@@ -303,7 +309,7 @@ SLP_FIRINGS = sorted([
 
 BARE_FACTS = [
     {"t": "session", "id": "session", "line_count": 1},
-    {"t": "line", "id": "line-0001", "code": "97140", "minutes": 9, "known": True, "in_timed": True},
+    {"t": "line", "id": "line-0001", "code": "97140", "minutes": 9, "known": True, "in_timed": True, "s_line_count": 1},
 ]
 BARE_FIRINGS = sorted([
     ("r0000", ("line-0001",)),                                     # timed: 97140
