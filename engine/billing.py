@@ -104,10 +104,6 @@ class Outcome:
     result: dict
 
 
-def bill_session(session: Session, compiled, network) -> dict:
-    return evaluate_session(session, compiled, network).result
-
-
 def evaluate_session(session: Session, compiled, network) -> Outcome:
     payer = compiled.payer
     lines = merge_services(session)

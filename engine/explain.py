@@ -6,7 +6,6 @@ from __future__ import annotations
 from .billing import Outcome
 from .compiler import list_field
 from .errors import suggest
-from .units import chart
 
 
 def explain_json(outcome: Outcome, why_not: list = ()) -> dict:

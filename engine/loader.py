@@ -481,12 +481,6 @@ class Registry:
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
 
-    def check(self) -> None:
-        """Raise the first error of any file (the CLI's exit 2)."""
-        errors = self.errors()
-        if errors:
-            raise errors[0]
-
 
 class _Errors(Exception):
     def __init__(self, errors):

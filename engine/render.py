@@ -12,10 +12,6 @@ def to_json(records: list, single: bool) -> str:
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-def to_jsonl(records: list) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-
-
 CSV_COLUMNS = ["session_id", "payer", "status", "code", "minutes", "units", "modifiers", "rules", "message"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import RuleFileError, UsageError
 from .schema import schema_errors
 from .sessions import parse_session
-from .yamlload import Located, load_text
+from .yamlload import load_text
 
 SUFFIX = ".tests.yaml"
 

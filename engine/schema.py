@@ -19,11 +19,6 @@ def validator(name: str):
         return Draft202012Validator(json.load(fh))
 
 
-def schema_digest(name: str) -> str:
-    import hashlib
-    return hashlib.sha256((SCHEMAS_DIR / f"{name}.schema.json").read_bytes()).hexdigest()
-
-
 def schema_errors(name: str, located: Located, error_class, data=None, base_path=(), echo_values=True) -> list:
     """Every schema error in `data` (default: the whole located document) as `error_class` instances,
     unknown keys first (a typo explains a "missing" key better than the missing key does), then by line.
