@@ -30,7 +30,7 @@ from engine.batch import Job, bill_stream                     # noqa: E402
 from engine.billing import Biller                        # noqa: E402
 from engine.loader import Registry                       # noqa: E402
 from engine.network import durable_available             # noqa: E402
-from engine.sessions import parse_session                # noqa: E402
+from engine.sessions import RawLine, parse_session                # noqa: E402
 from engine.yamlload import Located                      # noqa: E402
 from workload import make_sessions                       # noqa: E402
 
@@ -91,11 +91,11 @@ def engine_run(biller, data):
     return out
 
 
-def jobs_run(data, engine, jobs):
-    """The same through the batch pipeline (bill --format jsonl --jobs N): parsed here, billed and
-    encoded in the workers."""
-    sessions = (parse_session(d, Located(d, {(): i + 1}, "bench"), (), i + 1) for i, d in enumerate(data))
-    return [done.text.rstrip("\n") for _, done in bill_stream(sessions, [], engine, Job(), jobs)]
+def jobs_run(lines, engine, jobs):
+    """The same through the batch pipeline of `bill FILE.jsonl --format jsonl --jobs N`: JSONL lines
+    read here, parsed, billed and encoded in the workers."""
+    raw = (RawLine(line, "bench.jsonl", i + 1, i + 1) for i, line in enumerate(lines))
+    return [done.text.rstrip("\n") for _, done in bill_stream(raw, [], engine, Job(), jobs)]
 
 
 def timed(fn, *args):
@@ -114,12 +114,13 @@ def throughput(n: int, engines: list) -> None:
         data = make_sessions(n, seed=7, payer=payer_id)
         payer = registry.resolve(payer_id, "2026-03-02")
         base_time, base_units = timed(lambda: [baseline_units(d, payer) for d in data])
+        jsonl = [json.dumps(d).encode() + b"\n" for d in data]
         for engine in engines:
             biller = Biller(registry, engine)
             engine_run(biller, data[:500])                      # warm up: compile, first sessions
             one_time, lines = timed(engine_run, biller, data)
             biller.close()
-            two_time, lines2 = timed(jobs_run, data, engine, 2)
+            two_time, lines2 = timed(jobs_run, jsonl, engine, 2)
             mismatched = sum(1 for line, want in zip(lines, base_units)
                              if {l["code"]: l["units"] for l in json.loads(line)["lines"]} != want)
             rate, rate2, base_rate = n / one_time, n / two_time, n / base_time
@@ -144,9 +145,12 @@ def peak_rss(counts: list, engines: list) -> None:
                     for d in make_sessions(min(100_000, n - start), seed=start + 1):
                         fh.write(json.dumps(d) + "\n")
             for engine in engines:
-                code = ("import resource, sys; from engine.cli import main\n"
+                # VmHWM: the peak RSS of this process's own memory (ru_maxrss would carry over the
+                # benchmark's own peak through fork)
+                code = ("import sys; from engine.cli import main\n"
                         "rc = main(sys.argv[1:])\n"
-                        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+                        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+                        "print('maxrss_kb', hwm, file=sys.stderr)\n")
                 start = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-c", code, "bill", str(path), "--format", "jsonl",
                                        "--engine", engine], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ from . import render
 from .billing import Biller
 from .loader import Registry
 from .errors import SessionError
-from .sessions import ParseError
+from .sessions import ParseError, RawLine
 
 CHUNK = 64                      # sessions per task sent to a worker
 
@@ -60,6 +60,8 @@ class Processed:
 
 
 def process(biller, session, job: Job) -> Processed:
+    if isinstance(session, RawLine):
+        session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
     record = outcome if isinstance(outcome, dict) else outcome.result
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
@@ -106,7 +108,8 @@ def _process_chunk(sessions):
 
 
 def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
-    """(session, Processed) for every session, in input order, billed in `jobs` processes."""
+    """(item, Processed) for every session (a Session, SessionError or unparsed RawLine), in input
+    order, billed in `jobs` processes."""
     if jobs <= 1:
         biller = Biller(registry or Registry(rules), engine)
         try:

@@ -157,7 +157,7 @@ def cmd_bill(args) -> int:
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     engine = args.engine or default_engine()
-    inputs = [SessionInput(name, args.input_format) for name in args.inputs]
+    inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
     counts, progress, writer = Counts(), Progress(), Writer(args.format)
     log = None

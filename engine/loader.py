@@ -25,7 +25,7 @@ MAX_EXTENDS_DEPTH = 16
 
 # What a message template may name; each is a field of the line or session fact it matched.
 PLACEHOLDERS = {"code", "minutes", "group_size", "provider", "suggestion", "discipline", "family", "primary",
-                "date_of_service", "max_units"}
+                "date_of_service"}
 LINE_ACTIONS = {"timed_units", "units", "block_units", "max_units", "modifier", "hold"}
 UNIT_ACTIONS = {"timed_units", "units", "block_units"}
 METHOD_DEFAULTS = {"unit_minutes": 15, "first_unit_minutes": 8, "tie_break": ["minutes", "order", "code"]}

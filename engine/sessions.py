@@ -34,6 +34,27 @@ class ParseError(SessionError):
     """A record that could not be read as a session at all (malformed JSON, not UTF-8, ...)."""
 
 
+class RawLine:
+    """A JSONL line not parsed yet: with --jobs, the workers parse it, not the reading process."""
+
+    __slots__ = ("raw", "display", "lineno", "number")
+
+    def __init__(self, raw: bytes, display: str, lineno: int, number: int):
+        self.raw, self.display, self.lineno, self.number = raw, display, lineno, number
+
+    def parse(self):
+        number, lineno, display = self.number, self.lineno, self.display
+        try:
+            data = json.loads(self.raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            return ParseError("not UTF-8 text", display, lineno, session_id=f"session-{number}")
+        except ValueError as exc:
+            return ParseError(f"malformed JSON: {exc}", display, lineno, session_id=f"session-{number}")
+        except RecursionError:
+            return ParseError("JSON nested too deeply", display, lineno, session_id=f"session-{number}")
+        return parse_session(data, Located(data, {(): lineno}, display), (), number)
+
+
 class _Unreadable(ParseError):
     """Malformed JSON inside a JSON list: where the next session starts cannot be known."""
 
@@ -53,8 +74,9 @@ class SessionInput:
     """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
     input is one session object (then `bill --format json` writes an object, not a list)."""
 
-    def __init__(self, name: str, fmt: str = "auto", start: int = 1):
+    def __init__(self, name: str, fmt: str = "auto", start: int = 1, defer: bool = False):
         self.name = name
+        self.defer = defer          # JSONL: yield RawLine items, parsed where they are billed
         self.display = "<stdin>" if name == "-" else name
         self.start = start
         self.count = 0
@@ -181,19 +203,8 @@ class SessionInput:
                 continue
             if not raw.strip():
                 continue
-            yield self._jsonl_record(raw, lineno)
-
-    def _jsonl_record(self, raw: bytes, lineno: int):
-        number = self._number()
-        try:
-            data = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-        except UnicodeDecodeError:
-            return ParseError("not UTF-8 text", self.display, lineno, session_id=f"session-{number}")
-        except ValueError as exc:
-            return ParseError(f"malformed JSON: {exc}", self.display, lineno, session_id=f"session-{number}")
-        except RecursionError:
-            return ParseError("JSON nested too deeply", self.display, lineno, session_id=f"session-{number}")
-        return parse_session(data, Located(data, {(): lineno}, self.display), (), number)
+            record = RawLine(raw, self.display, lineno, self._number())
+            yield record if self.defer else record.parse()
 
     # --- CSV of service lines -------------------------------------------------------------------------
     def _csv(self):
