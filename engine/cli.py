@@ -45,42 +45,39 @@ def _error(message: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # options several commands share, each defined once
+    rules = argparse.ArgumentParser(add_help=False)
+    rules.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
+    sessions = argparse.ArgumentParser(add_help=False, parents=[rules, engine])
+    sessions.add_argument("inputs", nargs="+", metavar="INPUT",
+                          help="YAML/JSON file (one session or a list), .jsonl or .csv file, or - for standard input")
+    sessions.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
 
-    bill = sub.add_parser("bill", help="bill each session of the input(s)")
-    bill.add_argument("inputs", nargs="+", metavar="INPUT",
-                      help="YAML/JSON file (one session or a list), .jsonl file, or - for standard input")
+    bill = sub.add_parser("bill", parents=[sessions], help="bill each session of the input(s)")
     bill.add_argument("--payer", help="bill every session under this payer (overrides the session's payer)")
-    bill.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
-    bill.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
     bill.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="json")
-    bill.add_argument("--engine", choices=ENGINES, default=None,
-                      help=f"rule network (default: {default_engine()})")
     bill.add_argument("--audit-db", metavar="PATH", help="append every session's result and trace to this SQLite log")
-    bill.add_argument("--jobs", type=_positive, default=1, metavar="N", help="bill in N worker processes (output stays in input order)")
+    bill.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                      help="bill in N worker processes (output stays in input order)")
     bill.add_argument("--input-format", choices=FORMATS, default="auto",
                       help="input format (default: from the file name, or sniffed)")
     bill.set_defaults(run=cmd_bill)
 
-    compare = sub.add_parser("compare", help="the same session(s) under several payers, side by side")
-    compare.add_argument("inputs", nargs="+", metavar="INPUT", help="as for bill")
+    compare = sub.add_parser("compare", parents=[sessions], help="the same session(s) under several payers, side by side")
     which = compare.add_mutually_exclusive_group(required=True)
     which.add_argument("--payers", type=_ids, help="comma-separated payer ids; the first is the baseline")
     which.add_argument("--all-payers", action="store_true", help="every known payer")
-    compare.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
-    compare.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
     compare.add_argument("--format", choices=["table", "json"], default="table")
-    compare.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     compare.set_defaults(run=cmd_compare)
 
-    explain = sub.add_parser("explain", help="every rule that fired and why each unit went where it went")
-    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="as for bill")
+    explain = sub.add_parser("explain", parents=[sessions],
+                             help="every rule that fired and why each unit went where it went")
     explain.add_argument("--payer", help="payer id (default: the session's payer)")
     explain.add_argument("--why-not", action="append", default=[], metavar="RULE_ID",
                          help="also say, fact by fact, which condition of this rule failed (repeatable)")
-    explain.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
-    explain.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
-    explain.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     explain.set_defaults(run=cmd_explain)
 
     audit = sub.add_parser("audit", help="query an audit log written by bill --audit-db")
@@ -93,19 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--format", choices=["table", "json"], default="table")
     audit.set_defaults(run=cmd_audit)
 
-    validate = sub.add_parser("validate", help="check payer rule files")
+    validate = sub.add_parser("validate", parents=[rules], help="check payer rule files")
     validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
-    validate.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
     validate.set_defaults(run=cmd_validate)
 
-    test = sub.add_parser("test", help="run payer scenario tests (*.tests.yaml)")
+    test = sub.add_parser("test", parents=[rules, engine], help="run payer scenario tests (*.tests.yaml)")
     test.add_argument("paths", nargs="*", metavar="PATH", help="scenario files or directories (default: every rules tree)")
-    test.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
-    test.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     test.set_defaults(run=cmd_test)
 
-    payers = sub.add_parser("payers", help="list known payers")
-    payers.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    payers = sub.add_parser("payers", parents=[rules], help="list known payers")
     payers.add_argument("--format", choices=["table", "json"], default="table")
     payers.set_defaults(run=cmd_payers)
     return parser
