@@ -252,6 +252,7 @@ class Registry:
             specs.sort(key=lambda s: (s.effective[0] or "", s.file))
         self._cache: dict = {}
         self._resolved: dict = {}
+        self._interned: dict = {}
         if strict:
             errors = self.errors()
             if errors:
@@ -351,9 +352,12 @@ class Registry:
         key = (spec.file, date if dated else None)
         if key not in self._cache:
             try:
-                self._cache[key] = self._build(self._merge(spec, date, ()), date, check=False)
+                payer = self._build(self._merge(spec, date, ()), date, check=False)
             except _Errors as exc:          # a registry built with strict=False can hold broken files
                 raise exc.errors[0] from None
+            # dates with the same files and rules in effect share one Payer, hence one compiled network
+            same = (payer.files, tuple((r.file, r.line) for r in payer.rules))
+            self._cache[key] = self._interned.setdefault(same, payer)
         return self._cache[key]
 
     def _select(self, payer_id: str, date, child: Spec | None = None) -> Spec:
@@ -568,6 +572,7 @@ def load_payer(pfile: PayerFile) -> Payer:
         raise errors[0]
     registry = Registry.__new__(Registry)
     registry.files, registry.file_errors, registry._cache, registry._resolved = [pfile], {}, {}, {}
+    registry._interned = {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:

@@ -1095,3 +1095,22 @@ def test_tmp_version_overlapping_a_bundled_payer_fails_validate_as_it_fails_bill
     no_traceback(validate_proc)
     assert validate_proc.returncode == 2, validate_proc.stdout + validate_proc.stderr
     assert "overlap" in validate_proc.stderr
+
+
+def test_dates_with_the_same_rules_share_one_compiled_network():
+    # example-unit-limits has a rule whose version changes on 2026-01-01; every day of 2025 has the same
+    # rules in effect, so a year of sessions must not compile 365 networks (each a durable ruleset).
+    from engine.billing import Biller
+    from engine.loader import Registry
+    registry = Registry()
+    days_2025 = [f"2025-{m:02d}-{d:02d}" for m in range(1, 13) for d in (1, 15, 28)]
+    days_2026 = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in (1, 15, 28)]
+    assert len({id(registry.resolve("example-unit-limits", d)) for d in days_2025}) == 1
+    assert len({id(registry.resolve("example-unit-limits", d)) for d in days_2026}) == 1
+    assert registry.resolve("example-unit-limits", days_2025[0]) is not registry.resolve("example-unit-limits",
+                                                                                        days_2026[0])
+    biller = Biller(registry, "python")
+    for day in days_2025 + days_2026:
+        biller.bill(session_from({"date_of_service": day, "services": [{"code": "97140", "minutes": 50}]}),
+                    "example-unit-limits")
+    assert len(biller._networks) == 2          # one per version of the rules, not one per day
