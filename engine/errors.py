@@ -52,6 +52,16 @@ class EvaluationError(PayrulesError):
     """A rule network or action handler failed while billing a session."""
 
 
+def is_date(text: str) -> bool:
+    """A real calendar date written YYYY-MM-DD."""
+    import datetime
+    try:
+        datetime.date.fromisoformat(text)
+        return True
+    except ValueError:
+        return False
+
+
 def suggest(word: str, choices) -> str:
     """' (did you mean X?)' for the closest choice, or '' when nothing is close."""
     best = closest(word, choices)

@@ -7,14 +7,13 @@ checks of the merged payer (code lists, families, thresholds) → Payer.
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
-from .errors import RuleFileError, SessionError, UsageError, suggest
+from .errors import RuleFileError, SessionError, UsageError, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
 from .schema import schema_errors
@@ -138,7 +137,7 @@ def _file_errors(spec: Spec) -> list:
     """Checks that need nothing but the file itself."""
     data, errors = spec.data, []
     for key in ("effective_from", "effective_to"):
-        if key in data and not _valid_date(data[key]):
+        if key in data and not is_date(data[key]):
             errors.append(spec.err((key,), f"{data[key]!r} is not a calendar date"))
     if _backwards(spec.effective):
         errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
@@ -155,7 +154,7 @@ def _file_errors(spec: Spec) -> list:
             path = (section, i)
             span = (rule.get("effective_from"), rule.get("effective_to"))
             for key in ("effective_from", "effective_to"):
-                if key in rule and not _valid_date(rule[key]):
+                if key in rule and not is_date(rule[key]):
                     errors.append(spec.err(path + (key,), f"{rule[key]!r} is not a calendar date"))
             if _backwards(span):
                 errors.append(spec.err(path + ("effective_to",), "effective_to is before effective_from"))
@@ -196,14 +195,6 @@ def _rule_errors(spec: Spec, rule: dict, path: tuple) -> list:
 
 def _backwards(span) -> bool:
     return bool(span[0] and span[1] and span[0] > span[1])
-
-
-def _valid_date(text: str) -> bool:
-    try:
-        datetime.date.fromisoformat(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _bad_placeholders(template: str):

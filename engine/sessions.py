@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import codecs
 import csv
-import datetime
 import io
 import json
 import re
 import sys
 
-from .errors import SessionError, UsageError, suggest
+from .errors import SessionError, UsageError, is_date, suggest
 from .model import Service, Session
 from .schema import schema_errors
 from .yamlload import Located, load_text
@@ -377,14 +376,6 @@ def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
     return sessions, source.single
 
 
-def _is_date(text: str) -> bool:
-    try:
-        datetime.date.fromisoformat(text)
-        return True
-    except ValueError:
-        return False
-
-
 _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context"))
@@ -447,7 +438,7 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
                             doc.line_of(path + ("context",)), "context", session_id=session_id)
     date = data.get("date_of_service")
-    if date is not None and not _is_date(date):
+    if date is not None and not is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
     services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
