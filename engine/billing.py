@@ -1,61 +1,55 @@
 """Bill one session under one payer: facts → network firings → actions → unit method → result.
 
-The network decides *what applies* to each line (its unit basis, modifiers, warnings, holds); the pure
-functions in units.py do the arithmetic; this module joins the two and records, for every line, unit
-and warning, the rules that produced it.
+The network decides *what applies* to each line (its unit basis, modifiers, warnings, holds), worked
+out once per distinct line by plans.py; the pure functions in units.py do the arithmetic; this module
+joins the two and records, for every line, unit and warning, the rules that produced it.
 """
 from __future__ import annotations
 
-import string
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from . import units as U
 from .compiler import compile_payer
-from .errors import SessionError, closest
+from .errors import SessionError
 from .facts import Line, build_facts, merge_services
 from .model import Payer, Session
 from .network import make_network
-
-UNIT_ACTIONS = ("timed_units", "units", "block_units")
-SEVERITIES = {"info": "info", "warn": "warning", "error": "error"}
+from .plans import Planner, describe
 
 
 @dataclass(slots=True)
 class LineState:
-    """What the firings decided for one line."""
+    """What the firings decided for one line (the plan's tuples), and the units it is billed."""
     line: Line
-    decisions: list = field(default_factory=list)       # (rule, Action) deciding units
-    modifiers: list = field(default_factory=list)
-    rules: list = field(default_factory=list)           # ids of every rule that touched the line
-    holds: list = field(default_factory=list)           # (rule, reason)
-    caps: list = field(default_factory=list)            # (rule, max units)
+    decisions: tuple = ()               # (rule, Action) deciding units
+    modifiers: tuple = ()
+    rules: tuple = ()                   # ids of every rule that touched the line
+    holds: tuple = ()                   # (rule, reason)
+    caps: tuple = ()                    # (rule, max units)
     units: int = 0
-    capped_from: int = 0                                # units earned before a max_units limit
+    capped_from: int = 0                # units earned before a max_units limit
     reason: str = ""
-    reason_rules: list = field(default_factory=list)
-    decision: object = None                             # set by _services: see _decision
-
-    def touch(self, rule_id):
-        if rule_id not in self.rules:
-            self.rules.append(rule_id)
+    reason_rules: tuple = ()
+    decision: object = None             # set by _services: see _decision
 
 
 class Biller:
     """Bills sessions against a payer registry; compiles each payer and builds its network once."""
 
-    def __init__(self, registry, engine: str):
+    def __init__(self, registry, engine: str, remember: bool = True):
         self.registry = registry
         self.engine = engine
-        self._networks: dict = {}
+        self.remember = remember        # False: every session's facts go through the network
+        self._planners: dict = {}
 
-    def network(self, payer: Payer):
-        """The compiled payer and its network, built once per resolved payer (the registry caches
-        resolved payers, so identity is stable)."""
+    def planner(self, payer: Payer) -> Planner:
+        """The payer's compiled network and its plans, built once per resolved payer (the registry
+        caches resolved payers, so identity is stable)."""
         key = id(payer)
-        if key not in self._networks:
+        if key not in self._planners:
             compiled = compile_payer(payer)
-            self._networks[key] = (compiled, make_network(compiled, self.engine))
-        return self._networks[key]
+            self._planners[key] = Planner(compiled, make_network(compiled, self.engine), self.remember)
+        return self._planners[key]
 
     def bill(self, session, payer_id: str | None = None, date: str | None = None) -> dict:
         """A result dict, or an error record `{"session_id", "error"}` for a session that cannot be billed."""
@@ -75,16 +69,16 @@ class Biller:
             payer = self.registry.resolve(payer_id, session.date_of_service)
         except SessionError as exc:
             return error_record(session.session_id, exc.message)
-        compiled, network = self.network(payer)
+        planner = self.planner(payer)
         try:
-            return evaluate_session(session, compiled, network)
+            return evaluate_session(session, planner)
         except Exception as exc:    # nothing is lost: a failure bills this session as an error record
             return error_record(session.session_id, f"internal error while billing: {type(exc).__name__}: {exc}")
 
     def close(self):
-        for _, network in self._networks.values():
-            network.close()
-        self._networks.clear()
+        for planner in self._planners.values():
+            planner.network.close()
+        self._planners.clear()
 
 
 def error_record(session_id, message: str) -> dict:
@@ -96,90 +90,55 @@ class Outcome:
     """Everything billing a session produced: the result, and the steps that explain it."""
     session: Session
     payer: Payer
-    facts: list
-    firings: list               # (Rule, (fact id, ...)) in canonical order
+    lines: list                 # merged Lines
+    fired: list                 # (rule key, fact id, Firing, LineState or None) in canonical order
     states: list                # LineState per merged line
     allocation: U.Allocation    # the unit method's arithmetic over the timed services
     notes: dict                 # service key -> how its units were computed
     result: dict
 
+    @property
+    def facts(self) -> list:
+        return build_facts(self.session, self.lines, self.payer)
 
-def evaluate_session(session: Session, compiled, network) -> Outcome:
-    payer = compiled.payer
+    @property
+    def firings(self) -> list:
+        """(Rule, (fact id, ...)) in canonical order: a rule on the session and a line matched the line,
+        which carries the session's fields."""
+        return [(f.rule, ("session", fact_id) if len(f.names) == 2 else (fact_id,)) for _, fact_id, f, _ in self.fired]
+
+
+def evaluate_session(session: Session, planner: Planner) -> Outcome:
+    payer = planner.payer
     lines = merge_services(session)
-    facts = build_facts(session, lines, payer)
-    firings = []
-    for key, fact_ids in network.run(facts):
-        rule = compiled.keys[key]
-        # a rule on the session and a line matched the line, which carries the session's fields
-        firings.append((rule, ("session",) + fact_ids if len(rule.when) == 2 else fact_ids))
-    by_id = {line.fact_id: LineState(line) for line in lines}
-    names = {line.fact_id: line.code for line in lines}
-    names["session"] = "session"
-    warnings, trace = [], []
+    session_plan, line_plans = planner.plans(session, lines)
+    states, fired = [], [(f.key, "session", f, None) for f in session_plan.firings]
+    for line, plan in zip(lines, line_plans):
+        state = LineState(line, plan.decisions, plan.modifiers, plan.rules, plan.holds, plan.caps)
+        states.append(state)
+        fired.extend((f.key, line.fact_id, f, state) for f in plan.firings)
+    fired.sort(key=_firing_order)
 
-    for rule, fact_ids in firings:
-        state = by_id.get(fact_ids[-1])
-        effects = [_apply(action, rule, state, session, payer, warnings) for action in rule.then]
-        trace.append({"rule": rule.id, "source": rule.location, "facts": [names[f] for f in fact_ids],
-                      "effects": effects, "_line": state})
+    warnings, trace, later = [], [], []
+    for _, _, f, state in fired:
+        for severity, message in f.warnings:
+            warnings.append({"severity": severity, "rule": f.rule.id, "message": message,
+                             "codes": [state.line.code] if state else []})
+        entry = {"rule": f.rule.id, "source": f.source, "facts": list(f.names), "effect": f.text}
+        trace.append(entry)
+        if f.text is None:
+            later.append((entry, f, state))
 
-    states = [by_id[line.fact_id] for line in lines]
     extra_lines, method_notes = _allocate(states, payer, warnings)
     method_notes["timed_units_capped"] = _apply_caps(states, warnings)
-    for entry in trace:
-        state = entry.pop("_line")
-        entry["effect"] = "; ".join(_describe(e, state) for e in entry.pop("effects"))
+    for entry, f, state in later:
+        entry["effect"] = "; ".join(describe(effect, state) for effect in f.effects)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
-    return Outcome(session, payer, facts, firings, states, method_notes["allocation"], method_notes["notes"], result)
+    return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
 
 
-def _apply(action, rule, state, session, payer, warnings):
-    kind, value = action.kind, action.value
-    if kind in UNIT_ACTIONS:
-        state.decisions.append((rule, action))
-        state.touch(rule.id)
-        return (kind, value)
-    if kind == "max_units":
-        state.caps.append((rule, value))
-        state.touch(rule.id)
-        return (kind, value)
-    if kind == "modifier":
-        if value not in state.modifiers:
-            state.modifiers.append(value)
-        state.touch(rule.id)
-        return (kind, value)
-    message = _render(value, state.line if state else None, session, payer)
-    if kind == "hold":
-        state.holds.append((rule, message))
-        state.touch(rule.id)
-        return (kind, message)
-    severity = SEVERITIES[kind]
-    warnings.append({"severity": severity, "rule": rule.id, "message": message,
-                     "codes": [state.line.code] if state else []})
-    if state:
-        state.touch(rule.id)
-    return ("warning", f"{severity}: {message}")
-
-
-class _Blank(dict):
-    def __missing__(self, key):
-        return ""
-
-
-def _render(template: str, line, session, payer) -> str:
-    """Fill a rule's message template. Only the names validated in loader.PLACEHOLDERS can appear."""
-    values = _Blank(discipline=session.discipline or "", date_of_service=session.date_of_service or "")
-    if line is not None:
-        values.update(code=line.code, minutes=line.minutes, group_size="" if line.group_size is None else line.group_size,
-                      provider=line.provider or "")
-        family, _ = payer.family_of(line.code)
-        if family:
-            values.update(family=family.id, primary=family.primary)
-        if line.code not in payer.known_codes:
-            near = closest(line.code, payer.known_codes, max_distance=2)
-            values["suggestion"] = f" (did you mean {near}?)" if near else ""
-    return string.Formatter().vformat(template, (), values)
+def _firing_order(item):
+    return item[0], item[1]
 
 
 def _decision(state: LineState):
@@ -358,27 +317,6 @@ def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str
                 f"{allocation.remaining} leftover unit(s) of the timed pool: total {allocation.total_minutes} min = "
                 f"{allocation.total_units} units, given to services with more leftover minutes")
     return f"{minutes} min is under the {method.first_unit_minutes} min that earn a unit"
-
-
-def _describe(effect, state) -> str:
-    kind, value = effect
-    code = state.line.code if state else ""
-    if kind in UNIT_ACTIONS and state.holds:
-        return f"{code}: held, its minutes are not counted"
-    if kind == "timed_units":
-        return f"{code}: {state.line.minutes} min counted as timed minutes → {state.units} unit(s)"
-    if kind == "units":
-        return f"{code}: {value} unit(s)"
-    if kind == "block_units":
-        return f"{code}: {state.line.minutes} min counted in blocks → {state.units} unit(s)"
-    if kind == "modifier":
-        return f"{code}: modifier {value}"
-    if kind == "max_units":
-        reached = f" (capped from {state.capped_from})" if state.capped_from else " (not reached)"
-        return f"{code}: at most {value} unit(s){reached}"
-    if kind == "hold":
-        return f"{code} not billed: {value}"
-    return value
 
 
 def _result(session, payer, states, extra_lines, warnings, trace, method_notes) -> dict:

@@ -100,6 +100,27 @@ def _field_tests(field: str, test) -> list:
     return out
 
 
+def fields_tested(ruleset: dict) -> dict:
+    """{"session": fields, "line": fields} that some compiled condition tests (fact type aside)."""
+    found = {"session": set(), "line": set()}
+
+    def walk(expr, names):
+        (op, body), = expr.items()
+        if op in ("$and", "$or"):
+            for sub in body:
+                walk(sub, names)
+        elif op.startswith("$"):
+            names.update(body)
+        elif op != "t":
+            names.add(op)
+
+    for definition in ruleset.values():
+        for term in definition["all"]:
+            (alias, expr), = term.items()
+            walk(expr, found["session" if alias == "s" else "line"])
+    return found
+
+
 def check_grammar(ruleset: dict, keys: dict) -> None:
     """Refuse any emitted shape outside the subset proven safe on durable-rules 2.0.28."""
     distinct: dict = {}

@@ -90,12 +90,12 @@ class PythonNetwork:
     Every compiled rule tests one fact (compiler.check_grammar). Like an alpha network, a fact is
     tested only against the rules whose key equality test (`code`, `in_<list>`, ...) it passes, found
     by a hash lookup on its items; what remains of the rule after its fact type and key test is checked
-    by a predicate (often nothing is left)."""
+    by a predicate (often nothing is left). Like durable, it is asked only about facts plans.py has not
+    seen before."""
 
     def __init__(self, compiled: Compiled):
         self.terms = []             # term id -> (rule key, residual predicate or None)
         self.index = {}             # fact type -> (keyed: {(field, value): [term id]}, unkeyed: [term id])
-        self.memo = {}              # fact content (without its id) -> matching term ids
         for key, rule in compiled.ruleset.items():
             if key == SENTINEL:
                 continue
@@ -115,23 +115,15 @@ class PythonNetwork:
         firings.sort()
         return firings
 
-    def _matching(self, fact: dict) -> tuple:
-        """The terms a fact satisfies. They depend on its content alone, which repeats a great deal
-        across sessions (same code, same minutes), so they are remembered by content."""
-        content = tuple(item for item in fact.items() if item[0] != "id")
-        found = self.memo.get(content)
-        if found is None:
-            keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
-            candidates = list(unkeyed)
-            for item in content:
-                hits = keyed.get(item)
-                if hits:
-                    candidates.extend(hits)
-            found = tuple(t for t in sorted(candidates) if self.terms[t][1] is None or self.terms[t][1](fact))
-            if len(self.memo) >= 100_000:
-                self.memo.clear()
-            self.memo[content] = found
-        return found
+    def _matching(self, fact: dict) -> list:
+        """The terms a fact satisfies."""
+        keyed, unkeyed = self.index.get(fact["t"], _EMPTY_INDEX)
+        candidates = list(unkeyed)
+        for item in fact.items():
+            hits = keyed.get(item)
+            if hits:
+                candidates.extend(hits)
+        return [t for t in sorted(candidates) if self.terms[t][1] is None or self.terms[t][1](fact)]
 
     def close(self):
         pass

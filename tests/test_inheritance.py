@@ -1113,4 +1113,4 @@ def test_dates_with_the_same_rules_share_one_compiled_network():
     for day in days_2025 + days_2026:
         biller.bill(session_from({"date_of_service": day, "services": [{"code": "97140", "minutes": 50}]}),
                     "example-unit-limits")
-    assert len(biller._networks) == 2          # one per version of the rules, not one per day
+    assert len(biller._planners) == 2          # one per version of the rules, not one per day

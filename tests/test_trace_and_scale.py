@@ -120,13 +120,14 @@ def scale_sessions(count: int) -> list:
 def test_one_durable_biller_bills_more_sessions_than_durable_keeps_alive(registry, billers):
     # durable-rules holds at most 1,024 live sessions per ruleset (notes §1.2); the network deletes
     # each session's state after use, so one ruleset handle must serve any number of sessions.
+    # remember=False: every session's facts go through durable, none is answered from the plans' memo.
     sessions = scale_sessions(1100)
-    biller = Biller(registry, "durable")
+    biller = Biller(registry, "durable", remember=False)
     try:
         payer = registry.resolve("medicare", None)
-        handle = biller.network(payer)[1].handle
+        handle = biller.planner(payer).network.handle
         results = [biller.bill(session_from(data), "medicare") for data in sessions]
-        assert biller.network(payer)[1].handle is handle, "the ruleset was rebuilt mid-run"
+        assert biller.planner(payer).network.handle is handle, "the ruleset was rebuilt mid-run"
     finally:
         biller.close()
     assert len(results) == 1100
