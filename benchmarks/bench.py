@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.batch import Job, bill_stream                     # noqa: E402
+from engine.batch import Job, bill_stream, render_one                    # noqa: E402
 from engine.billing import Biller                        # noqa: E402
 from engine.loader import Registry                       # noqa: E402
 from engine.network import durable_available             # noqa: E402
@@ -87,7 +87,7 @@ def engine_run(biller, data):
     out = []
     for i, d in enumerate(data):
         session = parse_session(d, Located(d, {(): i + 1}, "bench"), (), i + 1)
-        out.append(json.dumps(biller.bill(session), ensure_ascii=False, separators=(",", ":")))
+        out.append(render_one(biller.bill(session), "jsonl").rstrip("\n"))
     return out
 
 

@@ -9,6 +9,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from . import render
 from .billing import Biller
 from .loader import Registry
@@ -75,12 +77,22 @@ def process(biller, session, job: Job) -> Processed:
 
 def render_one(record: dict, fmt: str) -> str:
     if fmt == "jsonl":
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return encode_jsonl(record) + "\n"
     if fmt == "json":
         return "  " + json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ")
     if fmt == "csv":
         return render.to_csv([record]).split("\n", 1)[1]
     return render.to_table([record])
+
+
+def encode_jsonl(record: dict) -> str:
+    """Compact JSON, the same text as json.dumps(record, ensure_ascii=False, separators=(",", ":")):
+    orjson writes a result with its trace about 5x faster. It refuses a few strings the json module
+    writes as they are (lone surrogates from a JSON escape in a session id); those go through json."""
+    try:
+        return orjson.dumps(record).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def report_lines(session, record, payer_id: str | None = None) -> tuple:

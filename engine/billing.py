@@ -30,7 +30,8 @@ class LineState:
     capped_from: int = 0                # units earned before a max_units limit
     reason: str = ""
     reason_rules: tuple = ()
-    decision: object = None             # set by _services: see _decision
+    decision: object = None             # the unit basis: see plans._decision
+    family: object = None               # the line's add-on Family, if any
 
 
 class Biller:
@@ -114,17 +115,20 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     session_plan, line_plans = planner.plans(session, lines)
     states, fired = [], [(f.key, "session", f, None) for f in session_plan.firings]
     for line, plan in zip(lines, line_plans):
-        state = LineState(line, plan.decisions, plan.modifiers, plan.rules, plan.holds, plan.caps)
+        state = LineState(line, plan.decisions, plan.modifiers, plan.rules, plan.holds, plan.caps,
+                          decision=plan.decision, family=plan.family)
         states.append(state)
-        fired.extend((f.key, line.fact_id, f, state) for f in plan.firings)
-    fired.sort(key=_firing_order)
+        fact_id = line.fact_id
+        for f in plan.firings:
+            fired.append((f.key, fact_id, f, state))
+    fired.sort()            # (rule key, fact id) is unique: the tuples never compare further
 
     warnings, trace, later = [], [], []
     for _, _, f, state in fired:
         for severity, message in f.warnings:
-            warnings.append({"severity": severity, "rule": f.rule.id, "message": message,
+            warnings.append({"severity": severity, "rule": f.rule_id, "message": message,
                              "codes": [state.line.code] if state else []})
-        entry = {"rule": f.rule.id, "source": f.source, "facts": list(f.names), "effect": f.text}
+        entry = {"rule": f.rule_id, "source": f.source, "facts": list(f.names), "effect": f.text}
         trace.append(entry)
         if f.text is None:
             later.append((entry, f, state))
@@ -135,21 +139,6 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
         entry["effect"] = "; ".join(describe(effect, state) for effect in f.effects)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
-
-
-def _firing_order(item):
-    return item[0], item[1]
-
-
-def _decision(state: LineState):
-    """The one unit decision for a line: (kind, value), "conflict", or None when no rule decided."""
-    decisions = state.decisions
-    if not decisions:
-        return None
-    _, action = decisions[0]
-    if len(decisions) > 1 and len({(a.kind, repr(a.value)) for _, a in decisions}) > 1:
-        return "conflict"
-    return action.kind, action.value
 
 
 def _engine_error(state: LineState, rule: str, reason: str, warnings: list) -> None:
@@ -167,7 +156,7 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
             state.reason = "; ".join(reason for _, reason in state.holds)
             state.reason_rules = [r.id for r, _ in state.holds]
             continue
-        decision = state.decision = _decision(state)
+        decision = state.decision
         if decision is None:
             _engine_error(state, "engine.no-unit-rule",
                           f"no rule of payer {payer.id} decides the units of {state.line.code}", warnings)
@@ -175,17 +164,20 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
             ids = ", ".join(sorted({r.id for r, _ in state.decisions}))
             _engine_error(state, "engine.unit-conflict",
                           f"rules {ids} decide the units of {state.line.code} differently", warnings)
+        elif state.family is None:
+            groups[state.line.code] = [state]       # merged lines: one state per code
         else:
-            family, _ = payer.family_of(state.line.code)
-            groups.setdefault(family.id if family else state.line.code, []).append(state)
+            groups.setdefault(state.family.id, []).append(state)
     services = {}
     for key, members in groups.items():
-        family = payer.family(key)
-        if len(members) > 1 and len({repr(m.decision) for m in members}) > 1:
+        family = members[0].family
+        if family is None:
+            services[key] = (members[0].decision, members)
+        elif len(members) > 1 and len({repr(m.decision) for m in members}) > 1:
             for m in members:
                 _engine_error(m, "engine.unit-conflict", f"the codes of family {key} are given different unit rules",
                               warnings)
-        elif family and family.addon and not any(m.line.code == family.primary for m in members):
+        elif family.addon and not any(m.line.code == family.primary for m in members):
             for m in members:
                 _engine_error(m, "engine.addon-without-primary",
                               f"add-on {m.line.code} billed without its primary {family.primary}", warnings)
@@ -200,9 +192,12 @@ def _allocate(states: list, payer: Payer, warnings: list):
     services = _services(states, payer, warnings)
     timed, extra_lines, notes = [], [], {}
     for key, ((kind, value), members) in services.items():
-        minutes = sum(m.line.minutes for m in members)
+        if len(members) == 1:
+            minutes, order = members[0].line.minutes, members[0].line.order
+        else:
+            minutes, order = sum(m.line.minutes for m in members), min(m.line.order for m in members)
         if kind == "timed_units":
-            timed.append(U.Service(key, minutes, min(m.line.order for m in members)))
+            timed.append(U.Service(key, minutes, order))
         elif kind == "units":
             for m in members:
                 m.units = value
@@ -254,7 +249,7 @@ def _apply_caps(states: list, warnings: list) -> int:
 def _share(key: str, n: int, members: list, payer: Payer, extra_lines: list) -> None:
     """Give a service's n units to its line(s): a single code takes them all; a family is split
     primary x1 and add-on x(n-1), creating the add-on line when only the primary was entered."""
-    family = payer.family(key)
+    family = members[0].family
     if family is None or family.addon is None:
         for m in members:
             m.units = n

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class Payer:
         return self._roles.get(code, (None, None))
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
+    """One service line as entered (a tuple: one is made for every line of every session)."""
     code: str
     minutes: int
     group_size: int | None = None

@@ -36,6 +36,7 @@ class Firing:
     """One rule fired on one fact, with what its actions did to that fact."""
     key: str                # rule key: firings are ordered by (key, fact id)
     rule: Rule
+    rule_id: str
     source: str             # the rule's file:line
     effects: tuple          # (kind, value) per action, messages rendered
     names: tuple            # the facts as the trace shows them: ("session", code), (code,) or ("session",)
@@ -52,6 +53,8 @@ class Plan:
     rules: tuple = ()       # ids of the rules that touched the line, in firing order
     holds: tuple = ()       # (Rule, reason)
     caps: tuple = ()        # (Rule, max units)
+    decision: object = None     # the unit basis: (kind, value), "conflict", or None when no rule gave one
+    family: object = None       # the line's add-on Family, if any
 
 
 class Scratch:
@@ -103,13 +106,13 @@ class Planner:
         found = [memo.get(key) for key in keys]
         session_plan = memo.get(session_key)
         if session_plan is None or None in found:
-            learned = self._learn(session, lines, keys, session_key, found)
+            learned = self._learn(session, lines, keys, session_key, session_plan, found)
             if not self.remember:
                 memo.clear()
             return learned[session_key], [learned[key] for key in keys]
         return session_plan, found
 
-    def _learn(self, session, lines: list, keys: list, session_key, found: list) -> dict:
+    def _learn(self, session, lines: list, keys: list, session_key, session_plan, found: list) -> dict:
         """Run the network on the session fact and the lines it has no plan for; plan what fired."""
         payer, compiled = self.payer, self.compiled
         facts = build_facts(session, lines, payer)
@@ -117,11 +120,11 @@ class Planner:
         fired: dict = {fact["id"]: [] for fact in wanted}
         for rule_key, (fact_id,) in self.network.run(wanted):
             fired[fact_id].append(compiled.keys[rule_key])
+        learned = {session_key: session_plan or _plan(None, fired["session"], session, payer)}
+        for line, key, plan in zip(lines, keys, found):
+            learned[key] = plan or _plan(line, fired[line.fact_id], session, payer)
         if len(self.memo) >= MEMO_LIMIT:
             self.memo.clear()
-        learned = {session_key: self.memo.get(session_key) or _plan(None, fired["session"], session, payer)}
-        for line, key in zip(lines, keys):
-            learned[key] = self.memo.get(key) or _plan(line, fired[line.fact_id], session, payer)
         self.memo.update(learned)
         return learned
 
@@ -141,11 +144,21 @@ def _plan(line, rules: list, session, payer: Payer) -> Plan:
         # a held line's unit effects, and everything but units, are known now (the holds are final)
         dynamic = state is not None and not state.holds and any(kind in _UNITS_DEPENDENT for kind, _ in effects)
         text = None if dynamic else "; ".join(describe(effect, state) for effect in effects)
-        firings.append(Firing(f"r{rule.index:04d}", rule, rule.location, effects, names, warnings, text))
+        firings.append(Firing(f"r{rule.index:04d}", rule, rule.id, rule.location, effects, names, warnings, text))
     if state is None:
         return Plan(tuple(firings))
     return Plan(tuple(firings), tuple(state.decisions), tuple(state.modifiers), tuple(state.rules),
-                tuple(state.holds), tuple(state.caps))
+                tuple(state.holds), tuple(state.caps), _decision(state.decisions), payer.family_of(code)[0])
+
+
+def _decision(decisions: list):
+    """The one unit decision for a line: (kind, value), "conflict", or None when no rule decided."""
+    if not decisions:
+        return None
+    _, action = decisions[0]
+    if len(decisions) > 1 and len({(a.kind, repr(a.value)) for _, a in decisions}) > 1:
+        return "conflict"
+    return action.kind, action.value
 
 
 def _apply(action, rule, state, session, payer, warnings):

@@ -421,15 +421,31 @@ def fast_valid(data) -> bool:
     return True
 
 
+def _writable(text: str) -> bool:
+    """Text that can be written out as UTF-8 (JSON's \\ud800 escape gives a lone surrogate that cannot)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def parse_session(data, doc: Located, path: tuple, number: int):
     """One session object → Session, or SessionError naming the first problem."""
     default_id = f"session-{number}"
     if not isinstance(data, dict):
         return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=default_id)
     raw_id = data.get("session_id")
-    session_id = str(raw_id) if (type(raw_id) is str and 1 <= len(raw_id) <= 128) or type(raw_id) is int \
-        else default_id
-    if not fast_valid(data):
+    session_id = str(raw_id) if (type(raw_id) is str and 1 <= len(raw_id) <= 128 and _writable(raw_id)) \
+        or type(raw_id) is int else default_id
+    for name in ("session_id", "payer"):      # the two free texts a result or error record echoes
+        if type(data.get(name)) is str and not _writable(data[name]):
+            return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
+                                doc.line_of(path + (name,)), name, session_id=session_id)
+    checked = fast_valid(data)
+    if not checked:
         errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
         if errors:
             errors[0].session_id = session_id
@@ -441,10 +457,14 @@ def parse_session(data, doc: Located, path: tuple, number: int):
     if date is not None and not is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
-    services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
-                             minutes=int(s["minutes"]),
-                             group_size=None if s.get("group_size") is None else int(s["group_size"]),
-                             provider=s.get("provider")) for s in data["services"])
+    if checked:     # exact types: a code is a str or an int, the numbers are ints
+        services = tuple([Service(s["code"] if type(s["code"]) is str else str(s["code"]), s["minutes"],
+                                  s.get("group_size"), s.get("provider")) for s in data["services"]])
+    else:           # the schema also lets through integral floats (30.0)
+        services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
+                                 minutes=int(s["minutes"]),
+                                 group_size=None if s.get("group_size") is None else int(s["group_size"]),
+                                 provider=s.get("provider")) for s in data["services"])
     return Session(session_id=session_id, services=services, payer=data.get("payer"),
                    date_of_service=date, discipline=data.get("discipline"),
                    context=data.get("context", {}), file=doc.file, line=doc.line_of(path))

@@ -6,6 +6,7 @@ References are to shared/domain.md: §3 (CMS pooled "8-minute rule"), §4 (CPT p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 def chart(minutes: int, unit_minutes: int = 15, first_unit_minutes: int = 8) -> int:
@@ -32,15 +33,14 @@ def split_family(units: int) -> tuple:
     return (1, units - 1) if units > 0 else (0, 0)
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
     """One service in the pool: a code, or an add-on family counted as one service."""
     key: str
     minutes: int
     order: int              # position of first appearance in the session
 
 
-@dataclass
+@dataclass(slots=True)
 class Allocation:
     """The result of a unit method over the timed services, with the steps that explain it."""
     method: str
@@ -55,15 +55,8 @@ class Allocation:
 
 
 def _tie_key(service: Service, tie_break):
-    parts = []
-    for rule in tie_break:
-        if rule == "minutes":
-            parts.append(-service.minutes)
-        elif rule == "order":
-            parts.append(service.order)
-        elif rule == "code":
-            parts.append(service.key)
-    return tuple(parts) + (service.order, service.key)
+    values = {"minutes": -service.minutes, "order": service.order, "code": service.key}
+    return tuple([values[rule] for rule in tie_break]) + (service.order, service.key)
 
 
 def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
@@ -71,14 +64,16 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
     """CMS total-time method (MCPM-5 §20.2, domain.md §3.3): units for the day = chart(total minutes);
     each service first gets its full units, the rest go one each to the largest leftover minutes."""
     out = Allocation("cms_8_minute")
-    out.total_minutes = sum(s.minutes for s in services)
-    out.total_units = chart(out.total_minutes, unit_minutes, first_unit_minutes)
+    full, leftover = out.full_units, out.leftover
     for s in services:
-        out.full_units[s.key], out.leftover[s.key] = divmod(s.minutes, unit_minutes)
-        out.units[s.key] = out.full_units[s.key]
-    out.remaining = out.total_units - sum(out.full_units.values())
-    ranked = sorted((s for s in services if out.leftover[s.key] > 0),
-                    key=lambda s: (-out.leftover[s.key],) + _tie_key(s, tie_break))
+        full[s.key], leftover[s.key] = divmod(s.minutes, unit_minutes)
+        out.total_minutes += s.minutes
+    out.total_units = chart(out.total_minutes, unit_minutes, first_unit_minutes)
+    out.units = dict(full)
+    out.remaining = out.total_units - sum(full.values())
+    ranked = [s for s in services if leftover[s.key] > 0]
+    if len(ranked) > 1:
+        ranked.sort(key=lambda s: (-leftover[s.key],) + _tie_key(s, tie_break))
     # remaining <= number of services with leftover minutes whenever first_unit_minutes <= unit_minutes
     winners = ranked[:out.remaining]
     for s in winners:

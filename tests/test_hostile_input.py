@@ -428,6 +428,25 @@ def test_unhashable_enum_values_are_error_records(tmp_path, field, value):
     assert summary(proc) == (2, 1, 1, 0)
 
 
+@pytest.mark.parametrize("field", ["session_id", "payer"])
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_lone_surrogate_escape_is_an_error_record(tmp_path, field, jobs):
+    """JSON's \\ud800 escape is valid JSON but no Unicode text: echoed into the output it cannot be
+    written as UTF-8 (it once stopped the whole run with a traceback). It is that session's error."""
+    bad = dict(GOOD_SESSION, session_id="B-1")
+    bad[field] = "x\ud800y"
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(GOOD_SESSION) + "\n", encoding="ascii")
+    assert "\\ud800" in path.read_text()
+    proc = run_cli("bill", path, "--format", "jsonl", "--jobs", jobs)
+    assert proc.returncode == 1
+    records = jsonl_records(proc)
+    assert records[0]["session_id"] == ("session-1" if field == "session_id" else "B-1")
+    assert set(records[0]) == {"session_id", "error"} and field in records[0]["error"]
+    assert records[1]["session_id"] == GOOD_SESSION["session_id"] and records[1]["lines"]
+    assert summary(proc) == (2, 1, 1, 0)
+
+
 # --- the cache of validated rule files ---------------------------------------------------------------------
 
 CACHED_PAYER = """\

@@ -261,3 +261,26 @@ def test_order_of_distinct_services_does_not_change_the_units(billers, engine, s
     if not has_tie_info(a) and not has_tie_info(b):
         assert Counter((l["code"], l["units"]) for l in a["lines"]) == \
             Counter((l["code"], l["units"]) for l in b["lines"])
+
+
+# --- JSONL encoding: orjson writes the same text as the json module ---------------------------------
+
+JSON_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)    # any text but surrogates
+JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | JSON_TEXT,
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(JSON_TEXT, inner, max_size=4),
+                          max_leaves=20)
+
+
+@PROPERTY
+@given(st.dictionaries(JSON_TEXT, JSON_VALUE, max_size=6))
+def test_jsonl_encoding_is_the_json_modules_text(record):
+    # `bill --format jsonl` is documented as compact JSON, one record per line: the faster encoder
+    # must give exactly json.dumps' text (control characters, non-ASCII, U+2028, nesting, big ints).
+    from engine.batch import encode_jsonl
+    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_jsonl_encoding_falls_back_for_what_orjson_refuses():
+    from engine.batch import encode_jsonl
+    record = {"big": 2**70, "text": "x\ud800"}          # beyond 64 bits; a lone surrogate
+    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":"))
