@@ -14,24 +14,29 @@ from .errors import SessionError
 from .facts import Line, build_facts, merge_services
 from .model import Payer, Session
 from .network import make_network
-from .plans import Planner, describe
+from .plans import EMPTY_PLAN, Plan, Planner, describe
 
 
-@dataclass(slots=True)
 class LineState:
-    """What the firings decided for one line (the plan's tuples), and the units it is billed."""
-    line: Line
-    decisions: tuple = ()               # (rule, Action) deciding units
-    modifiers: tuple = ()
-    rules: tuple = ()                   # ids of every rule that touched the line
-    holds: tuple = ()                   # (rule, reason)
-    caps: tuple = ()                    # (rule, max units)
-    units: int = 0
-    capped_from: int = 0                # units earned before a max_units limit
-    reason: str = ""
-    reason_rules: tuple = ()
-    decision: object = None             # the unit basis: see plans._decision
-    family: object = None               # the line's add-on Family, if any
+    """One line of the session: what the rules decided for it (its plan) and the units it is billed."""
+
+    __slots__ = ("line", "plan", "decisions", "modifiers", "rules", "holds", "caps", "decision", "family",
+                 "units", "capped_from", "reason", "reason_rules")
+
+    def __init__(self, line: Line, plan: Plan = EMPTY_PLAN):
+        self.line = line
+        self.plan = plan
+        self.decisions = plan.decisions     # (rule, Action) deciding units
+        self.modifiers = plan.modifiers
+        self.rules = plan.rules             # ids of every rule that touched the line
+        self.holds = plan.holds             # (rule, reason)
+        self.caps = plan.caps               # (rule, max units)
+        self.decision = plan.decision       # the unit basis: see plans._decision
+        self.family = plan.family           # the line's add-on Family, if any
+        self.units = 0
+        self.capped_from = 0                # units earned before a max_units limit
+        self.reason = ""
+        self.reason_rules = ()
 
 
 class Biller:
@@ -113,21 +118,18 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     payer = planner.payer
     lines = merge_services(session)
     session_plan, line_plans = planner.plans(session, lines)
-    states, fired = [], [(f.key, "session", f, None) for f in session_plan.firings]
-    for line, plan in zip(lines, line_plans):
-        state = LineState(line, plan.decisions, plan.modifiers, plan.rules, plan.holds, plan.caps,
-                          decision=plan.decision, family=plan.family)
-        states.append(state)
-        fact_id = line.fact_id
-        for f in plan.firings:
-            fired.append((f.key, fact_id, f, state))
+    states = [LineState(line, plan) for line, plan in zip(lines, line_plans)]
+    fired = [(f.key, "session", f, None) for f in session_plan.firings]
+    for state in states:
+        fact_id = state.line.fact_id
+        fired += [(f.key, fact_id, f, state) for f in state.plan.firings]
     fired.sort()            # (rule key, fact id) is unique: the tuples never compare further
 
     warnings, trace, later = [], [], []
     for _, _, f, state in fired:
-        for severity, message in f.warnings:
-            warnings.append({"severity": severity, "rule": f.rule_id, "message": message,
-                             "codes": [state.line.code] if state else []})
+        if f.warnings:
+            warnings += [{"severity": severity, "rule": f.rule_id, "message": message,
+                          "codes": [state.line.code] if state else []} for severity, message in f.warnings]
         entry = {"rule": f.rule_id, "source": f.source, "facts": list(f.names), "effect": f.text}
         trace.append(entry)
         if f.text is None:
@@ -316,13 +318,15 @@ def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str
 
 def _result(session, payer, states, extra_lines, warnings, trace, method_notes) -> dict:
     billed, unbilled = [], []
-    extras = {}
-    for parent, generated in extra_lines:
-        extras.setdefault(id(parent), []).append(generated)
-    ordered = []
-    for state in states:
-        ordered.append(state)
-        ordered.extend(extras.get(id(state), []))
+    ordered = states
+    if extra_lines:         # a generated add-on line follows its primary
+        extras = {}
+        for parent, generated in extra_lines:
+            extras.setdefault(id(parent), []).append(generated)
+        ordered = []
+        for state in states:
+            ordered.append(state)
+            ordered.extend(extras.get(id(state), []))
     for state in ordered:
         if state.units > 0:
             billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,

@@ -5,6 +5,8 @@ print `error: FILE:LINE: PATH: message` and never a traceback.
 """
 from __future__ import annotations
 
+import datetime
+
 
 class PayrulesError(Exception):
     """Root of every error the engine raises on purpose."""
@@ -54,7 +56,6 @@ class EvaluationError(PayrulesError):
 
 def is_date(text: str) -> bool:
     """A real calendar date written YYYY-MM-DD."""
-    import datetime
     try:
         datetime.date.fromisoformat(text)
         return True

@@ -28,7 +28,7 @@ SESSION_INPUTS = ("discipline", "date_of_service", "line_count")
 # message placeholders -> the input they read (the others are derived from the code)
 _PLACEHOLDER_INPUTS = {"minutes": "minutes", "group_size": "group_size", "provider": "provider",
                        "discipline": "s_discipline", "date_of_service": "s_date_of_service"}
-MEMO_LIMIT = 100_000        # remembered facts per payer version; the memo starts afresh beyond it
+MEMO_LIMIT = 20_000         # remembered facts per payer version (a few MB); the memo starts afresh beyond it
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,9 @@ class Plan:
     caps: tuple = ()        # (Rule, max units)
     decision: object = None     # the unit basis: (kind, value), "conflict", or None when no rule gave one
     family: object = None       # the line's add-on Family, if any
+
+
+EMPTY_PLAN = Plan(())
 
 
 class Scratch:

@@ -384,40 +384,61 @@ _DISCIPLINES = frozenset(("PT", "OT", "SLP"))
 _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 
-def fast_valid(data) -> bool:
-    """True only for a session the schema certainly accepts (the common case, checked in plain Python);
-    False sends the session to the full JSON Schema validation, which gives the message. Never looser
-    than schemas/session.schema.json (a property test checks it)."""
+def fast_services(data):
+    """The session's services as Service tuples when the schema certainly accepts the session (the
+    common case, checked in plain Python, in one pass); None sends it to the full JSON Schema
+    validation, which gives the message. Never looser than schemas/session.schema.json (a property
+    test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
-        return False
+        return None
     sid = data.get("session_id", "x")
     if not ((type(sid) is str and 1 <= len(sid) <= 128) or type(sid) is int):
-        return False
+        return None
     payer = data.get("payer", "x")
     if type(payer) is not str or not 1 <= len(payer) <= 64:
-        return False
+        return None
     date = data.get("date_of_service", "2000-01-01")
     if type(date) is not str or not _DATE.match(date) or len(date) != 10:
-        return False
+        return None
     if "discipline" in data and (type(data["discipline"]) is not str or data["discipline"] not in _DISCIPLINES):
-        return False
+        return None
     if "context" in data and (type(data["context"]) is not dict or len(data["context"]) > 100):
-        return False
+        return None
     services = data.get("services")
     if type(services) is not list or not 1 <= len(services) <= 200:
-        return False
+        return None
+    out = []
     for s in services:
         if type(s) is not dict or not s.keys() <= _SERVICE_KEYS:
-            return False
+            return None
         code, minutes = s.get("code"), s.get("minutes")
-        if not ((type(code) is str and len(code) == 5 and _CODE.match(code)) or (type(code) is int and 10000 <= code <= 99999)):
-            return False
+        if type(code) is int and 10000 <= code <= 99999:
+            code = str(code)
+        elif type(code) is not str or (code not in _GOOD_CODES and not _good_code(code)):
+            return None
         if type(minutes) is not int or not 0 <= minutes <= 1440:
-            return False
-        if "group_size" in s and (type(s["group_size"]) is not int or not 0 <= s["group_size"] <= 1000):
-            return False
-        if "provider" in s and (type(s["provider"]) is not str or s["provider"] not in _PROVIDERS):
-            return False
+            return None
+        group_size = provider = None
+        if "group_size" in s:
+            group_size = s["group_size"]
+            if type(group_size) is not int or not 0 <= group_size <= 1000:
+                return None
+        if "provider" in s:
+            provider = s["provider"]
+            if type(provider) is not str or provider not in _PROVIDERS:
+                return None
+        out.append(Service(code, minutes, group_size, provider))
+    return tuple(out)
+
+
+_GOOD_CODES: set = set()        # code strings seen to match the schema's pattern
+
+
+def _good_code(code: str) -> bool:
+    if len(code) != 5 or not _CODE.match(code):
+        return False
+    if len(_GOOD_CODES) < 10_000:
+        _GOOD_CODES.add(code)
     return True
 
 
@@ -444,12 +465,17 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         if type(data.get(name)) is str and not _writable(data[name]):
             return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
                                 doc.line_of(path + (name,)), name, session_id=session_id)
-    checked = fast_valid(data)
-    if not checked:
+    services = fast_services(data)
+    if services is None:
         errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
         if errors:
             errors[0].session_id = session_id
             return errors[0]
+        # the schema also lets through what the fast path does not vouch for, e.g. integral floats (30.0)
+        services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
+                                 minutes=int(s["minutes"]),
+                                 group_size=None if s.get("group_size") is None else int(s["group_size"]),
+                                 provider=s.get("provider")) for s in data["services"])
     if _depth(data.get("context"), MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
         return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
                             doc.line_of(path + ("context",)), "context", session_id=session_id)
@@ -457,14 +483,6 @@ def parse_session(data, doc: Located, path: tuple, number: int):
     if date is not None and not is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
-    if checked:     # exact types: a code is a str or an int, the numbers are ints
-        services = tuple([Service(s["code"] if type(s["code"]) is str else str(s["code"]), s["minutes"],
-                                  s.get("group_size"), s.get("provider")) for s in data["services"]])
-    else:           # the schema also lets through integral floats (30.0)
-        services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
-                                 minutes=int(s["minutes"]),
-                                 group_size=None if s.get("group_size") is None else int(s["group_size"]),
-                                 provider=s.get("provider")) for s in data["services"])
     return Session(session_id=session_id, services=services, payer=data.get("payer"),
                    date_of_service=date, discipline=data.get("discipline"),
                    context=data.get("context", {}), file=doc.file, line=doc.line_of(path))

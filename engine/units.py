@@ -6,6 +6,7 @@ References are to shared/domain.md: §3 (CMS pooled "8-minute rule"), §4 (CPT p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 
@@ -54,9 +55,17 @@ class Allocation:
     tie: tuple | None = None                            # (tied keys, how many of them win, winners)
 
 
-def _tie_key(service: Service, tie_break):
-    values = {"minutes": -service.minutes, "order": service.order, "code": service.key}
-    return tuple([values[rule] for rule in tie_break]) + (service.order, service.key)
+_TIE_POSITION = {"minutes": 0, "order": 1, "code": 2}     # in (-minutes, order, code)
+_tie_keys: dict = {}
+
+
+def _tie_key(tie_break):
+    """(-minutes, order, code) -> the configured tie-break, then order of appearance and code, so
+    that the ranking is total."""
+    key = _tie_keys.get(tie_break)
+    if key is None:
+        key = _tie_keys[tie_break] = itemgetter(*[_TIE_POSITION[rule] for rule in tie_break], 1, 2)
+    return key
 
 
 def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
@@ -64,20 +73,26 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
     """CMS total-time method (MCPM-5 §20.2, domain.md §3.3): units for the day = chart(total minutes);
     each service first gets its full units, the rest go one each to the largest leftover minutes."""
     out = Allocation("cms_8_minute")
-    full, leftover = out.full_units, out.leftover
+    full, leftover, units = out.full_units, out.leftover, out.units
+    total, ranked = 0, []
     for s in services:
-        full[s.key], leftover[s.key] = divmod(s.minutes, unit_minutes)
-        out.total_minutes += s.minutes
-    out.total_units = chart(out.total_minutes, unit_minutes, first_unit_minutes)
-    out.units = dict(full)
+        whole, part = divmod(s.minutes, unit_minutes)
+        full[s.key] = units[s.key] = whole
+        leftover[s.key] = part
+        total += s.minutes
+        if part:
+            ranked.append(s)
+    out.total_minutes = total
+    out.total_units = chart(total, unit_minutes, first_unit_minutes)
     out.remaining = out.total_units - sum(full.values())
-    ranked = [s for s in services if leftover[s.key] > 0]
-    if len(ranked) > 1:
-        ranked.sort(key=lambda s: (-leftover[s.key],) + _tie_key(s, tie_break))
+    if len(ranked) > 1 and out.remaining:
+        tie_key = _tie_key(tuple(tie_break))
+        # most leftover minutes first, then the tie-break
+        ranked.sort(key=lambda s: (-leftover[s.key],) + tie_key((-s.minutes, s.order, s.key)))
     # remaining <= number of services with leftover minutes whenever first_unit_minutes <= unit_minutes
     winners = ranked[:out.remaining]
     for s in winners:
-        out.units[s.key] += 1
+        units[s.key] += 1
         out.extra.append(s.key)
     if 0 < out.remaining < len(ranked):
         cut = out.leftover[winners[-1].key]
