@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -17,7 +18,7 @@ from .loader import Registry
 from .errors import SessionError
 from .sessions import ParseError, RawLine
 
-CHUNK = 64                      # sessions per task sent to a worker
+CHUNK = 256                     # sessions per task sent to a worker
 
 
 @dataclass
@@ -52,9 +53,9 @@ class Job:
     audit: bool = False
 
 
-@dataclass(frozen=True)
-class Processed:
-    """One session's outcome, rendered where it was billed so that only text crosses processes."""
+class Processed(NamedTuple):
+    """One session's outcome, rendered where it was billed so that only text crosses processes
+    (a tuple: it pickles compactly)."""
     category: str           # billed | error | parse
     text: str               # the record in the output format (a JSON list element for json)
     report: tuple           # its error lines for stderr (no patient data)

@@ -41,6 +41,9 @@ class RawLine:
     def __init__(self, raw: bytes, display: str, lineno: int, number: int):
         self.raw, self.display, self.lineno, self.number = raw, display, lineno, number
 
+    def __reduce__(self):       # sent to a worker as a plain tuple
+        return RawLine, (self.raw, self.display, self.lineno, self.number)
+
     def parse(self):
         number, lineno, display = self.number, self.lineno, self.display
         try:
