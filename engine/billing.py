@@ -138,7 +138,9 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     extra_lines, method_notes = _allocate(states, payer, warnings)
     method_notes["timed_units_capped"] = _apply_caps(states, warnings)
     for entry, f, state in later:
-        entry["effect"] = "; ".join(describe(effect, state) for effect in f.effects)
+        effects = f.effects
+        entry["effect"] = describe(effects[0], state) if len(effects) == 1 else \
+            "; ".join(describe(effect, state) for effect in effects)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
 
@@ -152,7 +154,7 @@ def _engine_error(state: LineState, rule: str, reason: str, warnings: list) -> N
 def _services(states: list, payer: Payer, warnings: list) -> dict:
     """Billable lines grouped into services: key (code, or family id) -> (decision, member states).
     Held lines, lines no rule gives units to and conflicting decisions are left out, with a reason."""
-    groups: dict = {}
+    services, families = {}, {}
     for state in states:
         if state.holds:
             state.reason = "; ".join(reason for _, reason in state.holds)
@@ -167,22 +169,24 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
             _engine_error(state, "engine.unit-conflict",
                           f"rules {ids} decide the units of {state.line.code} differently", warnings)
         elif state.family is None:
-            groups[state.line.code] = [state]       # merged lines: one state per code
+            services[state.line.code] = (decision, [state])     # merged lines: one state per code
         else:
-            groups.setdefault(state.family.id, []).append(state)
-    services = {}
-    for key, members in groups.items():
+            if state.family.id not in families:
+                families[state.family.id] = []
+                services[state.family.id] = None                # keeps the family's place in order
+            families[state.family.id].append(state)
+    for key, members in families.items():
         family = members[0].family
-        if family is None:
-            services[key] = (members[0].decision, members)
-        elif len(members) > 1 and len({repr(m.decision) for m in members}) > 1:
+        if len(members) > 1 and len({repr(m.decision) for m in members}) > 1:
             for m in members:
                 _engine_error(m, "engine.unit-conflict", f"the codes of family {key} are given different unit rules",
                               warnings)
+            del services[key]
         elif family.addon and not any(m.line.code == family.primary for m in members):
             for m in members:
                 _engine_error(m, "engine.addon-without-primary",
                               f"add-on {m.line.code} billed without its primary {family.primary}", warnings)
+            del services[key]
         else:
             services[key] = (members[0].decision, members)
     return services
@@ -213,9 +217,14 @@ def _allocate(states: list, payer: Payer, warnings: list):
         allocation = U.pooled(timed, method.unit_minutes, method.first_unit_minutes, method.tie_break)
     else:
         allocation = U.per_code(timed, method.unit_minutes, method.first_unit_minutes)
-    for service in timed:
-        notes[service.key] = ("timed", service.minutes, allocation.units[service.key], allocation)
-        _share(service.key, allocation.units[service.key], services[service.key][1], payer, extra_lines)
+    units = allocation.units
+    for key, minutes, _ in timed:
+        notes[key] = ("timed", minutes, units[key], allocation)
+        members = services[key][1]
+        if members[0].family is None:           # a code on its own (the common case) takes its units
+            members[0].units = units[key]
+        else:
+            _share(key, units[key], members, payer, extra_lines)
     if allocation.tie:
         _tie_warning(allocation, services, payer, warnings)
     for state in states:

@@ -32,7 +32,8 @@ def merge_services(session: Session) -> list:
     for service in session.services:
         line = lines.get(service.code)
         if line is None:
-            lines[service.code] = Line(f"line-{len(lines) + 1:04d}", service.code, service.minutes, len(lines),
+            order = len(lines)
+            lines[service.code] = Line(_line_id(order), service.code, service.minutes, order,
                                        service.group_size, service.provider)
             continue
         line.minutes += service.minutes
@@ -42,6 +43,13 @@ def merge_services(session: Session) -> list:
         if line.provider != service.provider:
             line.provider = None        # several providers: no single value to test
     return list(lines.values())
+
+
+_LINE_IDS = [f"line-{n:04d}" for n in range(1, 201)]       # a session has at most 200 services
+
+
+def _line_id(order: int) -> str:
+    return _LINE_IDS[order] if order < len(_LINE_IDS) else f"line-{order + 1:04d}"
 
 
 def build_facts(session: Session, lines: list, payer: Payer) -> list:

@@ -89,15 +89,17 @@ class Planner:
         session_read = tested["session"] | {f for f in SESSION_INPUTS if SESSION_ON_LINE + f in read}
         self._session_key = tuple(i for i, name in enumerate(SESSION_INPUTS) if name in session_read)
         self.memo: dict = {}
+        self._family_of = {code: family for family in self.payer.families
+                           for code in (family.primary, family.addon) if code}.get
 
     def plans(self, session, lines: list) -> tuple:
         """(plan of the session fact, [plan of each line])."""
-        payer = self.payer
+        family_of = self._family_of
         values = (session.discipline, session.date_of_service, len(lines))
         present = None
         keys = []
         for line in lines:
-            family = payer.family_of(line.code)[0]
+            family = family_of(line.code)
             has_primary = None
             if family is not None:
                 present = present or {other.code for other in lines}

@@ -458,12 +458,11 @@ def _writable(text: str) -> bool:
 
 def parse_session(data, doc: Located, path: tuple, number: int):
     """One session object → Session, or SessionError naming the first problem."""
-    default_id = f"session-{number}"
     if not isinstance(data, dict):
-        return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=default_id)
+        return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=f"session-{number}")
     raw_id = data.get("session_id")
-    session_id = str(raw_id) if (type(raw_id) is str and 1 <= len(raw_id) <= 128 and _writable(raw_id)) \
-        or type(raw_id) is int else default_id
+    session_id = raw_id if type(raw_id) is str and 1 <= len(raw_id) <= 128 and _writable(raw_id) \
+        else str(raw_id) if type(raw_id) is int else f"session-{number}"
     for name in ("session_id", "payer"):      # the two free texts a result or error record echoes
         if type(data.get(name)) is str and not _writable(data[name]):
             return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
