@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import orjson
-
 from . import render
 from .billing import Biller
 from .loader import Registry
@@ -90,6 +88,7 @@ def encode_jsonl(record: dict) -> str:
     """Compact JSON, the same text as json.dumps(record, ensure_ascii=False, separators=(",", ":")):
     orjson writes a result with its trace about 5x faster. It refuses a few strings the json module
     writes as they are (lone surrogates from a JSON escape in a session id); those go through json."""
+    import orjson       # here, not at the top: a cold run of one session in another format skips it
     try:
         return orjson.dumps(record).decode()
     except orjson.JSONEncodeError:
