@@ -105,12 +105,6 @@ def timed(fn, *args):
     return time.perf_counter() - start, result
 
 
-def best(rounds: int, fn, *args):
-    """The fastest of `rounds` runs (timeit's rule: slower runs measure the host's other load)."""
-    runs = [timed(fn, *args) for _ in range(rounds)]
-    return min(t for t, _ in runs), runs[0][1]
-
-
 def cpu_loop(n: int) -> int:
     total = 0
     for i in range(n):
@@ -123,35 +117,42 @@ def machine_scaling() -> float:
     for --jobs 2 on this machine (hyperthreads and a busy host give less than 2)."""
     import multiprocessing
     n = 3_000_000
-    one, _ = best(3, lambda: [cpu_loop(n), cpu_loop(n)])
+    one = two = float("inf")
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        two, _ = best(3, lambda: pool.map(cpu_loop, [n, n]))
+        for _ in range(3):          # in turn, best of three
+            one = min(one, timed(lambda: [cpu_loop(n), cpu_loop(n)])[0])
+            two = min(two, timed(lambda: pool.map(cpu_loop, [n, n]))[0])
     return one / two
 
 
 def throughput(n: int, engines: list, rounds: int) -> None:
     registry = Registry()
-    print(f"Throughput (best of {rounds} runs): {n:,} generated sessions of 1-6 services, full trace, JSON-encoded; "
+    print(f"Throughput (best of {rounds} rounds): {n:,} generated sessions of 1-6 services, full trace, JSON-encoded; "
           f"{os.cpu_count()} cores; two plain CPU loops in 2 processes run {machine_scaling():.2f}x one process")
     print(f"{'payer':17} {'engine':7} {'1 process':>10} {'baseline':>10} {'ratio':>6}  {'target':28} "
           f"{'JSONL 1 job':>11} {'--jobs 2':>10} {'x':>5} {'no memo':>9}")
     for payer_id in ("medicare", "example-midpoint"):
         data = make_sessions(n, seed=7, payer=payer_id)
         payer = registry.resolve(payer_id, "2026-03-02")
-        base_time, base_units = best(rounds, lambda: [baseline_units(d, payer) for d in data])
         jsonl = [json.dumps(d).encode() + b"\n" for d in data]
+        part = data[:max(1, n // 5)]            # no memo: on a fifth of the sessions
         for engine in engines:
             biller = Biller(registry, engine)
+            fresh = Biller(registry, engine, remember=False)    # every session's facts through the network
             engine_run(biller, data[:500])                      # warm up: compile, first sessions
-            one_time, lines = best(rounds, engine_run, biller, data)
+            times, outputs = {}, {}
+            # the figures of a round are taken in turn, so that a slow spell of the host hits them alike
+            for _ in range(rounds):
+                for kind, fn, args in (("base", lambda: [baseline_units(d, payer) for d in data], ()),
+                                       ("one", engine_run, (biller, data)), ("fresh", engine_run, (fresh, part)),
+                                       ("pipe", jobs_run, (jsonl, engine, 1)), ("two", jobs_run, (jsonl, engine, 2))):
+                    took, out = timed(fn, *args)
+                    times[kind] = min(took, times.get(kind, took))
+                    outputs.setdefault(kind, out)
             biller.close()
-            # every session's facts through the network (Biller(remember=False)), on a fifth of the sessions
-            fresh = Biller(registry, engine, remember=False)
-            part = data[:max(1, n // 5)]
-            fresh_time, fresh_lines = best(rounds, engine_run, fresh, part)
             fresh.close()
-            pipe_time, lines1 = best(rounds, jobs_run, jsonl, engine, 1)
-            two_time, lines2 = best(rounds, jobs_run, jsonl, engine, 2)
+            base_time, one_time, fresh_time, pipe_time, two_time = (times[k] for k in ("base", "one", "fresh", "pipe", "two"))
+            base_units, lines, fresh_lines, lines1, lines2 = (outputs[k] for k in ("base", "one", "fresh", "pipe", "two"))
             mismatched = sum(1 for line, want in zip(lines, base_units)
                              if {l["code"]: l["units"] for l in json.loads(line)["lines"]} != want)
             rate, base_rate = n / one_time, n / base_time
@@ -225,7 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--million", action="store_true", help="also measure peak RSS at 1,000,000 sessions")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each throughput figure; the best counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each throughput figure, taken in turn; the fastest counts (timeit's rule)")
     parser.add_argument("--engines", default="durable,python")
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e != "durable" or durable_available()]
