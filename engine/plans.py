@@ -25,9 +25,12 @@ _UNITS_DEPENDENT = ("timed_units", "block_units", "max_units")
 # the inputs of a line fact that its code does not determine, and of the session fact
 LINE_INPUTS = ("code", "minutes", "group_size", "provider", "has_primary")
 SESSION_INPUTS = ("discipline", "date_of_service", "line_count")
-# message placeholders -> the input they read (the others are derived from the code)
-_PLACEHOLDER_INPUTS = {"minutes": "minutes", "group_size": "group_size", "provider": "provider",
-                       "discipline": "s_discipline", "date_of_service": "s_date_of_service"}
+# line fact fields that follow from the code alone (with the `in_<list>` flags)
+CODE_DERIVED = ("known", "family", "family_role")
+# message placeholders -> the input they read
+PLACEHOLDER_INPUTS = {"minutes": "minutes", "group_size": "group_size", "provider": "provider",
+                      "discipline": "s_discipline", "date_of_service": "s_date_of_service"}
+CODE_PLACEHOLDERS = ("code", "suggestion", "family", "primary")
 MEMO_LIMIT = 20_000         # remembered facts per payer version (a few MB); the memo starts afresh beyond it
 
 
@@ -82,8 +85,13 @@ class Planner:
         self.payer = compiled.payer
         tested = fields_tested(compiled.ruleset)
         read = tested["line"] | {SESSION_ON_LINE + f for f in tested["session"]}
-        read |= {_PLACEHOLDER_INPUTS[name] for name in _placeholders(self.payer) if name in _PLACEHOLDER_INPUTS}
+        placeholders = _placeholders(self.payer)
+        read |= {PLACEHOLDER_INPUTS[name] for name in placeholders if name in PLACEHOLDER_INPUTS}
         inputs = LINE_INPUTS + tuple(SESSION_ON_LINE + f for f in SESSION_INPUTS)
+        unkeyed = {f for f in read if f not in inputs and f not in CODE_DERIVED and not f.startswith("in_")}
+        if unkeyed or not placeholders <= PLACEHOLDER_INPUTS.keys() | set(CODE_PLACEHOLDERS):
+            # something is read that the key would not hold: remembering could give a fact another's plan
+            self.remember = False
         # the key of a line: its code (which decides its lists and family) and the inputs that are read
         self._line_key = operator.itemgetter(0, *[i for i, name in enumerate(inputs) if i and name in read])
         session_read = tested["session"] | {f for f in SESSION_INPUTS if SESSION_ON_LINE + f in read}

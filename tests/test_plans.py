@@ -490,3 +490,30 @@ def test_memo_reset_at_the_limit_keeps_the_plans_of_the_session_being_billed(eng
         assert units_of(result) == {"97110": 2, "97140": 1}
     finally:
         biller.close()
+
+
+# --- 6. the key can hold everything a rule may read ------------------------------------------------------
+
+def test_every_field_a_rule_can_test_is_in_the_memo_key_or_follows_from_the_code():
+    # compiler.FIELD_TYPES is the whole vocabulary of conditions (check_grammar refuses any other field);
+    # a field added there but not to the key would let one line reuse another's plan.
+    from engine.compiler import FIELD_TYPES, SESSION_ON_LINE
+    covered_line = set(plans.LINE_INPUTS) | set(plans.CODE_DERIVED) | {SESSION_ON_LINE + f for f in plans.SESSION_INPUTS}
+    assert set(FIELD_TYPES["line"]) <= covered_line
+    assert set(FIELD_TYPES["session"]) <= set(plans.SESSION_INPUTS)
+
+
+def test_every_message_placeholder_is_in_the_memo_key_or_follows_from_the_code():
+    from engine.loader import PLACEHOLDERS
+    assert PLACEHOLDERS <= set(plans.PLACEHOLDER_INPUTS) | set(plans.CODE_PLACEHOLDERS)
+
+
+def test_a_field_the_key_does_not_hold_turns_the_memo_off(monkeypatch):
+    # if the key ever missed a field the rules read, the planner must not remember (and so stay correct)
+    from engine.compiler import compile_payer
+    from engine.network import make_network
+    compiled = compile_payer(Registry().resolve("medicare", None))
+    assert plans.Planner(compiled, make_network(compiled, "python")).remember is True
+    # medicare.yaml tests family_role (the add-on rule); pretend the key did not cover it
+    monkeypatch.setattr(plans, "CODE_DERIVED", ("known", "family"))
+    assert plans.Planner(compiled, make_network(compiled, "python")).remember is False
