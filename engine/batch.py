@@ -8,12 +8,12 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from operator import itemgetter
 
 from . import render
 from .billing import Biller
 from .loader import Registry
-from .errors import SessionError
+from .errors import EvaluationError, SessionError
 from .sessions import ParseError, RawLine
 
 CHUNK = 256                     # sessions per task sent to a worker
@@ -51,13 +51,16 @@ class Job:
     audit: bool = False
 
 
-class Processed(NamedTuple):
-    """One session's outcome, rendered where it was billed so that only text crosses processes
-    (a tuple: it pickles compactly)."""
-    category: str           # billed | error | parse
-    text: str               # the record in the output format (a JSON list element for json)
-    report: tuple           # its error lines for stderr (no patient data)
-    audit: tuple | None     # (record, rules hash, rule files, date of service) for --audit-db
+class Processed(tuple):
+    """One session's outcome, rendered where it was billed so that only text crosses processes.
+    Processed((category, text, report, audit)): a plain tuple underneath, so that the reading process
+    receives thousands from a worker with no Python call each."""
+
+    __slots__ = ()
+    category = property(itemgetter(0))      # billed | error | parse
+    text = property(itemgetter(1))          # the record in the output format (a JSON list element for json)
+    report = property(itemgetter(2))        # its error lines for stderr (no patient data)
+    audit = property(itemgetter(3))         # (record, rules hash, rule files, date of service) for --audit-db
 
 
 def process(biller, session, job: Job) -> Processed:
@@ -71,7 +74,7 @@ def process(biller, session, job: Job) -> Processed:
     if job.audit:
         audit = (record, None, (), None) if isinstance(outcome, dict) else \
             (record, outcome.payer.digest, outcome.payer.files, outcome.session.date_of_service)
-    return Processed(category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit)
+    return Processed((category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit))
 
 
 def render_one(record: dict, fmt: str) -> str:
@@ -130,27 +133,36 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
         finally:
             biller.close()
         return
-    import multiprocessing          # only here: it is slow to import and most runs use one process
+    # only here: they are slow to import and most runs use one process. Not multiprocessing.Pool: its
+    # worker-handler thread spins while results wait in the pipe, taking CPU from the workers.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
     context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, _init_worker, (rules, engine, job)) as pool:
-        pending = collections.deque()       # (chunk, async result), at most 4 per worker in flight
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(rules, engine, job)) as pool:
+        pending = collections.deque()       # (chunk, future), at most 4 per worker in flight
         chunk = []
         for session in sessions:
             chunk.append(session)
             if len(chunk) == CHUNK:
-                pending.append((chunk, pool.apply_async(_process_chunk, (chunk,))))
+                pending.append((chunk, pool.submit(_process_chunk, chunk)))
                 chunk = []
                 while len(pending) >= 4 * jobs:
                     yield from _drain(pending.popleft())
         if chunk:
-            pending.append((chunk, pool.apply_async(_process_chunk, (chunk,))))
+            pending.append((chunk, pool.submit(_process_chunk, chunk)))
         while pending:
             yield from _drain(pending.popleft())
 
 
 def _drain(item):
-    chunk, result = item
-    yield from zip(chunk, result.get())
+    from concurrent.futures.process import BrokenProcessPool
+    chunk, future = item
+    try:
+        done = future.result()
+    except BrokenProcessPool:
+        raise EvaluationError("a worker process died (out of memory?); run again, or with fewer --jobs") from None
+    yield from zip(chunk, done)
 
 
 # --- output -------------------------------------------------------------------------------------------

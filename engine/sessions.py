@@ -15,6 +15,7 @@ import io
 import json
 import re
 import sys
+from operator import itemgetter
 
 from .errors import SessionError, UsageError, is_date, suggest
 from .model import Service, Session
@@ -33,16 +34,13 @@ class ParseError(SessionError):
     """A record that could not be read as a session at all (malformed JSON, not UTF-8, ...)."""
 
 
-class RawLine:
-    """A JSONL line not parsed yet: with --jobs, the workers parse it, not the reading process."""
+class RawLine(tuple):
+    """A JSONL line not parsed yet: with --jobs, the workers parse it, not the reading process.
+    RawLine((raw bytes, file name shown in messages, line number, session number)): a plain tuple
+    underneath, so that sending thousands to a worker costs no Python call each."""
 
-    __slots__ = ("raw", "display", "lineno", "number")
-
-    def __init__(self, raw: bytes, display: str, lineno: int, number: int):
-        self.raw, self.display, self.lineno, self.number = raw, display, lineno, number
-
-    def __reduce__(self):       # sent to a worker as a plain tuple
-        return RawLine, (self.raw, self.display, self.lineno, self.number)
+    __slots__ = ()
+    raw, display, lineno, number = (property(itemgetter(i)) for i in range(4))
 
     def parse(self):
         number, lineno, display = self.number, self.lineno, self.display
@@ -205,7 +203,7 @@ class SessionInput:
                 continue
             if not raw.strip():
                 continue
-            record = RawLine(raw, self.display, lineno, self._number())
+            record = RawLine((raw, self.display, lineno, self._number()))
             yield record if self.defer else record.parse()
 
     # --- CSV of service lines -------------------------------------------------------------------------

@@ -513,3 +513,23 @@ def test_stdin_csv():
     # messages name standard input as <stdin>, with the CSV line
     assert "<stdin>:4" in records[1]["error"]
     assert summary(proc) == (5, 3, 2, 0)
+
+
+def _killed(sessions):
+    """A worker's chunk that ends with the worker killed (as the OOM killer would)."""
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_hang(monkeypatch):
+    # the run stops with one message instead of waiting for results that will never come, or a traceback
+    from engine import batch
+    from engine.errors import EvaluationError
+    from engine.sessions import RawLine
+
+    monkeypatch.setattr(batch, "_process_chunk", _killed)
+    lines = [RawLine((b'{"payer": "medicare", "services": [{"code": "97110", "minutes": 20}]}', "k.jsonl", n, n))
+             for n in range(1, 4)]
+    with pytest.raises(EvaluationError, match="worker process died"):
+        list(batch.bill_stream(iter(lines), [], "python", batch.Job(), 2))
