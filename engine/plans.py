@@ -13,7 +13,7 @@ import operator
 import string
 from dataclasses import dataclass
 
-from .compiler import SESSION_ON_LINE, fields_tested
+from .compiler import SESSION_ON_LINE, fields_tested, rule_key
 from .errors import closest
 from .facts import build_facts
 from .model import Payer, Rule
@@ -131,8 +131,8 @@ class Planner:
         facts = build_facts(session, lines, payer)
         wanted = [facts[0]] + [fact for fact, plan in zip(facts[1:], found) if plan is None]
         fired: dict = {fact["id"]: [] for fact in wanted}
-        for rule_key, (fact_id,) in self.network.run(wanted):
-            fired[fact_id].append(compiled.keys[rule_key])
+        for key, (fact_id,) in self.network.run(wanted):
+            fired[fact_id].append(compiled.keys[key])
         learned = {session_key: session_plan or _plan(None, fired["session"], session, payer)}
         for line, key, plan in zip(lines, keys, found):
             learned[key] = plan or _plan(line, fired[line.fact_id], session, payer)
@@ -157,7 +157,7 @@ def _plan(line, rules: list, session, payer: Payer) -> Plan:
         # a held line's unit effects, and everything but units, are known now (the holds are final)
         dynamic = state is not None and not state.holds and any(kind in _UNITS_DEPENDENT for kind, _ in effects)
         text = None if dynamic else "; ".join(describe(effect, state) for effect in effects)
-        firings.append(Firing(f"r{rule.index:04d}", rule, rule.id, rule.location, effects, names, warnings, text))
+        firings.append(Firing(rule_key(rule), rule, rule.id, rule.location, effects, names, warnings, text))
     if state is None:
         return Plan(tuple(firings))
     return Plan(tuple(firings), tuple(state.decisions), tuple(state.modifiers), tuple(state.rules),
