@@ -6,7 +6,7 @@ joins the two and records, for every line, unit and warning, the rules that prod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import units as U
 from .compiler import compile_payer
@@ -70,7 +70,7 @@ class Biller:
         if not payer_id:
             return error_record(session.session_id, "no payer: give the session a payer field or use --payer")
         if date:
-            session = replace(session, date_of_service=date)
+            session = session._replace(date_of_service=date)
         try:
             payer = self.registry.resolve(payer_id, session.date_of_service)
         except SessionError as exc:
@@ -130,7 +130,7 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
         if f.warnings:
             warnings += [{"severity": severity, "rule": f.rule_id, "message": message,
                           "codes": [state.line.code] if state else []} for severity, message in f.warnings]
-        entry = {"rule": f.rule_id, "source": f.source, "facts": list(f.names), "effect": f.text}
+        entry = {"rule": f.rule_id, "source": f.source, "facts": [*f.names], "effect": f.text}
         trace.append(entry)
         if f.text is None:
             later.append((entry, f, state))
@@ -203,7 +203,7 @@ def _allocate(states: list, payer: Payer, warnings: list):
         else:
             minutes, order = sum(m.line.minutes for m in members), min(m.line.order for m in members)
         if kind == "timed_units":
-            timed.append(U.Service(key, minutes, order))
+            timed.append((key, minutes, order))
         elif kind == "units":
             for m in members:
                 m.units = value
@@ -326,7 +326,7 @@ def _zero_reason(state: LineState, payer: Payer, notes: dict, allocation) -> str
 
 
 def _result(session, payer, states, extra_lines, warnings, trace, method_notes) -> dict:
-    billed, unbilled = [], []
+    billed, unbilled, total_units = [], [], 0
     ordered = states
     if extra_lines:         # a generated add-on line follows its primary
         extras = {}
@@ -338,6 +338,7 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
             ordered.extend(extras.get(id(state), []))
     for state in ordered:
         if state.units > 0:
+            total_units += state.units
             billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
                            "modifiers": list(state.modifiers), "rules": list(state.rules)})
         else:
@@ -352,7 +353,7 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
         "unbilled": unbilled,
         "total_timed_minutes": allocation.total_minutes,
         "total_timed_units": allocation.total_units - method_notes["timed_units_capped"],
-        "total_units": sum(line["units"] for line in billed),
+        "total_units": total_units,
         "warnings": warnings,
         "trace": trace,
     }

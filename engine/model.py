@@ -1,8 +1,11 @@
 """Small immutable types shared by every stage. They know nothing of YAML or durable_rules."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
+
+NO_CONTEXT = MappingProxyType({})     # a session's context when it gives none (read-only: shared)
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,13 @@ class Service(NamedTuple):
     provider: str | None = None
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(NamedTuple):
+    """One session to bill (a tuple: one is made for every session of a batch)."""
     session_id: str
     services: tuple                  # of Service, as entered
     payer: str | None = None
     date_of_service: str | None = None
     discipline: str | None = None
-    context: dict = field(default_factory=dict)
+    context: Mapping = NO_CONTEXT
     file: str | None = None          # where the session came from, for messages
     line: int | None = None

@@ -95,7 +95,8 @@ class Planner:
         # the key of a line: its code (which decides its lists and family) and the inputs that are read
         self._line_key = operator.itemgetter(0, *[i for i, name in enumerate(inputs) if i and name in read])
         session_read = tested["session"] | {f for f in SESSION_INPUTS if SESSION_ON_LINE + f in read}
-        self._session_key = tuple(i for i, name in enumerate(SESSION_INPUTS) if name in session_read)
+        read_at = [i for i, name in enumerate(SESSION_INPUTS) if name in session_read]
+        self._session_key = operator.itemgetter(*read_at) if read_at else _nothing
         self.memo: dict = {}
         self._family_of = {code: family for family in self.payer.families
                            for code in (family.primary, family.addon) if code}.get
@@ -114,7 +115,7 @@ class Planner:
                 has_primary = family.primary in present
             keys.append(self._line_key((line.code, line.minutes, line.group_size, line.provider, has_primary)
                                        + values))
-        session_key = ("session",) + tuple(values[i] for i in self._session_key)
+        session_key = ("session", self._session_key(values))
         memo = self.memo
         found = [memo.get(key) for key in keys]
         session_plan = memo.get(session_key)
@@ -140,6 +141,10 @@ class Planner:
             self.memo.clear()
         self.memo.update(learned)
         return learned
+
+
+def _nothing(values):
+    return None
 
 
 def _plan(line, rules: list, session, payer: Payer) -> Plan:

@@ -18,7 +18,7 @@ import sys
 from operator import itemgetter
 
 from .errors import SessionError, UsageError, is_date, suggest
-from .model import Service, Session
+from .model import NO_CONTEXT, Service, Session
 from .schema import schema_errors
 from .yamlload import Located, load_text
 
@@ -485,4 +485,4 @@ def parse_session(data, doc: Located, path: tuple, number: int):
                             "date_of_service", session_id=session_id)
     return Session(session_id=session_id, services=services, payer=data.get("payer"),
                    date_of_service=date, discipline=data.get("discipline"),
-                   context=data.get("context", {}), file=doc.file, line=doc.line_of(path))
+                   context=data.get("context", NO_CONTEXT), file=doc.file, line=doc.line_of(path))

@@ -5,9 +5,8 @@ References are to shared/domain.md: §3 (CMS pooled "8-minute rule"), §4 (CPT p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import NamedTuple
 
 
 def chart(minutes: int, unit_minutes: int = 15, first_unit_minutes: int = 8) -> int:
@@ -34,37 +33,33 @@ def split_family(units: int) -> tuple:
     return (1, units - 1) if units > 0 else (0, 0)
 
 
-class Service(NamedTuple):
-    """One service in the pool: a code, or an add-on family counted as one service."""
-    key: str
-    minutes: int
-    order: int              # position of first appearance in the session
-
-
 @dataclass(slots=True)
 class Allocation:
     """The result of a unit method over the timed services, with the steps that explain it."""
     method: str
-    total_minutes: int = 0
-    total_units: int = 0
-    units: dict = field(default_factory=dict)           # key -> units
-    full_units: dict = field(default_factory=dict)      # key -> floor(minutes / unit)
-    leftover: dict = field(default_factory=dict)        # key -> minutes % unit
-    remaining: int = 0                                  # units shared out by leftover minutes
-    extra: list = field(default_factory=list)           # keys that got a leftover unit, best first
-    tie: tuple | None = None                            # (tied keys, how many of them win, winners)
+    total_minutes: int
+    total_units: int
+    units: dict             # key -> units
+    full_units: dict        # key -> floor(minutes / unit)
+    leftover: dict          # key -> minutes % unit
+    remaining: int          # units shared out by leftover minutes
+    extra: list             # keys that got a leftover unit, best first
+    tie: tuple | None = None    # (tied keys, how many of them win, winners)
 
 
-_TIE_POSITION = {"minutes": 0, "order": 1, "code": 2}     # in (-minutes, order, code)
-_tie_keys: dict = {}
+# A service in the pool is a (key, minutes, order) triple: key is a code, or an add-on family counted
+# as one service; order is its position of first appearance in the session.
+# Pooled services are ranked by (-leftover, -minutes, order, key); the tie-break picks among the last three.
+_TIE_POSITION = {"minutes": 1, "order": 2, "code": 3}
+_rank_keys: dict = {}
 
 
-def _tie_key(tie_break):
-    """(-minutes, order, code) -> the configured tie-break, then order of appearance and code, so
+def _rank_key(tie_break):
+    """Most leftover minutes first, then the configured tie-break, then order of appearance and code, so
     that the ranking is total."""
-    key = _tie_keys.get(tie_break)
+    key = _rank_keys.get(tie_break)
     if key is None:
-        key = _tie_keys[tie_break] = itemgetter(*[_TIE_POSITION[rule] for rule in tie_break], 1, 2)
+        key = _rank_keys[tie_break] = itemgetter(0, *[_TIE_POSITION[rule] for rule in tie_break], 2, 3)
     return key
 
 
@@ -72,45 +67,40 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
            tie_break=("minutes", "order", "code")) -> Allocation:
     """CMS total-time method (MCPM-5 §20.2, domain.md §3.3): units for the day = chart(total minutes);
     each service first gets its full units, the rest go one each to the largest leftover minutes."""
-    out = Allocation("cms_8_minute")
-    full, leftover, units = out.full_units, out.leftover, out.units
+    full, leftover, units = {}, {}, {}
     total, ranked = 0, []
-    for s in services:
-        whole, part = divmod(s.minutes, unit_minutes)
-        full[s.key] = units[s.key] = whole
-        leftover[s.key] = part
-        total += s.minutes
+    for key, minutes, order in services:
+        whole, part = divmod(minutes, unit_minutes)
+        full[key] = units[key] = whole
+        leftover[key] = part
+        total += minutes
         if part:
-            ranked.append(s)
-    out.total_minutes = total
-    out.total_units = chart(total, unit_minutes, first_unit_minutes)
-    out.remaining = out.total_units - sum(full.values())
-    if len(ranked) > 1 and out.remaining:
-        tie_key = _tie_key(tuple(tie_break))
-        # most leftover minutes first, then the tie-break
-        ranked.sort(key=lambda s: (-leftover[s.key],) + tie_key((-s.minutes, s.order, s.key)))
+            ranked.append((-part, -minutes, order, key))
+    total_units = chart(total, unit_minutes, first_unit_minutes)
+    remaining = total_units - sum(full.values())
+    if len(ranked) > 1 and remaining:
+        ranked.sort(key=_rank_key(tuple(tie_break)))
     # remaining <= number of services with leftover minutes whenever first_unit_minutes <= unit_minutes
-    winners = ranked[:out.remaining]
-    for s in winners:
-        units[s.key] += 1
-        out.extra.append(s.key)
-    if 0 < out.remaining < len(ranked):
-        cut = out.leftover[winners[-1].key]
-        tied = [s.key for s in ranked if out.leftover[s.key] == cut]
-        if any(key not in out.extra for key in tied):
-            won = [key for key in tied if key in out.extra]
-            out.tie = (tuple(tied), len(won), tuple(won))
-    return out
+    extra = [rank[3] for rank in ranked[:remaining]]
+    for key in extra:
+        units[key] += 1
+    tie = None
+    if 0 < remaining < len(ranked):
+        cut = ranked[remaining - 1][0]
+        tied = [rank[3] for rank in ranked if rank[0] == cut]
+        won = [key for key in tied if key in extra]
+        if len(won) < len(tied):
+            tie = (tuple(tied), len(won), tuple(won))
+    return Allocation("cms_8_minute", total, total_units, units, full, leftover, remaining, extra, tie)
 
 
 def per_code(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8) -> Allocation:
     """CPT midpoint method (domain.md §4.1): each code on its own minutes, nothing pooled."""
-    out = Allocation("midpoint_per_code")
-    for s in services:
-        out.full_units[s.key], out.leftover[s.key] = divmod(s.minutes, unit_minutes)
-        out.units[s.key] = chart(s.minutes, unit_minutes, first_unit_minutes)
-        if out.units[s.key] > out.full_units[s.key]:
-            out.extra.append(s.key)
-    out.total_minutes = sum(s.minutes for s in services)
-    out.total_units = sum(out.units.values())
-    return out
+    full, leftover, units, extra = {}, {}, {}, []
+    for key, minutes, _ in services:
+        full[key], leftover[key] = divmod(minutes, unit_minutes)
+        units[key] = chart(minutes, unit_minutes, first_unit_minutes)
+        if units[key] > full[key]:
+            extra.append(key)
+    return Allocation("midpoint_per_code", sum(minutes for _, minutes, _ in services), sum(units.values()),
+                      units, full, leftover, 0, extra)
