@@ -18,19 +18,18 @@ from .plans import EMPTY_PLAN, Plan, Planner, describe
 
 
 class LineState:
-    """One line of the session: what the rules decided for it (its plan) and the units it is billed."""
+    """One line of the session: what the rules decided for it (its plan, whose fields used for every
+    line are copied here) and the units it is billed."""
 
-    __slots__ = ("line", "plan", "decisions", "modifiers", "rules", "holds", "caps", "decision", "family",
+    __slots__ = ("line", "plan", "modifiers", "rules", "holds", "decision", "family",
                  "units", "capped_from", "reason", "reason_rules")
 
     def __init__(self, line: Line, plan: Plan = EMPTY_PLAN):
         self.line = line
         self.plan = plan
-        self.decisions = plan.decisions     # (rule, Action) deciding units
         self.modifiers = plan.modifiers
         self.rules = plan.rules             # ids of every rule that touched the line
         self.holds = plan.holds             # (rule, reason)
-        self.caps = plan.caps               # (rule, max units)
         self.decision = plan.decision       # the unit basis: see plans._decision
         self.family = plan.family           # the line's add-on Family, if any
         self.units = 0
@@ -75,7 +74,7 @@ class Biller:
             payer = self.registry.resolve(payer_id, session.date_of_service)
         except SessionError as exc:
             return error_record(session.session_id, exc.message)
-        planner = self.planner(payer)
+        planner = self._planners.get(id(payer)) or self.planner(payer)
         try:
             return evaluate_session(session, planner)
         except Exception as exc:    # nothing is lost: a failure bills this session as an error record
@@ -118,31 +117,28 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     payer = planner.payer
     lines = merge_services(session)
     session_plan, line_plans = planner.plans(session, lines)
-    states = [LineState(line, plan) for line, plan in zip(lines, line_plans)]
+    states = list(map(LineState, lines, line_plans))
     fired = [(f.key, "session", f, None) for f in session_plan.firings]
     for state in states:
         fact_id = state.line.fact_id
         fired += [(f.key, fact_id, f, state) for f in state.plan.firings]
     fired.sort()            # (rule key, fact id) is unique: the tuples never compare further
 
-    warnings, trace, later = [], [], []
-    for _, _, f, state in fired:
-        if f.warnings:
-            warnings += [{"severity": severity, "rule": f.rule_id, "message": message,
-                          "codes": [state.line.code] if state else []} for severity, message in f.warnings]
-        entry = {"rule": f.rule_id, "source": f.source, "facts": [*f.names], "effect": f.text}
-        trace.append(entry)
-        if f.text is None:
-            later.append((entry, f, state))
-
+    warnings = [{"severity": severity, "rule": f.rule_id, "message": message,
+                 "codes": [state.line.code] if state else []}
+                for _, _, f, state in fired if f.warnings for severity, message in f.warnings]
     extra_lines, method_notes = _allocate(states, payer, warnings)
     method_notes["timed_units_capped"] = _apply_caps(states, warnings)
-    for entry, f, state in later:
-        effects = f.effects
-        entry["effect"] = describe(effects[0], state) if len(effects) == 1 else \
-            "; ".join(describe(effect, state) for effect in effects)
+    # a firing's effect text is known from its plan, unless it tells the units the session gave the line
+    trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
+              "effect": f.text if f.text is not None else _effect_text(f, state)} for _, _, f, state in fired]
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
+
+
+def _effect_text(firing, state: LineState) -> str:
+    effects = firing.effects
+    return describe(effects[0], state) if len(effects) == 1 else "; ".join(describe(e, state) for e in effects)
 
 
 def _engine_error(state: LineState, rule: str, reason: str, warnings: list) -> None:
@@ -165,7 +161,7 @@ def _services(states: list, payer: Payer, warnings: list) -> dict:
             _engine_error(state, "engine.no-unit-rule",
                           f"no rule of payer {payer.id} decides the units of {state.line.code}", warnings)
         elif decision == "conflict":
-            ids = ", ".join(sorted({r.id for r, _ in state.decisions}))
+            ids = ", ".join(sorted({r.id for r, _ in state.plan.decisions}))
             _engine_error(state, "engine.unit-conflict",
                           f"rules {ids} decide the units of {state.line.code} differently", warnings)
         elif state.family is None:
@@ -230,7 +226,7 @@ def _allocate(states: list, payer: Payer, warnings: list):
     for state in states:
         if state.units == 0 and not state.reason:
             state.reason = _zero_reason(state, payer, notes, allocation)
-            state.reason_rules = [r.id for r, _ in state.decisions] or list(state.rules)
+            state.reason_rules = [r.id for r, _ in state.plan.decisions] or list(state.rules)
     return extra_lines, {"allocation": allocation, "notes": notes}
 
 
@@ -240,9 +236,9 @@ def _apply_caps(states: list, warnings: list) -> int:
     Returns how many timed units the limits took away."""
     taken = 0
     for state in states:
-        if not state.caps or state.units == 0:
+        if not state.plan.caps or state.units == 0:
             continue
-        rule, limit = min(state.caps, key=lambda cap: (cap[1], cap[0].index))
+        rule, limit = min(state.plan.caps, key=lambda cap: (cap[1], cap[0].index))
         if state.units > limit:
             warnings.append({"severity": "warning", "rule": rule.id, "codes": [state.line.code],
                              "message": f"{state.line.code}: {state.units} units earned, at most {limit} billed "
@@ -288,7 +284,7 @@ def _tie_warning(allocation, services, payer, warnings):
     winner = services[winners[0]][1][0]
     warnings.append({
         "severity": "info",
-        "rule": winner.decisions[0][0].id,
+        "rule": winner.plan.decisions[0][0].id,
         "message": (f"equal leftover minutes ({allocation.leftover[tied[0]]} each): CMS accepts the {wins} "
                     f"remaining {units} on any {wins} of {', '.join('+'.join(codes[k]) for k in tied)}; "
                     f"billed on {', '.join('+'.join(codes[k]) for k in winners)} "
@@ -340,7 +336,7 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
         if state.units > 0:
             total_units += state.units
             billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
-                           "modifiers": list(state.modifiers), "rules": list(state.rules)})
+                           "modifiers": [*state.modifiers], "rules": [*state.rules]})
         else:
             unbilled.append({"code": state.line.code, "minutes": state.line.minutes, "reason": state.reason,
                              "rules": state.reason_rules or list(state.rules)})

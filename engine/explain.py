@@ -166,8 +166,8 @@ def method_text(outcome: Outcome) -> list:
                        f"block(s) of {v['next_minutes']} + {part} min ({'counts' if part >= v['next_min_minutes'] else 'under'} "
                        f"{v['next_min_minutes']}) -> {n} unit(s)")
     for state in outcome.states:
-        if outcome.notes.get(state.line.code) is None and state.decisions and not state.holds:
-            rule, action = state.decisions[0]
+        if outcome.notes.get(state.line.code) is None and state.plan.decisions and not state.holds:
+            rule, action = state.plan.decisions[0]
             if action.kind == "units":
                 out.append(f"  {state.line.code}: {action.value} unit(s) whatever the minutes ({rule.id})")
     return out

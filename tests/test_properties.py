@@ -277,10 +277,10 @@ def test_jsonl_encoding_is_the_json_modules_text(record):
     # `bill --format jsonl` is documented as compact JSON, one record per line: the faster encoder
     # must give exactly json.dumps' text (control characters, non-ASCII, U+2028, nesting, big ints).
     from engine.batch import encode_jsonl
-    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def test_jsonl_encoding_falls_back_for_what_orjson_refuses():
     from engine.batch import encode_jsonl
     record = {"big": 2**70, "text": "x\ud800"}          # beyond 64 bits; a lone surrogate
-    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.units import Service, blocks, chart, per_code, pooled, split_family
+from engine.units import blocks, chart, per_code, pooled, split_family
 
 
 def services(*pairs):
-    """services(("97112", 24), ("97110", 23)) -> [Service], `order` = position entered."""
-    return [Service(code, minutes, i) for i, (code, minutes) in enumerate(pairs)]
+    """services(("97112", 24), ("97110", 23)) -> [(key, minutes, order)], `order` = position entered."""
+    return [(code, minutes, i) for i, (code, minutes) in enumerate(pairs)]
 
 
 # ---------------------------------------------------------------------------------------------------
