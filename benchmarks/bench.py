@@ -96,7 +96,7 @@ def jobs_run(lines, engine, jobs):
     """The same through the batch pipeline of `bill FILE.jsonl --format jsonl --jobs N`: JSONL lines
     read here, parsed, billed and encoded in the workers."""
     raw = (RawLine((line, "bench.jsonl", i + 1, i + 1)) for i, line in enumerate(lines))
-    return [done.text for _, done in bill_stream(raw, [], engine, Job(), jobs)]
+    return [text for _, (_, text, _, _) in bill_stream(raw, [], engine, Job(), jobs)]
 
 
 def timed(fn, *args):

@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from operator import itemgetter
 
 from . import render
 from .billing import Biller
@@ -51,19 +50,11 @@ class Job:
     audit: bool = False
 
 
-class Processed(tuple):
-    """One session's outcome, rendered where it was billed so that only text crosses processes.
-    Processed((category, text, report, audit)): a plain tuple underneath, so that the reading process
-    receives thousands from a worker with no Python call each."""
-
-    __slots__ = ()
-    category = property(itemgetter(0))      # billed | error | parse
-    text = property(itemgetter(1))          # the record in the output format (a JSON list element for json)
-    report = property(itemgetter(2))        # its error lines for stderr (no patient data)
-    audit = property(itemgetter(3))         # (record, rules hash, rule files, date of service) for --audit-db
-
-
-def process(biller, session, job: Job) -> Processed:
+def process(biller, session, job: Job) -> tuple:
+    """One session's outcome, rendered where it was billed so that only bytes cross processes:
+    (category: billed | error | parse, the record in the output format as UTF-8 (for json: a list element),
+    its error lines for stderr (no patient data), and for --audit-db (record, rules hash, rule files, date of
+    service)). A plain tuple: it pickles several times faster than a named one."""
     if isinstance(session, RawLine):
         session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
@@ -74,28 +65,37 @@ def process(biller, session, job: Job) -> Processed:
     if job.audit:
         audit = (record, None, (), None) if isinstance(outcome, dict) else \
             (record, outcome.payer.digest, outcome.payer.files, outcome.session.date_of_service)
-    return Processed((category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit))
+    return category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit
 
 
-def render_one(record: dict, fmt: str) -> str:
+def render_one(record: dict, fmt: str) -> bytes:
+    """The record as written out: UTF-8 bytes, made where it was billed so that the reading process,
+    which writes them, does not encode a record's text again."""
     if fmt == "jsonl":
         return encode_jsonl(record)
     if fmt == "json":
-        return "  " + json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-    if fmt == "csv":
-        return render.to_csv([record]).split("\n", 1)[1]
-    return render.to_table([record])
+        text = "  " + json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+    elif fmt == "csv":
+        text = render.to_csv([record]).split("\n", 1)[1]
+    else:
+        text = render.to_table([record])
+    return encode_text(text)
 
 
-def encode_jsonl(record: dict) -> str:
-    """One JSONL line, newline included: json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\\n".
-    orjson writes a result with its trace about 5x faster. It refuses a few strings the json module
-    writes as they are (lone surrogates from a JSON escape in a session id); those go through json."""
+def encode_text(text: str) -> bytes:
+    # a lone surrogate (which session parsing keeps out of results) is written as its JSON escape
+    return text.encode("utf-8", "backslashreplace")
+
+
+def encode_jsonl(record: dict) -> bytes:
+    """One JSONL line, newline included: json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\\n"
+    in UTF-8. orjson writes a result with its trace about 5x faster. It refuses a few values the json
+    module writes (integers beyond 64 bits, lone surrogates); those go through json."""
     import orjson       # here, not at the top: a cold run of one session in another format skips it
     try:
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE).decode()
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return encode_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def report_lines(session, record, payer_id: str | None = None) -> tuple:
@@ -117,13 +117,19 @@ def _init_worker(rules, engine, job):
     _worker["job"] = job
 
 
-def _process_chunk(sessions):
+def _process_chunk(items):
     biller, job = _worker["biller"], _worker["job"]
-    return [process(biller, s, job) for s in sessions]
+    return [process(biller, RawLine(item) if type(item) is tuple else item, job) for item in items]
+
+
+def _wire(chunk: list) -> list:
+    """A chunk as sent to a worker: an unparsed line goes as the plain tuple under its RawLine, which
+    pickles several times faster (the reading process does the pickling)."""
+    return [tuple(item) if type(item) is RawLine else item for item in chunk]
 
 
 def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
-    """(item, Processed) for every session (a Session, SessionError or unparsed RawLine), in input
+    """(item, process()'s tuple) for every session (a Session, SessionError or unparsed RawLine), in input
     order, billed in `jobs` processes."""
     if jobs <= 1:
         biller = Biller(registry or Registry(rules), engine)
@@ -145,12 +151,12 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
         for session in sessions:
             chunk.append(session)
             if len(chunk) == CHUNK:
-                pending.append((chunk, pool.submit(_process_chunk, chunk)))
+                pending.append((chunk, pool.submit(_process_chunk, _wire(chunk))))
                 chunk = []
                 while len(pending) >= 4 * jobs:
                     yield from _drain(pending.popleft())
         if chunk:
-            pending.append((chunk, pool.submit(_process_chunk, chunk)))
+            pending.append((chunk, pool.submit(_process_chunk, _wire(chunk))))
         while pending:
             yield from _drain(pending.popleft())
 
@@ -168,33 +174,33 @@ def _drain(item):
 # --- output -------------------------------------------------------------------------------------------
 
 class Writer:
-    """Writes rendered records as they come, with the list brackets and CSV header around them."""
+    """Writes rendered records (bytes) as they come, with the list brackets and CSV header around them."""
 
     def __init__(self, fmt: str, out=None):
         self.fmt = fmt
-        self.out = out or sys.stdout
+        self.out = out or sys.stdout.buffer
         self.count = 0
 
-    def write(self, text: str) -> None:
+    def write(self, data: bytes) -> None:
         if self.count == 0:
-            self.out.write({"json": "[\n", "csv": ",".join(render.CSV_COLUMNS) + "\n"}.get(self.fmt, ""))
+            self.out.write({"json": b"[\n", "csv": ",".join(render.CSV_COLUMNS).encode() + b"\n"}.get(self.fmt, b""))
         elif self.fmt == "json":
-            self.out.write(",\n")
+            self.out.write(b",\n")
         elif self.fmt == "table":
-            self.out.write("\n")
-        self.out.write(text)
+            self.out.write(b"\n")
+        self.out.write(data)
         self.count += 1
 
     def write_single(self, record: dict) -> None:
         """The one session of a single-object input, as an object (design.md §5)."""
-        self.out.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        self.out.write(encode_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n"))
         self.count = -1
 
     def close(self) -> None:
         if self.fmt == "json" and self.count >= 0:
-            self.out.write("[]\n" if self.count == 0 else "\n]\n")
+            self.out.write(b"[]\n" if self.count == 0 else b"\n]\n")
         elif self.fmt == "csv" and self.count == 0:
-            self.out.write(",".join(render.CSV_COLUMNS) + "\n")
+            self.out.write(",".join(render.CSV_COLUMNS).encode() + b"\n")
         self.out.flush()
 
 
@@ -207,8 +213,10 @@ class Progress:
         self.start = self.last = time.monotonic()
 
     def update(self, counts: Counts) -> None:
+        if not self.on:
+            return
         now = time.monotonic()
-        if self.on and now - self.last >= 0.2:
+        if now - self.last >= 0.2:
             self.last = now
             rate = counts.read / max(now - self.start, 1e-9)
             errors = counts.with_errors + counts.failed_to_parse

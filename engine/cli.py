@@ -159,19 +159,20 @@ def cmd_bill(args) -> int:
         log = AuditLog(args.audit_db, engine)
     failed = reported = 0
     try:
-        for session, done in bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry):
-            counts.add(done.category)
+        for _, (category, text, report, audit) in bill_stream(_numbered(inputs), args.rules, engine, job,
+                                                              args.jobs, registry):
+            counts.add(category)
             if args.format == "json" and len(inputs) == 1 and inputs[0].single:
-                writer.write_single(json.loads(done.text))
+                writer.write_single(json.loads(text))
             else:
-                writer.write(done.text)
-            if done.report:
+                writer.write(text)
+            if report:
                 failed += 1
-                for line in done.report[:max(0, MAX_REPORTED - reported)]:
+                for line in report[:max(0, MAX_REPORTED - reported)]:
                     _error(line)
                     reported += 1
             if log:
-                log.record(counts.read, *done.audit)
+                log.record(counts.read, *audit)
             progress.update(counts)
         writer.close()
     finally:

@@ -275,12 +275,14 @@ JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 
 @given(st.dictionaries(JSON_TEXT, JSON_VALUE, max_size=6))
 def test_jsonl_encoding_is_the_json_modules_text(record):
     # `bill --format jsonl` is documented as compact JSON, one record per line: the faster encoder
-    # must give exactly json.dumps' text (control characters, non-ASCII, U+2028, nesting, big ints).
+    # must give exactly json.dumps' text in UTF-8 (control characters, non-ASCII, U+2028, nesting, big ints).
     from engine.batch import encode_jsonl
-    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    assert encode_jsonl(record) == (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 def test_jsonl_encoding_falls_back_for_what_orjson_refuses():
     from engine.batch import encode_jsonl
     record = {"big": 2**70, "text": "x\ud800"}          # beyond 64 bits; a lone surrogate
-    assert encode_jsonl(record) == json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # UTF-8 cannot hold a lone surrogate: it is written as its JSON escape, which reads back the same
+    assert encode_jsonl(record) == b'{"big":1180591620717411303424,"text":"x\\ud800"}\n'
+    assert json.loads(encode_jsonl(record)) == record
