@@ -96,7 +96,7 @@ class Outcome:
     session: Session
     payer: Payer
     lines: list                 # merged Lines
-    fired: list                 # (rule key, fact id, Firing, LineState or None) in canonical order
+    fired: list                 # (rank, Firing, LineState or None) in canonical order
     states: list                # LineState per merged line
     allocation: U.Allocation    # the unit method's arithmetic over the timed services
     notes: dict                 # service key -> how its units were computed
@@ -110,7 +110,8 @@ class Outcome:
     def firings(self) -> list:
         """(Rule, (fact id, ...)) in canonical order: a rule on the session and a line matched the line,
         which carries the session's fields."""
-        return [(f.rule, ("session", fact_id) if len(f.names) == 2 else (fact_id,)) for _, fact_id, f, _ in self.fired]
+        return [(f.rule, ("session",) if state is None else ("session", state.line.fact_id) if len(f.names) == 2
+                 else (state.line.fact_id,)) for _, f, state in self.fired]
 
 
 def evaluate_session(session: Session, planner: Planner) -> Outcome:
@@ -118,20 +119,22 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     lines = merge_services(session)
     session_plan, line_plans = planner.plans(session, lines)
     states = list(map(LineState, lines, line_plans))
-    fired = [(f.key, "session", f, None) for f in session_plan.firings]
+    # canonical order: by rule, then by fact (the session, then lines in order); the int is unique, so
+    # the sort compares nothing else
+    fired = [(f.rank, f, None) for f in session_plan.firings]
     for state in states:
-        fact_id = state.line.fact_id
-        fired += [(f.key, fact_id, f, state) for f in state.plan.firings]
-    fired.sort()            # (rule key, fact id) is unique: the tuples never compare further
+        position = state.line.order + 1
+        fired += [(f.rank + position, f, state) for f in state.plan.firings]
+    fired.sort()
 
     warnings = [{"severity": severity, "rule": f.rule_id, "message": message,
                  "codes": [state.line.code] if state else []}
-                for _, _, f, state in fired if f.warnings for severity, message in f.warnings]
+                for _, f, state in fired if f.warnings for severity, message in f.warnings]
     extra_lines, method_notes = _allocate(states, payer, warnings)
     method_notes["timed_units_capped"] = _apply_caps(states, warnings)
     # a firing's effect text is known from its plan, unless it tells the units the session gave the line
     trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
-              "effect": f.text if f.text is not None else _effect_text(f, state)} for _, _, f, state in fired]
+              "effect": f.text if f.text is not None else _effect_text(f, state)} for _, f, state in fired]
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
 

@@ -13,7 +13,7 @@ import operator
 import string
 from dataclasses import dataclass
 
-from .compiler import SESSION_ON_LINE, fields_tested, rule_key
+from .compiler import SESSION_ON_LINE, fields_tested
 from .errors import closest
 from .facts import build_facts
 from .model import Payer, Rule
@@ -37,7 +37,7 @@ MEMO_LIMIT = 20_000         # remembered facts per payer version (a few MB); the
 @dataclass(frozen=True, slots=True)
 class Firing:
     """One rule fired on one fact, with what its actions did to that fact."""
-    key: str                # rule key: firings are ordered by (key, fact id)
+    rank: int               # the rule's position << 20: a session's firings are ordered by rank + fact position
     rule: Rule
     rule_id: str
     source: str             # the rule's file:line
@@ -162,7 +162,7 @@ def _plan(line, rules: list, session, payer: Payer) -> Plan:
         # a held line's unit effects, and everything but units, are known now (the holds are final)
         dynamic = state is not None and not state.holds and any(kind in _UNITS_DEPENDENT for kind, _ in effects)
         text = None if dynamic else "; ".join(describe(effect, state) for effect in effects)
-        firings.append(Firing(rule_key(rule), rule, rule.id, rule.location, effects, names, warnings, text))
+        firings.append(Firing(rule.index << 20, rule, rule.id, rule.location, effects, names, warnings, text))
     if state is None:
         return Plan(tuple(firings))
     return Plan(tuple(firings), tuple(state.decisions), tuple(state.modifiers), tuple(state.rules),
