@@ -72,15 +72,15 @@ class AuditLog:
         self.run_id = self.db.execute("INSERT INTO runs (started_at, engine, version) VALUES (?, ?, ?)",
                                       (started, engine, __version__)).lastrowid
 
-    def record(self, position: int, record: dict, rules_hash=None, files=(), date_of_service=None) -> None:
+    def record(self, position: int, record: dict, rules_hash=None, files=(), payer=None, date_of_service=None) -> None:
         """Log one session: its record, the hash and (file, sha256) list of the rule files its payer was
-        built from, and its date of service."""
+        built from, its payer and its date of service (for a session not billed: as the session gave them)."""
         status = "not-billed" if "error" in record else (
             "error-warnings" if any(w["severity"] == "error" for w in record["warnings"]) else "billed")
         row = self.db.execute(
             "INSERT INTO sessions (run_id, position, session_id, payer, date_of_service, rules_hash, status, result)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.run_id, position, record["session_id"], record.get("payer"), date_of_service, rules_hash, status,
+            (self.run_id, position, record["session_id"], payer, date_of_service, rules_hash, status,
              json.dumps(record, ensure_ascii=False))).lastrowid
         if rules_hash is not None:
             self.db.executemany("INSERT OR IGNORE INTO rule_files (rules_hash, file, sha256) VALUES (?, ?, ?)",

@@ -294,6 +294,25 @@ def test_no_patient_data_even_when_the_session_is_the_only_one(tmp_path):
     assert [r["session_id"] for r in audit(db)] == ["P1"]
 
 
+def test_a_session_not_billed_keeps_the_payer_and_date_it_asked_for(tmp_path):
+    # N1 names a payer that does not exist: an error record and no rule files, but the log can still be
+    # queried by the payer and date the session gave. N2 is not a valid session (unknown key) billed with
+    # --payer/--date, which apply to every session: they are what it asked for.
+    n1 = tmp_path / "n1.jsonl"
+    n1.write_text(json.dumps({"session_id": "N1", "payer": "no-such-payer", "date_of_service": "2026-03-02",
+                              "services": [{"code": "97110", "minutes": 30}]}) + "\n", encoding="utf-8")
+    n2 = tmp_path / "n2.jsonl"
+    n2.write_text(json.dumps({"session_id": "N2", "services": [{"code": "97110", "minutes": 30}], "bogus": 1}) + "\n",
+                  encoding="utf-8")
+    db = tmp_path / "n.sqlite"
+    assert run_cli("bill", n1, "--audit-db", db).returncode == 1
+    assert run_cli("bill", n2, "--audit-db", db, "--payer", "medicare", "--date", "2026-05-04").returncode == 1
+    rows = audit(db)
+    assert [(r["session_id"], r["payer"], r["date_of_service"], r["status"], r["rules_hash"]) for r in rows] == \
+        [("N1", "no-such-payer", "2026-03-02", "not-billed", None), ("N2", "medicare", "2026-05-04", "not-billed", None)]
+    assert [r["session_id"] for r in audit(db, "--payer", "no-such-payer", "--from", "2026-03-02")] == ["N1"]
+
+
 def test_audit_on_a_missing_file(tmp_path):
     missing = tmp_path / "nope.sqlite"
     proc = run_cli("audit", missing)
