@@ -81,16 +81,17 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
     if len(ranked) > 1 and remaining:
         ranked.sort(key=_rank_key(tuple(tie_break)))
     # remaining <= number of services with leftover minutes whenever first_unit_minutes <= unit_minutes
-    extra = [rank[3] for rank in ranked[:remaining]]
-    for key in extra:
-        units[key] += 1
+    extra = []
+    for rank in ranked[:remaining]:
+        units[rank[3]] += 1
+        extra.append(rank[3])
     tie = None
-    if 0 < remaining < len(ranked):
-        cut = ranked[remaining - 1][0]
+    # a tie: the first service left out has as many leftover minutes as the last one served
+    if 0 < remaining < len(ranked) and ranked[remaining][0] == ranked[remaining - 1][0]:
+        cut = ranked[remaining][0]
         tied = [rank[3] for rank in ranked if rank[0] == cut]
         won = [key for key in tied if key in extra]
-        if len(won) < len(tied):
-            tie = (tuple(tied), len(won), tuple(won))
+        tie = (tuple(tied), len(won), tuple(won))
     return Allocation("cms_8_minute", total, total_units, units, full, leftover, remaining, extra, tie)
 
 

@@ -5,6 +5,7 @@ Every expected value comes from domain.md (section named next to it) or is worke
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from engine.units import blocks, chart, per_code, pooled, split_family
 
@@ -222,6 +223,26 @@ def test_pooled_floor_per_code():
     # 97110 30 + 97140 15 + 97112 2 = 47 -> 3 units: full units 2+1+0 = 3, nothing left for 97112
     result = pooled(services(("97110", 30), ("97140", 15), ("97112", 2)))
     assert result.units == {"97110": 2, "97140": 1, "97112": 0}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=6))
+def test_pooled_tie_is_reported_exactly_when_a_leftover_unit_could_have_gone_elsewhere(minutes):
+    # §3.3 step 4 and Examples 2 and 5: a tie is when a service left without a leftover unit has as many
+    # leftover minutes as the one that got the last unit; tied = every service with those leftover minutes.
+    pairs = [(f"9711{i}", m) for i, m in enumerate(minutes)]
+    result = pooled(services(*pairs))
+    leftover = {code: m % 15 for code, m in pairs}
+    served = result.extra
+    assert len(served) == result.remaining
+    left_out = [code for code, m in leftover.items() if m and code not in served]
+    cut = min((leftover[code] for code in served), default=None)
+    if cut is not None and any(leftover[code] == cut for code in left_out):
+        tied, wins, winners = result.tie
+        assert set(tied) == {code for code, m in leftover.items() if m == cut}
+        assert set(winners) == {code for code in served if leftover[code] == cut} and wins == len(winners)
+    else:
+        assert result.tie is None
 
 
 # ---------------------------------------------------------------------------------------------------
