@@ -119,7 +119,7 @@ class Planner:
         memo = self.memo
         found = [memo.get(key) for key in keys]
         session_plan = memo.get(session_key)
-        if session_plan is None or None in found:
+        if session_plan is None or not all(found):      # (a Plan is always true; `None in` would call its __eq__)
             learned = self._learn(session, lines, keys, session_key, session_plan, found)
             if not self.remember:
                 memo.clear()

@@ -446,8 +446,6 @@ def _good_code(code: str) -> bool:
 
 def _writable(text: str) -> bool:
     """Text that can be written out as UTF-8 (JSON's \\ud800 escape gives a lone surrogate that cannot)."""
-    if text.isascii():
-        return True
     try:
         text.encode("utf-8")
         return True
@@ -459,13 +457,16 @@ def parse_session(data, doc: Located, path: tuple, number: int):
     """One session object → Session, or SessionError naming the first problem."""
     if not isinstance(data, dict):
         return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=f"session-{number}")
-    raw_id = data.get("session_id")
-    session_id = raw_id if type(raw_id) is str and 1 <= len(raw_id) <= 128 and _writable(raw_id) \
+    raw_id, payer = data.get("session_id"), data.get("payer")
+    # the two free texts a result or error record echoes must be writable
+    id_writable = type(raw_id) is not str or raw_id.isascii() or _writable(raw_id)
+    payer_writable = type(payer) is not str or payer.isascii() or _writable(payer)
+    session_id = raw_id if type(raw_id) is str and 1 <= len(raw_id) <= 128 and id_writable \
         else str(raw_id) if type(raw_id) is int else f"session-{number}"
-    for name in ("session_id", "payer"):      # the two free texts a result or error record echoes
-        if type(data.get(name)) is str and not _writable(data[name]):
-            return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
-                                doc.line_of(path + (name,)), name, session_id=session_id)
+    if not (id_writable and payer_writable):
+        name = "session_id" if not id_writable else "payer"
+        return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
+                            doc.line_of(path + (name,)), name, session_id=session_id)
     services = fast_services(data)
     if services is None:
         errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
@@ -485,5 +486,5 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
     # positional: a keyword call costs a NamedTuple a third more
-    return Session(session_id, services, data.get("payer"), date, data.get("discipline"),
+    return Session(session_id, services, payer, date, data.get("discipline"),
                    data.get("context", NO_CONTEXT), doc.file, doc.line_of(path))

@@ -98,10 +98,11 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
 def per_code(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8) -> Allocation:
     """CPT midpoint method (domain.md §4.1): each code on its own minutes, nothing pooled."""
     full, leftover, units, extra = {}, {}, {}, []
+    total = 0
     for key, minutes, _ in services:
         full[key], leftover[key] = divmod(minutes, unit_minutes)
         units[key] = chart(minutes, unit_minutes, first_unit_minutes)
+        total += minutes
         if units[key] > full[key]:
             extra.append(key)
-    return Allocation("midpoint_per_code", sum(minutes for _, minutes, _ in services), sum(units.values()),
-                      units, full, leftover, 0, extra)
+    return Allocation("midpoint_per_code", total, sum(units.values()), units, full, leftover, 0, extra)
