@@ -94,7 +94,8 @@ class Payer:
 
 
 class Service(NamedTuple):
-    """One service line as entered (a tuple: one is made for every line of every session)."""
+    """One service line as entered (a tuple: one is made for every line of every session; sessions.py
+    builds it from a tuple of all its fields, in this order)."""
     code: str
     minutes: int
     group_size: int | None = None
@@ -102,7 +103,8 @@ class Service(NamedTuple):
 
 
 class Session(NamedTuple):
-    """One session to bill (a tuple: one is made for every session of a batch)."""
+    """One session to bill (a tuple: one is made for every session of a batch; sessions.py builds it
+    from a tuple of all its fields, in this order)."""
     session_id: str
     services: tuple                  # of Service, as entered
     payer: str | None = None

@@ -420,7 +420,7 @@ def fast_services(data):
         if type(minutes) is not int or not 0 <= minutes <= 1440:
             return None
         if len(s) == 2:         # code and minutes (both found above), nothing else: the common case
-            out.append(Service(code, minutes))
+            out.append(_tuple_new(Service, (code, minutes, None, None)))
             continue
         if not s.keys() <= _SERVICE_KEYS:
             return None
@@ -429,8 +429,13 @@ def fast_services(data):
             return None
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
-        out.append(Service(code, minutes, group_size, provider))
+        out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
     return tuple(out)
+
+
+# NamedTuples made straight from a tuple of all their fields: their own __new__ is a Python function
+# that costs three times as much, for every service and session of a batch
+_tuple_new = tuple.__new__
 
 
 _GOOD_CODES: set = set()        # code strings seen to match the schema's pattern
@@ -485,6 +490,5 @@ def parse_session(data, doc: Located, path: tuple, number: int):
     if date is not None and not is_date(date):
         return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
                             "date_of_service", session_id=session_id)
-    # positional: a keyword call costs a NamedTuple a third more
-    return Session(session_id, services, payer, date, data.get("discipline"),
-                   data.get("context", NO_CONTEXT), doc.file, doc.line_of(path))
+    return _tuple_new(Session, (session_id, services, payer, date, data.get("discipline"),
+                                data.get("context", NO_CONTEXT), doc.file, doc.line_of(path)))
