@@ -33,7 +33,7 @@ def merge_services(session: Session) -> list:
         line = lines.get(service.code)
         if line is None:
             order = len(lines)
-            lines[service.code] = Line(_LINE_IDS[order] if order < 200 else _line_id(order), service.code, service.minutes, order,
+            lines[service.code] = Line(_line_id(order), service.code, service.minutes, order,
                                        service.group_size, service.provider)
             continue
         line.minutes += service.minutes
@@ -45,11 +45,11 @@ def merge_services(session: Session) -> list:
     return list(lines.values())
 
 
-_LINE_IDS = [f"line-{n:04d}" for n in range(1, 201)]       # a valid session has at most 200 services
+_LINE_IDS = [f"line-{n:04d}" for n in range(1, 201)]       # a session has at most 200 services
 
 
 def _line_id(order: int) -> str:
-    return f"line-{order + 1:04d}"
+    return _LINE_IDS[order] if order < len(_LINE_IDS) else f"line-{order + 1:04d}"
 
 
 def build_facts(session: Session, lines: list, payer: Payer) -> list:
