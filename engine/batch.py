@@ -176,6 +176,9 @@ def _drain(item):
 
 # --- output -------------------------------------------------------------------------------------------
 
+_CSV_HEADER = ",".join(render.CSV_COLUMNS).encode() + b"\n"
+
+
 class Writer:
     """Writes rendered records (bytes) as they come, with the list brackets and CSV header around them."""
 
@@ -186,7 +189,7 @@ class Writer:
 
     def write(self, data: bytes) -> None:
         if self.count == 0:
-            self.out.write({"json": b"[\n", "csv": ",".join(render.CSV_COLUMNS).encode() + b"\n"}.get(self.fmt, b""))
+            self.out.write({"json": b"[\n", "csv": _CSV_HEADER}.get(self.fmt, b""))
         elif self.fmt == "json":
             self.out.write(b",\n")
         elif self.fmt == "table":
@@ -203,7 +206,7 @@ class Writer:
         if self.fmt == "json" and self.count >= 0:
             self.out.write(b"[]\n" if self.count == 0 else b"\n]\n")
         elif self.fmt == "csv" and self.count == 0:
-            self.out.write(",".join(render.CSV_COLUMNS).encode() + b"\n")
+            self.out.write(_CSV_HEADER)
         self.out.flush()
 
 

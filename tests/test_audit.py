@@ -308,8 +308,9 @@ def test_a_session_not_billed_keeps_the_payer_and_date_it_asked_for(tmp_path):
     assert run_cli("bill", n1, "--audit-db", db).returncode == 1
     assert run_cli("bill", n2, "--audit-db", db, "--payer", "medicare", "--date", "2026-05-04").returncode == 1
     rows = audit(db)
-    assert [(r["session_id"], r["payer"], r["date_of_service"], r["status"], r["rules_hash"]) for r in rows] == \
-        [("N1", "no-such-payer", "2026-03-02", "not-billed", None), ("N2", "medicare", "2026-05-04", "not-billed", None)]
+    assert [(r["session_id"], r["payer"], r["date_of_service"], r["status"], r["rules_hash"]) for r in rows] == [
+        ("N1", "no-such-payer", "2026-03-02", "not-billed", None),
+        ("N2", "medicare", "2026-05-04", "not-billed", None)]
     assert [r["session_id"] for r in audit(db, "--payer", "no-such-payer", "--from", "2026-03-02")] == ["N1"]
 
 
