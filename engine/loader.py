@@ -23,7 +23,7 @@ MAX_RULE_FILE_BYTES = 2 * 1024 * 1024
 MAX_EXTENDS_DEPTH = 16
 
 # What a message template may name; each is a field of the line or session fact it matched.
-PLACEHOLDERS = {"code", "minutes", "group_size", "provider", "suggestion", "discipline", "family", "primary",
+PLACEHOLDERS = {"code", "minutes", "group_size", "provider", "discipline", "family", "primary",
                 "date_of_service"}
 LINE_ACTIONS = {"timed_units", "units", "block_units", "max_units", "modifier", "hold"}
 UNIT_ACTIONS = {"timed_units", "units", "block_units"}

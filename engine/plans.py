@@ -14,7 +14,6 @@ import string
 from dataclasses import dataclass
 
 from .compiler import SESSION_ON_LINE, fields_tested
-from .errors import closest
 from .facts import build_facts
 from .model import Payer, Rule
 
@@ -30,7 +29,7 @@ CODE_DERIVED = ("known", "family", "family_role")
 # message placeholders -> the input they read
 PLACEHOLDER_INPUTS = {"minutes": "minutes", "group_size": "group_size", "provider": "provider",
                       "discipline": "s_discipline", "date_of_service": "s_date_of_service"}
-CODE_PLACEHOLDERS = ("code", "suggestion", "family", "primary")
+CODE_PLACEHOLDERS = ("code", "family", "primary")
 MEMO_LIMIT = 20_000         # remembered facts per payer version (a few MB); the memo starts afresh beyond it
 
 
@@ -220,9 +219,6 @@ def _render(template: str, line, session, payer) -> str:
         family, _ = payer.family_of(line.code)
         if family:
             values.update(family=family.id, primary=family.primary)
-        if line.code not in payer.known_codes:
-            near = closest(line.code, payer.known_codes, max_distance=2)
-            values["suggestion"] = f" (did you mean {near}?)" if near else ""
     return string.Formatter().vformat(template, (), values)
 
 

@@ -4,6 +4,8 @@ Every expected value comes from domain.md (section named next to it) or is worke
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import units_of
@@ -368,7 +370,8 @@ def test_no_discipline(bill):
 
 
 def test_unknown_code(bill):
-    # 97111 is not a therapy code: error, not billed, suggestion of a near code (97110 or 97112);
+    # 97111 is not a therapy code: error, not billed, and never swapped for a near code (97110 and 97112
+    # are one keystroke away and billable: suggesting either would invite billing a service not given);
     # 97140 20 -> 1 unit; the unknown code's 30 min are not pooled (50 would give 3)
     session = pt(("97111", 30), ("97140", 20))
     result = bill(session)
@@ -377,5 +380,6 @@ def test_unknown_code(bill):
     found = warnings_from(result, "unknown-code")
     assert len(found) == 1
     assert found[0]["severity"] == "error"
-    assert "97110" in found[0]["message"] or "97112" in found[0]["message"]
+    assert "97111 is not covered" in found[0]["message"]
+    assert not re.search(r"did you mean|97110|97112", found[0]["message"]), found[0]["message"]
     check_invariants(session, result)
