@@ -75,6 +75,10 @@ def in_range(date, span) -> bool:
     return date is None or ((start is None or start <= date) and (end is None or date <= end))
 
 
+def _span(item: dict) -> tuple:
+    return item.get("effective_from"), item.get("effective_to")
+
+
 def overlaps(a, b) -> bool:
     return (a[0] is None or b[1] is None or a[0] <= b[1]) and (b[0] is None or a[1] is None or b[0] <= a[1])
 
@@ -241,9 +245,8 @@ class Registry:
                 self.versions.setdefault(spec.id, []).append(spec)
         for specs in self.versions.values():
             specs.sort(key=lambda s: (s.effective[0] or "", s.file))
-        self._cache: dict = {}
-        self._resolved: dict = {}
-        self._interned: dict = {}
+        self._resolved: dict = {}               # (payer id, date) -> Payer
+        self._interned: dict = {}               # what is in effect (files, rules) -> its one Payer
         if strict:
             errors = self.errors()
             if errors:
@@ -336,20 +339,22 @@ class Registry:
         if not specs:
             raise SessionError(self.unknown_message(payer_id))
         spec = self._select(payer_id, date)
-        dated = self._dated(spec)
-        if dated and date is None:
+        if date is None and self._dated(spec):
             raise SessionError(f"payer {payer_id!r} has rules that depend on the date of service: give "
                                "date_of_service (or --date)")
-        key = (spec.file, date if dated else None)
-        if key not in self._cache:
-            try:
-                payer = self._build(self._merge(spec, date, ()), date, check=False)
-            except _Errors as exc:          # a registry built with strict=False can hold broken files
-                raise exc.errors[0] from None
-            # dates with the same files and rules in effect share one Payer, hence one compiled network
-            same = (payer.files, tuple((r.file, r.line) for r in payer.rules))
-            self._cache[key] = self._interned.setdefault(same, payer)
-        return self._cache[key]
+        try:
+            merged = self._merge(spec, date, ())
+        except _Errors as exc:              # a registry built with strict=False can hold broken files
+            raise exc.errors[0] from None
+        # Dates with the same files and the same rules in effect share one Payer, hence one compiled
+        # network. The key names each file and each rule by what it is (a rule by its file and its place
+        # in it), never by its line: in a one-line JSON file every rule is on line 1.
+        key = (tuple((s.file, s.digest) for s in merged.specs),
+               tuple((source.file, path) for source, path, rule in merged.rules if in_range(date, _span(rule))))
+        payer = self._interned.get(key)
+        if payer is None:
+            payer = self._interned[key] = self._build(merged, date, check=False)
+        return payer
 
     def _select(self, payer_id: str, date, child: Spec | None = None) -> Spec:
         specs = self.versions.get(payer_id, [])
@@ -461,8 +466,7 @@ class Registry:
                         tie_break=tuple(m["tie_break"]))
         families = tuple(Family(fid, _code(f["primary"]), _code(f["addon"]) if "addon" in f else None)
                          for fid, (_, _, f) in merged.families.items())
-        in_effect = [e for e in merged.rules
-                     if in_range(date, (e[2].get("effective_from"), e[2].get("effective_to")))]
+        in_effect = [e for e in merged.rules if in_range(date, _span(e[2]))]
         rules = []
         for index, (source, path, r) in enumerate(in_effect):
             then = tuple(Action(*next(iter(a.items()))) for a in r["then"])
@@ -562,8 +566,7 @@ def load_payer(pfile: PayerFile) -> Payer:
     if errors:
         raise errors[0]
     registry = Registry.__new__(Registry)
-    registry.files, registry.file_errors, registry._cache, registry._resolved = [pfile], {}, {}, {}
-    registry._interned = {}
+    registry.files, registry.file_errors, registry._resolved, registry._interned = [pfile], {}, {}, {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:
