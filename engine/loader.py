@@ -140,6 +140,10 @@ def _code(value) -> str:
 def _file_errors(spec: Spec) -> list:
     """Checks that need nothing but the file itself."""
     data, errors = spec.data, []
+    # every number of a payer file is a whole number (or a code); JSON Schema's "integer" lets 15.0 through
+    for path, value in _floats(data, ()):
+        errors.append(spec.err(path, f"{value!r} is not a whole number written without a decimal point "
+                                     f"(write {int(value)})"))
     for key in ("effective_from", "effective_to"):
         if key in data and not is_date(data[key]):
             errors.append(spec.err((key,), f"{data[key]!r} is not a calendar date"))
@@ -173,8 +177,28 @@ def _file_errors(spec: Spec) -> list:
     return errors
 
 
+def _floats(value, path):
+    if isinstance(value, float):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _floats(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _floats(item, path + (i,))
+
+
 def _rule_errors(spec: Spec, rule: dict, path: tuple) -> list:
     errors = []
+    # a date the session's date is compared with: anything but YYYY-MM-DD would never (or wrongly) match
+    test = rule["when"].get("session", {}).get("date_of_service")
+    tpath = path + ("when", "session", "date_of_service")
+    tests = [(tpath, test)] if isinstance(test, str) else [] if not isinstance(test, dict) else \
+        [(tpath + ("in", i), v) for i, v in enumerate(test.get("in", []))] + \
+        [(tpath + (op,), v) for op, v in test.items() if op not in ("in", "exists")]
+    for where, value in tests:
+        if not is_date(value):
+            errors.append(spec.err(where, f"{value!r} is not a calendar date (YYYY-MM-DD)"))
     line_cond = rule["when"].get("line")
     if len([a for a in rule["then"] if next(iter(a)) in UNIT_ACTIONS]) > 1:
         errors.append(spec.err(path + ("then",), "a rule may decide units only once (timed_units, units or "

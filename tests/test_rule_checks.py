@@ -1,0 +1,79 @@
+"""Rule-file problems are found by `validate` (and before billing), not at first use.
+
+Same method as test_rule_file_errors.py: a one-edit copy of its GOOD payer, refused by `validate FILE` and by
+`bill --rules DIR` at the FILE:LINE (counted by hand from GOOD's line table) and field path expected.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from test_rule_file_errors import GOOD, check, edit, run_cli, write
+
+# --- whole numbers: JSON Schema's "integer" accepts 15.0; the engine does not ---------------------------
+
+FLOATS = {
+    # name: (old text of GOOD, new text, line, path, the value as the message shows it)
+    "unit_minutes": ("unit_minutes: 15", "unit_minutes: 15.0", 6, "method.unit_minutes", "15.0"),
+    "first_unit_minutes": ("first_unit_minutes: 8", "first_unit_minutes: 8.0", 7, "method.first_unit_minutes",
+                           "8.0"),
+    "units": ("- timed_units: true", "- units: 1.0", 17, "rules[0].then[0].units", "1.0"),
+    "max_units": ('- info: "{code} noted"', "- max_units: 2.0", 24, "rules[1].then[0].max_units", "2.0"),
+    "minutes test": ("line: {code: 97110}", "line: {code: 97110, minutes: {lt: 30.0}}", 22,
+                     "rules[1].when.line.minutes.lt", "30.0"),
+    "group_size test": ("line: {code: 97110}", "line: {code: 97110, group_size: 2.0}", 22,
+                        "rules[1].when.line.group_size", "2.0"),
+    "line_count test": ("line: {code: 97110}", "line: {code: 97110}\n      session: {line_count: {gte: 2.0}}", 23,
+                        "rules[1].when.session.line_count.gte", "2.0"),
+    "block_units": ("- timed_units: true", "- block_units: {first_minutes: 60, first_min_minutes: 31.0, "
+                    "next_minutes: 60, next_min_minutes: 31}", 17, "rules[0].then[0].block_units.first_min_minutes",
+                    "31.0"),
+    "code in a list": ("timed_15: [97110, 97140, 97535]", "timed_15: [97110, 97140.0, 97535]", 9,
+                       "codes.timed_15[1]", "97140.0"),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOATS))
+def test_whole_number_written_as_a_float_is_refused(tmp_path, name):
+    old, new, line, path, shown = FLOATS[name]
+    check(tmp_path, edit(old, new), line, path, shown, "whole number", "decimal point")
+
+
+def test_float_in_a_one_line_json_file_is_refused(tmp_path):
+    data = yaml.safe_load(GOOD)
+    data["effective_from"] = "2020-01-01"
+    data["method"]["unit_minutes"] = 15.0
+    check(tmp_path, json.dumps(data), 1, "method.unit_minutes", "15.0", "whole number")
+
+
+def test_a_fraction_is_still_a_type_error(tmp_path):
+    check(tmp_path, edit("unit_minutes: 15", "unit_minutes: 15.5"), 6, "method.unit_minutes", "integer")
+
+
+# --- dates in conditions: a date that is not YYYY-MM-DD never matches ---------------------------------------
+
+DATES = {
+    # the second rule tests the session's date instead of the line; its condition is on line 22
+    "gte": ('{gte: "2026-1-1"}', "rules[1].when.session.date_of_service.gte", "2026-1-1"),
+    "equality": ('"2026-02-30"', "rules[1].when.session.date_of_service", "2026-02-30"),
+    "in": ('{in: ["2026-01-01", "20260102"]}', "rules[1].when.session.date_of_service.in[1]", "20260102"),
+    "ne": ('{ne: "2026-13-01"}', "rules[1].when.session.date_of_service.ne", "2026-13-01"),
+    "lt": ("{lt: 2026-01-01T10:00:00}", "rules[1].when.session.date_of_service.lt", "2026-01-01T10:00:00"),
+}
+
+
+@pytest.mark.parametrize("name", list(DATES))
+def test_date_in_a_condition_must_be_a_calendar_date(tmp_path, name):
+    test, path, shown = DATES[name]
+    text = edit("line: {code: 97110}", f"session: {{date_of_service: {test}}}")
+    check(tmp_path, text, 22, path, shown, "calendar date")
+
+
+def test_real_dates_in_conditions_are_accepted(tmp_path):
+    text = edit("line: {code: 97110}", 'session: {date_of_service: {gte: 2026-01-01, in: ["2026-02-28", 2026-03-01], '
+                                       'ne: "2026-01-02"}}')
+    path = write(tmp_path, text)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 0, proc.stderr
