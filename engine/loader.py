@@ -7,13 +7,15 @@ checks of the merged payer (code lists, families, thresholds) → Payer.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
-from .errors import RuleFileError, SessionError, UsageError, is_date, suggest
+from .compiler import compile_payer
+from .errors import EvaluationError, RuleFileError, SessionError, UsageError, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
 from .schema import schema_errors
@@ -286,7 +288,7 @@ class Registry:
                 found = []
                 for date in self._check_dates(spec):
                     try:
-                        self._build(self._merge(spec, date, ()), date, check=True)
+                        _compile(self._build(self._merge(spec, date, ()), date, check=True))
                     except RuleFileError as exc:
                         found.append(exc)
                     except _Errors as exc:
@@ -304,6 +306,35 @@ class Registry:
         unique = {key(e): e for e in errors}
         return sorted(unique.values(), key=lambda e: (e.file or "", not e.message.startswith("unknown key"),
                                                       e.line or 0, e.path))
+
+    def check_all(self, engine: str) -> None:
+        """Compile every payer as any date of service resolves it and build (and close) its rule network for
+        `engine`, so that a payer the compiler or the engine refuses stops a run before its first record
+        (RuleFileError at the payer's file). Resolutions change only where a file or rule starts or ends."""
+        from .network import make_network
+        dates = {None, "0001-01-01"}
+        for specs in self.versions.values():
+            for spec in specs:
+                items = [spec.data] + [r for section in ("rules", "override") for r in spec.data.get(section, [])]
+                for start, end in map(_span, items):
+                    dates.update(d for d in (start, end and _next_day(end)) if d)
+        done = set()
+        for payer_id in self.ids():
+            for date in sorted(dates, key=lambda d: d or ""):
+                try:
+                    payer = self.resolve(payer_id, date)
+                except SessionError:
+                    continue
+                if id(payer) not in done:
+                    done.add(id(payer))
+                    compiled = _compile(payer)
+                    try:
+                        make_network(compiled, engine).close()
+                    except EvaluationError:
+                        raise
+                    except Exception as exc:    # noqa: BLE001 - the engine's own errors name no file
+                        raise RuleFileError(f"the {engine} engine cannot build this payer's rule network: "
+                                            f"{type(exc).__name__}: {exc}", payer.file, payer.line) from None
 
     def _version_errors(self, specs) -> list:
         """Versions of one payer whose dates overlap: an error in each of the two files."""
@@ -503,6 +534,23 @@ class Registry:
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
+
+
+def _compile(payer: Payer):
+    """The payer compiled for the engines; a compiler error that names no rule is the payer's file's."""
+    try:
+        return compile_payer(payer)
+    except RuleFileError as exc:
+        if exc.file:
+            raise
+        raise RuleFileError(exc.message, payer.file, payer.line, exc.path) from None
+
+
+def _next_day(text: str) -> str | None:
+    try:
+        return (datetime.date.fromisoformat(text) + datetime.timedelta(days=1)).isoformat()
+    except (ValueError, OverflowError):
+        return None
 
 
 class _Errors(Exception):

@@ -77,3 +77,62 @@ def test_real_dates_in_conditions_are_accepted(tmp_path):
     path = write(tmp_path, text)
     proc = run_cli("validate", path)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- every payer is compiled for the engine before the first record is written ------------------------------
+
+WIDE = "payer: tmp-wide\nname: Too many codes in one test\nmethod:\n  name: cms_8_minute\nrules:\n" \
+       "  - id: wide\n    description: One unit for any of 513 codes.\n    source: test\n" \
+       "    when:\n      line: {code_in: [" + ", ".join(str(90000 + i) for i in range(513)) + "]}\n" \
+       "    then:\n      - units: 1\n"
+# line 1: payer. The loader accepts the rule; the compiler refuses a field tested with more than 512 distinct
+# values (durable-rules hangs above that: shared/durable-rules-notes.md §4 #5).
+
+
+def wide_tree(tmp_path):
+    directory = tmp_path / "extra"
+    directory.mkdir()
+    (directory / "wide.yaml").write_text(WIDE, encoding="utf-8")
+    sessions = [{"session_id": f"M{i}", "payer": "medicare", "discipline": "PT",
+                 "services": [{"code": "97110", "minutes": 30}]} for i in range(3)]
+    sessions.append({"session_id": "W", "payer": "tmp-wide", "services": [{"code": "90001", "minutes": 30}]})
+    (tmp_path / "sessions.json").write_text(json.dumps(sessions), encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize("command", [["bill", "--format", "json"], ["bill", "--format", "jsonl", "--jobs", "2"],
+                                     ["compare", "--payers", "medicare,tmp-wide", "--format", "json"],
+                                     ["explain", "--format", "json"]])
+@pytest.mark.parametrize("engine", ["python", "durable"])
+def test_a_payer_the_compiler_refuses_stops_the_run_before_any_output(tmp_path, command, engine):
+    from engine.network import durable_available
+    if engine == "durable" and not durable_available():
+        pytest.skip("durable-rules is not installed")
+    directory = wide_tree(tmp_path)
+    proc = run_cli(command[0], tmp_path / "sessions.json", "--rules", directory, "--engine", engine, *command[1:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "error: extra/wide.yaml:" in proc.stderr and "512 distinct values" in proc.stderr, proc.stderr
+
+
+def test_validate_refuses_a_payer_the_compiler_refuses(tmp_path):
+    directory = wide_tree(tmp_path)
+    proc = run_cli("validate", directory)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: extra/wide.yaml:1: " in proc.stderr and "512 distinct values" in proc.stderr, proc.stderr
+
+
+def test_check_all_compiles_every_dated_resolution(tmp_path):
+    # the wide rule is in effect only from 2027: a session of 2026 compiles fine, but the payer as it is
+    # from 2027 does not; check_all finds it without any session dated 2027
+    from engine.errors import RuleFileError
+    from engine.loader import Registry
+    directory = tmp_path / "extra"
+    directory.mkdir()
+    text = WIDE.replace("    source: test\n", "    source: test\n    effective_from: 2027-01-01\n")
+    (directory / "wide.yaml").write_text(text, encoding="utf-8")
+    registry = Registry([directory], include_bundled=False, strict=False)
+    assert registry.resolve("tmp-wide", "2026-05-01").rules == ()
+    with pytest.raises(RuleFileError, match="512 distinct values"):
+        registry.check_all("python")
