@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,11 +108,13 @@ def read_spec(pfile: PayerFile):
     file alone (sorted by line). A schema-valid file with errors is still merged, so that `validate`
     lists the errors that depend on its parent too."""
     try:
-        raw = pfile.path.read_bytes()
+        with open(pfile.path, "rb") as fh:
+            raw = fh.read(MAX_RULE_FILE_BYTES + 1)      # never more: the file may be huge
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         return None, [RuleFileError(f"cannot read: {exc.strerror}", pfile.display)]
     if len(raw) > MAX_RULE_FILE_BYTES:
-        return None, [RuleFileError(f"file too large ({len(raw)} bytes; at most {MAX_RULE_FILE_BYTES})",
+        return None, [RuleFileError(f"file too large ({max(size, len(raw))} bytes; at most {MAX_RULE_FILE_BYTES})",
                                     pfile.display)]
     try:
         text = raw.decode("utf-8")
@@ -438,11 +441,13 @@ class Registry:
                    for s in merged_specs for section in ("rules", "override") for r in s.data.get(section, []))
 
     def _merge(self, spec: Spec, date, chain: tuple) -> _Merged:
-        if spec.id in chain:
-            cycle = " -> ".join(chain + (spec.id,))
-            raise spec.err(("extends",), f"extends forms a cycle: {cycle}")
-        if len(chain) >= MAX_EXTENDS_DEPTH:
-            raise spec.err(("extends",), f"extends chain longer than {MAX_EXTENDS_DEPTH}")
+        """`chain`: the Specs being merged that extend this one, the payer resolved first."""
+        ids = tuple(s.id for s in chain) + (spec.id,)
+        if spec.id in ids[:-1]:
+            raise spec.err(("extends",), f"extends forms a cycle: {' -> '.join(ids)}")
+        if len(chain) >= MAX_EXTENDS_DEPTH:     # the payer whose chain it is made it too long
+            raise chain[0].err(("extends",), f"extends chain longer than {MAX_EXTENDS_DEPTH} payers: "
+                                             f"{' -> '.join(ids[:2])} -> ... -> {ids[-1]}")
         if spec.extends:
             if spec.extends not in self.versions:
                 raise spec.err(("extends",), f"extends unknown payer {spec.extends!r}"
@@ -454,7 +459,7 @@ class Registry:
                 if date is not None:    # a session dated where the parent has no version: that session's error
                     raise SessionError(f"payer {spec.id!r} extends {spec.extends!r}: {exc.message}") from None
                 raise spec.err(("extends",), exc.message) from None
-            merged = self._merge(parent, date, chain + (spec.id,))
+            merged = self._merge(parent, date, chain + (spec,))
         else:
             merged = _Merged(spec)
         return self._apply(merged, spec, date)
