@@ -291,7 +291,10 @@ class Registry:
                 found = []
                 for date in self._check_dates(spec):
                     try:
-                        _compile(self._build(self._merge(spec, date, ()), date, check=True))
+                        merged_with = self._merge(spec, date, ())
+                        payer = self._build(merged_with, date, check=True)
+                        if not any(s.file in self.file_errors for s in merged_with.specs):
+                            _compile(payer)     # (a file's own errors, e.g. 15.0, would fail it again)
                     except RuleFileError as exc:
                         found.append(exc)
                     except _Errors as exc:

@@ -136,3 +136,140 @@ def test_check_all_compiles_every_dated_resolution(tmp_path):
     assert registry.resolve("tmp-wide", "2026-05-01").rules == ()
     with pytest.raises(RuleFileError, match="512 distinct values"):
         registry.check_all("python")
+
+
+# --- the rule cache (engine/cache.py) -------------------------------------------------------------------------
+
+import os          # noqa: E402
+import shutil      # noqa: E402
+import subprocess  # noqa: E402
+import sys         # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIXED = """\
+payer: tmp-fixed
+name: One fixed unit
+method:
+  name: cms_8_minute
+codes:
+  untimed: [97750]
+rules:
+  - id: fixed
+    description: 97750 is one unit.
+    source: test
+    when:
+      line: {code: 97750}
+    then:
+      - units: 1
+"""
+
+
+def run_with_cache(cache_dir, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PAYRULES_CACHE": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_the_suite_does_not_write_to_the_users_cache():
+    folder = os.environ.get("PAYRULES_CACHE", "")
+    assert folder and Path(folder).is_dir()
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "payer-rules"
+    assert Path(folder).resolve() != default.resolve()
+
+
+def test_a_change_to_the_validating_code_misses_the_cache(tmp_path):
+    # a copy of the program whose line tracker (yamlload.py) differs by one comment: it must not trust
+    # entries the original wrote (and the original must still find its own)
+    copy = tmp_path / "copy"
+    for name in ("engine", "schemas", "rules"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "engine" / "yamlload.py", "a", encoding="utf-8") as fh:
+        fh.write("# a changed line tracker\n")
+    rules = tmp_path / "extra"
+    rules.mkdir()
+    (rules / "fixed.yaml").write_text(FIXED, encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+
+    def entries():
+        return sorted(p.name for p in cache_dir.iterdir())
+
+    assert run_with_cache(cache_dir, "validate", rules / "fixed.yaml").returncode == 0
+    first = entries()
+    assert first and all(name.startswith("rules-") for name in first)
+    assert run_with_cache(cache_dir, "validate", rules / "fixed.yaml").returncode == 0
+    assert entries() == first                           # the same code: every file a hit
+    assert run_with_cache(cache_dir, "validate", rules / "fixed.yaml", cwd=copy).returncode == 0
+    assert len(entries()) == 2 * len(first)             # the changed code: every file a miss
+
+
+def doctored_entry(cache_dir: Path) -> None:
+    """Write, as cache.store would name it, an entry for FIXED whose data bills 97750 as 7 units."""
+    import hashlib
+    from engine import cache
+    from engine.yamlload import load_text
+    doc = load_text(FIXED, "extra/fixed.yaml")
+    doc.data["rules"][0]["then"][0]["units"] = 7
+    lines = [[list(p), line] for p, line in doc.lines.items()]
+    check = hashlib.sha256(json.dumps([doc.data, lines], sort_keys=True).encode()).hexdigest()
+    name = f"rules-{cache._salt()}-{hashlib.sha256(FIXED.encode()).hexdigest()}.json"
+    path = cache_dir / name
+    path.write_text(json.dumps({"data": doc.data, "lines": lines, "check": check}), encoding="utf-8")
+    path.chmod(0o600)
+
+
+def bill_fixed(tmp_path, cache_dir) -> tuple:
+    rules = tmp_path / "extra"
+    rules.mkdir(exist_ok=True)
+    (rules / "fixed.yaml").write_text(FIXED, encoding="utf-8")
+    session = tmp_path / "s.json"
+    session.write_text(json.dumps({"payer": "tmp-fixed", "services": [{"code": "97750", "minutes": 30}]}))
+    proc = run_with_cache(cache_dir, "bill", session, "--rules", rules, "--format", "json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)["lines"][0]["units"], proc.stderr
+
+
+WARNING = "payrules: warning: not using cache {}: it is {}"
+
+
+def test_a_private_cache_entry_is_used(tmp_path):
+    # the control for the tests below: in a directory only its owner can write, the doctored entry is
+    # trusted (so they prove that the entry would have been used)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    doctored_entry(cache_dir)
+    units, stderr = bill_fixed(tmp_path, cache_dir)
+    assert units == 7 and "warning" not in stderr
+
+
+def test_a_cache_directory_others_can_write_is_not_used(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    doctored_entry(cache_dir)
+    cache_dir.chmod(0o777)
+    units, stderr = bill_fixed(tmp_path, cache_dir)
+    assert units == 1                                   # the file's own rule, not the entry's 7
+    assert stderr.count(WARNING.format(cache_dir, "writable by others")) == 1, stderr
+    assert stderr.count("warning") == 1
+
+
+def test_a_cache_entry_others_can_write_is_not_used(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    doctored_entry(cache_dir)
+    for entry in cache_dir.iterdir():
+        entry.chmod(0o666)
+    units, stderr = bill_fixed(tmp_path, cache_dir)
+    assert units == 1 and "warning" not in stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give files away")
+def test_a_cache_directory_of_another_user_is_not_used(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    doctored_entry(cache_dir)
+    os.chown(cache_dir, 65534, 65534)
+    units, stderr = bill_fixed(tmp_path, cache_dir)
+    assert units == 1
+    assert stderr.count(WARNING.format(cache_dir, "owned by another user")) == 1, stderr
