@@ -214,7 +214,8 @@ def _allocate(states: list, payer: Payer, warnings: list):
             _share(key, n, members, payer, extra_lines)
 
     if method.pooled:
-        allocation = U.pooled(timed, method.unit_minutes, method.first_unit_minutes, method.tie_break)
+        allocation = U.pooled(timed, method.unit_minutes, method.first_unit_minutes, method.tie_break,
+                              payer.family)
     else:
         allocation = U.per_code(timed, method.unit_minutes, method.first_unit_minutes)
     units = allocation.units

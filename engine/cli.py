@@ -150,6 +150,7 @@ def cmd_bill(args) -> int:
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     engine = args.engine or default_engine()
+    registry.check_all(engine)              # ... and so does one the compiler or the engine refuses
     inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
     counts, progress, writer = Counts(), Progress(), Writer(args.format)
@@ -197,6 +198,7 @@ def _numbered(inputs):
 def cmd_compare(args) -> int:
     from .compare import compare_session, to_table as compare_table
     registry = Registry(args.rules)
+    registry.check_all(args.engine or default_engine())
     payer_ids = registry.ids() if args.all_payers else args.payers
     for pid in payer_ids:
         if not registry.has(pid):
@@ -235,6 +237,7 @@ def cmd_audit(args) -> int:
 def cmd_explain(args) -> int:
     from .explain import explain_json, explain_text
     registry = Registry(args.rules)
+    registry.check_all(args.engine or default_engine())
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     sessions, single = _load_all(args.inputs)

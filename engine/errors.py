@@ -55,11 +55,11 @@ class EvaluationError(PayrulesError):
 
 
 def is_date(text: str) -> bool:
-    """A real calendar date written YYYY-MM-DD."""
+    """A real calendar date written YYYY-MM-DD (date.fromisoformat alone also takes 20260101 and 2026-W01-1)."""
     try:
-        datetime.date.fromisoformat(text)
-        return True
-    except ValueError:
+        return (len(text) == 10 and text.isascii() and text[4] == text[7] == "-"
+                and bool(datetime.date.fromisoformat(text)))
+    except (ValueError, TypeError):
         return False
 
 

@@ -7,13 +7,16 @@ checks of the merged payer (code lists, families, thresholds) → Payer.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
-from .errors import RuleFileError, SessionError, UsageError, is_date, suggest
+from .compiler import compile_payer
+from .errors import EvaluationError, RuleFileError, SessionError, UsageError, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
 from .schema import schema_errors
@@ -75,6 +78,10 @@ def in_range(date, span) -> bool:
     return date is None or ((start is None or start <= date) and (end is None or date <= end))
 
 
+def _span(item: dict) -> tuple:
+    return item.get("effective_from"), item.get("effective_to")
+
+
 def overlaps(a, b) -> bool:
     return (a[0] is None or b[1] is None or a[0] <= b[1]) and (b[0] is None or a[1] is None or b[0] <= a[1])
 
@@ -101,11 +108,13 @@ def read_spec(pfile: PayerFile):
     file alone (sorted by line). A schema-valid file with errors is still merged, so that `validate`
     lists the errors that depend on its parent too."""
     try:
-        raw = pfile.path.read_bytes()
+        with open(pfile.path, "rb") as fh:
+            raw = fh.read(MAX_RULE_FILE_BYTES + 1)      # never more: the file may be huge
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         return None, [RuleFileError(f"cannot read: {exc.strerror}", pfile.display)]
     if len(raw) > MAX_RULE_FILE_BYTES:
-        return None, [RuleFileError(f"file too large ({len(raw)} bytes; at most {MAX_RULE_FILE_BYTES})",
+        return None, [RuleFileError(f"file too large ({max(size, len(raw))} bytes; at most {MAX_RULE_FILE_BYTES})",
                                     pfile.display)]
     try:
         text = raw.decode("utf-8")
@@ -136,6 +145,10 @@ def _code(value) -> str:
 def _file_errors(spec: Spec) -> list:
     """Checks that need nothing but the file itself."""
     data, errors = spec.data, []
+    # every number of a payer file is a whole number (or a code); JSON Schema's "integer" lets 15.0 through
+    for path, value in _floats(data, ()):
+        errors.append(spec.err(path, f"{value!r} is not a whole number written without a decimal point "
+                                     f"(write {int(value)})"))
     for key in ("effective_from", "effective_to"):
         if key in data and not is_date(data[key]):
             errors.append(spec.err((key,), f"{data[key]!r} is not a calendar date"))
@@ -169,8 +182,28 @@ def _file_errors(spec: Spec) -> list:
     return errors
 
 
+def _floats(value, path):
+    if isinstance(value, float):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _floats(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _floats(item, path + (i,))
+
+
 def _rule_errors(spec: Spec, rule: dict, path: tuple) -> list:
     errors = []
+    # a date the session's date is compared with: anything but YYYY-MM-DD would never (or wrongly) match
+    test = rule["when"].get("session", {}).get("date_of_service")
+    tpath = path + ("when", "session", "date_of_service")
+    tests = [(tpath, test)] if isinstance(test, str) else [] if not isinstance(test, dict) else \
+        [(tpath + ("in", i), v) for i, v in enumerate(test.get("in", []))] + \
+        [(tpath + (op,), v) for op, v in test.items() if op not in ("in", "exists")]
+    for where, value in tests:
+        if not is_date(value):
+            errors.append(spec.err(where, f"{value!r} is not a calendar date (YYYY-MM-DD)"))
     line_cond = rule["when"].get("line")
     if len([a for a in rule["then"] if next(iter(a)) in UNIT_ACTIONS]) > 1:
         errors.append(spec.err(path + ("then",), "a rule may decide units only once (timed_units, units or "
@@ -241,9 +274,8 @@ class Registry:
                 self.versions.setdefault(spec.id, []).append(spec)
         for specs in self.versions.values():
             specs.sort(key=lambda s: (s.effective[0] or "", s.file))
-        self._cache: dict = {}
-        self._resolved: dict = {}
-        self._interned: dict = {}
+        self._resolved: dict = {}               # (payer id, date) -> Payer
+        self._interned: dict = {}               # what is in effect (files, rules) -> its one Payer
         if strict:
             errors = self.errors()
             if errors:
@@ -259,7 +291,10 @@ class Registry:
                 found = []
                 for date in self._check_dates(spec):
                     try:
-                        self._build(self._merge(spec, date, ()), date, check=True)
+                        merged_with = self._merge(spec, date, ())
+                        payer = self._build(merged_with, date, check=True)
+                        if not any(s.file in self.file_errors for s in merged_with.specs):
+                            _compile(payer)     # (a file's own errors, e.g. 15.0, would fail it again)
                     except RuleFileError as exc:
                         found.append(exc)
                     except _Errors as exc:
@@ -277,6 +312,35 @@ class Registry:
         unique = {key(e): e for e in errors}
         return sorted(unique.values(), key=lambda e: (e.file or "", not e.message.startswith("unknown key"),
                                                       e.line or 0, e.path))
+
+    def check_all(self, engine: str) -> None:
+        """Compile every payer as any date of service resolves it and build (and close) its rule network for
+        `engine`, so that a payer the compiler or the engine refuses stops a run before its first record
+        (RuleFileError at the payer's file). Resolutions change only where a file or rule starts or ends."""
+        from .network import make_network
+        dates = {None, "0001-01-01"}
+        for specs in self.versions.values():
+            for spec in specs:
+                items = [spec.data] + [r for section in ("rules", "override") for r in spec.data.get(section, [])]
+                for start, end in map(_span, items):
+                    dates.update(d for d in (start, end and _next_day(end)) if d)
+        done = set()
+        for payer_id in self.ids():
+            for date in sorted(dates, key=lambda d: d or ""):
+                try:
+                    payer = self.resolve(payer_id, date)
+                except SessionError:
+                    continue
+                if id(payer) not in done:
+                    done.add(id(payer))
+                    compiled = _compile(payer)
+                    try:
+                        make_network(compiled, engine).close()
+                    except EvaluationError:
+                        raise
+                    except Exception as exc:    # noqa: BLE001 - the engine's own errors name no file
+                        raise RuleFileError(f"the {engine} engine cannot build this payer's rule network: "
+                                            f"{type(exc).__name__}: {exc}", payer.file, payer.line) from None
 
     def _version_errors(self, specs) -> list:
         """Versions of one payer whose dates overlap: an error in each of the two files."""
@@ -336,20 +400,22 @@ class Registry:
         if not specs:
             raise SessionError(self.unknown_message(payer_id))
         spec = self._select(payer_id, date)
-        dated = self._dated(spec)
-        if dated and date is None:
+        if date is None and self._dated(spec):
             raise SessionError(f"payer {payer_id!r} has rules that depend on the date of service: give "
                                "date_of_service (or --date)")
-        key = (spec.file, date if dated else None)
-        if key not in self._cache:
-            try:
-                payer = self._build(self._merge(spec, date, ()), date, check=False)
-            except _Errors as exc:          # a registry built with strict=False can hold broken files
-                raise exc.errors[0] from None
-            # dates with the same files and rules in effect share one Payer, hence one compiled network
-            same = (payer.files, tuple((r.file, r.line) for r in payer.rules))
-            self._cache[key] = self._interned.setdefault(same, payer)
-        return self._cache[key]
+        try:
+            merged = self._merge(spec, date, ())
+        except _Errors as exc:              # a registry built with strict=False can hold broken files
+            raise exc.errors[0] from None
+        # Dates with the same files and the same rules in effect share one Payer, hence one compiled
+        # network. The key names each file and each rule by what it is (a rule by its file and its place
+        # in it), never by its line: in a one-line JSON file every rule is on line 1.
+        key = (tuple((s.file, s.digest) for s in merged.specs),
+               tuple((source.file, path) for source, path, rule in merged.rules if in_range(date, _span(rule))))
+        payer = self._interned.get(key)
+        if payer is None:
+            payer = self._interned[key] = self._build(merged, date, check=False)
+        return payer
 
     def _select(self, payer_id: str, date, child: Spec | None = None) -> Spec:
         specs = self.versions.get(payer_id, [])
@@ -378,11 +444,13 @@ class Registry:
                    for s in merged_specs for section in ("rules", "override") for r in s.data.get(section, []))
 
     def _merge(self, spec: Spec, date, chain: tuple) -> _Merged:
-        if spec.id in chain:
-            cycle = " -> ".join(chain + (spec.id,))
-            raise spec.err(("extends",), f"extends forms a cycle: {cycle}")
-        if len(chain) >= MAX_EXTENDS_DEPTH:
-            raise spec.err(("extends",), f"extends chain longer than {MAX_EXTENDS_DEPTH}")
+        """`chain`: the Specs being merged that extend this one, the payer resolved first."""
+        ids = tuple(s.id for s in chain) + (spec.id,)
+        if spec.id in ids[:-1]:
+            raise spec.err(("extends",), f"extends forms a cycle: {' -> '.join(ids)}")
+        if len(chain) >= MAX_EXTENDS_DEPTH:     # the payer whose chain it is made it too long
+            raise chain[0].err(("extends",), f"extends chain longer than {MAX_EXTENDS_DEPTH} payers: "
+                                             f"{' -> '.join(ids[:2])} -> ... -> {ids[-1]}")
         if spec.extends:
             if spec.extends not in self.versions:
                 raise spec.err(("extends",), f"extends unknown payer {spec.extends!r}"
@@ -394,7 +462,7 @@ class Registry:
                 if date is not None:    # a session dated where the parent has no version: that session's error
                     raise SessionError(f"payer {spec.id!r} extends {spec.extends!r}: {exc.message}") from None
                 raise spec.err(("extends",), exc.message) from None
-            merged = self._merge(parent, date, chain + (spec.id,))
+            merged = self._merge(parent, date, chain + (spec,))
         else:
             merged = _Merged(spec)
         return self._apply(merged, spec, date)
@@ -461,8 +529,7 @@ class Registry:
                         tie_break=tuple(m["tie_break"]))
         families = tuple(Family(fid, _code(f["primary"]), _code(f["addon"]) if "addon" in f else None)
                          for fid, (_, _, f) in merged.families.items())
-        in_effect = [e for e in merged.rules
-                     if in_range(date, (e[2].get("effective_from"), e[2].get("effective_to")))]
+        in_effect = [e for e in merged.rules if in_range(date, _span(e[2]))]
         rules = []
         for index, (source, path, r) in enumerate(in_effect):
             then = tuple(Action(*next(iter(a.items()))) for a in r["then"])
@@ -475,6 +542,23 @@ class Registry:
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
+
+
+def _compile(payer: Payer):
+    """The payer compiled for the engines; a compiler error that names no rule is the payer's file's."""
+    try:
+        return compile_payer(payer)
+    except RuleFileError as exc:
+        if exc.file:
+            raise
+        raise RuleFileError(exc.message, payer.file, payer.line, exc.path) from None
+
+
+def _next_day(text: str) -> str | None:
+    try:
+        return (datetime.date.fromisoformat(text) + datetime.timedelta(days=1)).isoformat()
+    except (ValueError, OverflowError):
+        return None
 
 
 class _Errors(Exception):
@@ -562,8 +646,7 @@ def load_payer(pfile: PayerFile) -> Payer:
     if errors:
         raise errors[0]
     registry = Registry.__new__(Registry)
-    registry.files, registry.file_errors, registry._cache, registry._resolved = [pfile], {}, {}, {}
-    registry._interned = {}
+    registry.files, registry.file_errors, registry._resolved, registry._interned = [pfile], {}, {}, {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:

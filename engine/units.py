@@ -49,7 +49,8 @@ class Allocation:
 
 # A service in the pool is a (key, minutes, order) triple: key is a code, or an add-on family counted
 # as one service; order is its position of first appearance in the session.
-# Pooled services are ranked by (-leftover, -minutes, order, key); the tie-break picks among the last three.
+# Pooled services are ranked by (-leftover, -minutes, order, code, key), code being a family's primary
+# code; the tie-break picks among minutes, order and code.
 _TIE_POSITION = {"minutes": 1, "order": 2, "code": 3}
 _rank_keys: dict = {}
 
@@ -59,14 +60,15 @@ def _rank_key(tie_break):
     that the ranking is total."""
     key = _rank_keys.get(tie_break)
     if key is None:
-        key = _rank_keys[tie_break] = itemgetter(0, *[_TIE_POSITION[rule] for rule in tie_break], 2, 3)
+        key = _rank_keys[tie_break] = itemgetter(0, *[_TIE_POSITION[rule] for rule in tie_break], 2, 3, 4)
     return key
 
 
 def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
-           tie_break=("minutes", "order", "code")) -> Allocation:
+           tie_break=("minutes", "order", "code"), family=None) -> Allocation:
     """CMS total-time method (MCPM-5 §20.2, domain.md §3.3): units for the day = chart(total minutes);
-    each service first gets its full units, the rest go one each to the largest leftover minutes."""
+    each service first gets its full units, the rest go one each to the largest leftover minutes.
+    `family(key)`: the Family a key names, or None for a plain code (a family is compared by its primary)."""
     full, leftover, units = {}, {}, {}
     total, ranked = 0, []
     for key, minutes, order in services:
@@ -75,7 +77,8 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
         leftover[key] = part
         total += minutes
         if part:
-            ranked.append((-part, -minutes, order, key))
+            fam = family(key) if family else None
+            ranked.append((-part, -minutes, order, key if fam is None else fam.primary, key))
     total_units = chart(total, unit_minutes, first_unit_minutes)
     remaining = total_units - sum(full.values())
     if len(ranked) > 1 and remaining:
@@ -83,13 +86,13 @@ def pooled(services: list, unit_minutes: int = 15, first_unit_minutes: int = 8,
     # remaining <= number of services with leftover minutes whenever first_unit_minutes <= unit_minutes
     extra = []
     for rank in ranked[:remaining]:
-        units[rank[3]] += 1
-        extra.append(rank[3])
+        units[rank[4]] += 1
+        extra.append(rank[4])
     tie = None
     # a tie: the first service left out has as many leftover minutes as the last one served
     if 0 < remaining < len(ranked) and ranked[remaining][0] == ranked[remaining - 1][0]:
         cut = ranked[remaining][0]
-        tied = [rank[3] for rank in ranked if rank[0] == cut]
+        tied = [rank[4] for rank in ranked if rank[0] == cut]
         won = [key for key in tied if key in extra]
         tie = (tuple(tied), len(won), tuple(won))
     return Allocation("cms_8_minute", total, total_units, units, full, leftover, remaining, extra, tie)

@@ -2,8 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 
 import pytest
+
+# The rule cache (engine/cache.py) of the whole run, and of every `python -m engine` it starts (they
+# inherit os.environ): a private folder removed at the end, never the user's ~/.cache. Set before any
+# engine module can read it.
+_CACHE = tempfile.mkdtemp(prefix="payrules-test-cache-")
+os.environ["PAYRULES_CACHE"] = _CACHE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 from engine.billing import Biller
 from engine.loader import Registry

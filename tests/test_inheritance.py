@@ -1114,3 +1114,38 @@ def test_dates_with_the_same_rules_share_one_compiled_network():
         biller.bill(session_from({"date_of_service": day, "services": [{"code": "97140", "minutes": 50}]}),
                     "example-unit-limits")
     assert len(biller._planners) == 2          # one per version of the rules, not one per day
+
+
+def test_tie_break_by_code_compares_a_family_by_its_primary_code(tmp_path):
+    # A Medicare child that breaks ties by code alone. 97530 10 min (entered first) and 97129 10 min (the
+    # cognitive family's primary): total 20 -> 1 unit (§3.1, 8-22 min); no full units, leftovers 10 and 10:
+    # a tie. By code, 97129 < 97530, so the family gets the unit: 97129 x1, 97530 unbilled. (The family's id,
+    # "cognitive", sorts after "97530": comparing ids gave the unit to 97530.)
+    tree = write_tree(tmp_path, {"code.yaml": "payer: tmp-code-tie\nname: Ties by code\nextends: medicare\n"
+                                              "method:\n  tie_break: [code]\n"})
+    registry = Registry([tree])
+    biller = Biller(registry, "python")
+    try:
+        result = biller.bill(session_from(pt(("97530", 10), ("97129", 10))), "tmp-code-tie")
+    finally:
+        biller.close()
+    assert units_of(result) == {"97129": 1}
+    assert [line["code"] for line in result["unbilled"]] == ["97530"]
+
+
+def test_too_long_extends_chain_blames_the_file_that_made_it_too_long(tmp_path):
+    # c0 (no extends) <- c1 <- ... <- c16: 17 files, so c16's chain has 17 payers, one more than the 16
+    # allowed; c15's has 16. The error is c16's, at its extends: (line 3), and names no other file (it
+    # used to point at c00.yaml:1, the root, which has no extends: at all).
+    files = {"c00.yaml": "payer: tmp-c0\nname: C0\nmethod:\n  name: cms_8_minute\nrules: []\n"}
+    for i in range(1, 17):
+        files[f"c{i:02d}.yaml"] = f"payer: tmp-c{i}\nname: C{i}\nextends: tmp-c{i - 1}\n"
+    tree = write_tree(tmp_path, files)
+    proc = run_cli("validate", tree)
+    check_refused(proc, "extra/c16.yaml", 3, "extends", "longer than 16")
+    assert "c00.yaml" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == \
+        [line for line in proc.stderr.splitlines() if line.startswith("error: extra/c16.yaml:3: extends: ")]
+    proc = run_cli("bill", "examples/ot-session.yaml", "--rules", tree)
+    check_refused(proc, "extra/c16.yaml", 3, "extends", "longer than 16")
+    assert "c00.yaml" not in proc.stderr, proc.stderr

@@ -285,3 +285,23 @@ def test_duplicate_payer_id_across_trees(tmp_path):
     proc = run_cli("bill", "examples/ot-session.yaml", "--rules", tmp_path / "extra")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert re.search(r"^error: extra/testpayer\.yaml:1: payer: .*medicare", proc.stderr, re.M), proc.stderr
+
+
+def test_huge_file_is_refused_without_reading_it(tmp_path):
+    # a 3 GB sparse file (no disk used): refused by its size, and at most the limit + 1 bytes are read
+    import tracemalloc
+    from engine.loader import MAX_RULE_FILE_BYTES, PayerFile, read_spec
+    path = write(tmp_path, "")
+    with open(path, "r+b") as fh:
+        fh.truncate(3 * 1024 ** 3)
+    tracemalloc.start()
+    try:
+        spec, errors = read_spec(PayerFile(path, "extra/testpayer.yaml"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert spec is None and len(errors) == 1 and "too large" in errors[0].message
+    assert peak < 2 * MAX_RULE_FILE_BYTES + 1024 ** 2, peak
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_messages(proc.stderr, path.as_posix(), None, None) == [] and "too large" in proc.stderr
