@@ -165,7 +165,7 @@ def _residual(expr: dict, index_key):
     rest = [t for t in tests if "t" not in t and (index_key is None or t != {index_key[0]: index_key[1]})]
     if not rest:
         return None
-    return _predicate(rest[0] if len(rest) == 1 else {"$and": rest})
+    return predicate(rest[0] if len(rest) == 1 else {"$and": rest})
 
 
 def _kind_of(expr: dict) -> str:
@@ -177,11 +177,11 @@ def _kind_of(expr: dict) -> str:
 _OPS = {"$lt": operator.lt, "$lte": operator.le, "$gt": operator.gt, "$gte": operator.ge, "$neq": operator.ne}
 
 
-def _predicate(expr: dict):
+def predicate(expr: dict):
     """A Python function fact -> bool with durable's semantics: a test on a missing field is false."""
     (op, body), = expr.items()
     if op == "$and":
-        parts = [_predicate(e) for e in body]
+        parts = [predicate(e) for e in body]
         return lambda f: all(p(f) for p in parts)
     if op == "$ex":
         (field, _), = body.items()

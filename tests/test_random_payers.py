@@ -108,8 +108,8 @@ def actions(draw, on_line: bool):
     kinds = ["info", "warn", "error"] + (["timed_units", "units", "block_units", "max_units", "modifier", "hold"]
                                          if on_line else [])
     chosen = draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=3))
-    units = [k for k in chosen if k in ("timed_units", "units", "block_units")]
-    chosen = [k for k in chosen if k not in units[1:]]              # a rule decides units once
+    units = [i for i, k in enumerate(chosen) if k in ("timed_units", "units", "block_units")]
+    chosen = [k for i, k in enumerate(chosen) if i not in units[1:]]    # a rule decides units once
     out = []
     for kind in chosen:
         if kind == "timed_units":
