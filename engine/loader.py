@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
+from .compiler import compile_payer
 from .errors import RuleFileError, SessionError, UsageError, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR
@@ -470,11 +471,14 @@ class Registry:
                               when=_normalise_when(r["when"]), then=then, file=source.file,
                               line=source.line(*path, "id"), index=index))
         digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()).hexdigest()
-        return Payer(id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
-                     families=families, rules=tuple(rules), effective_from=spec.effective[0],
-                     effective_to=spec.effective[1], description=spec.data.get("description", ""),
-                     example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
-                     line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
+        payer = Payer(id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
+                      families=families, rules=tuple(rules), effective_from=spec.effective[0],
+                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
+                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
+                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
+        if check:       # what validate accepts, the engines can bill: a rule the compiler refuses is an error here
+            compile_payer(payer)
+        return payer
 
 
 class _Errors(Exception):

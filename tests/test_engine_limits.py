@@ -196,3 +196,16 @@ def test_durable_ruleset_creation_of_a_huge_payer_ends_in_a_subprocess(tmp_path)
     # 10002 at 60 min: midpoint 4 units, capped at 1 by its max_units rule; 300 info rules fire on it
     assert proc.stdout.split("] ")[1].strip() == "300"
     assert "'units': 1" in proc.stdout
+
+
+def test_validate_refuses_what_the_compiler_refuses_with_the_rules_file_and_line(tmp_path, monkeypatch):
+    # No schema-valid rule is past the limits alone (a rule tests at most ~55 fields); lowering one limit
+    # shows the path: Registry.errors (what `validate` prints) names the rule's file:line and the limit.
+    import engine.compiler as compiler
+    monkeypatch.setattr(compiler, "MAX_FACT_FIELDS", 1)
+    (tmp_path / "big.yaml").write_text(payer_text(rule(1, "{line: {code: 10005, minutes: 3}}", '{info: "x"}')),
+                                       encoding="utf-8")
+    errors = Registry([tmp_path], include_bundled=False, strict=False).errors()
+    # lines: payer, name, method, codes:, the list, rules:, 5 of the timed rule; r1's id is line 12
+    assert [(e.file, e.line, e.path) for e in errors] == [(f"{tmp_path.name}/big.yaml", 12, "rules[1]")]
+    assert "more than 1 fields tested in one durable ruleset" in errors[0].message

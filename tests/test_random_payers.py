@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.billing import Biller
+from engine.explain import why_not_json
 from engine.loader import Registry
 from conftest import ENGINES, session_from
 
@@ -256,6 +257,18 @@ def firings_of(outcome) -> list:
     return sorted((rule.id, codes[ids[-1]] if ids[-1] != "session" else "session") for rule, ids in outcome.firings)
 
 
+def why_not_firings(outcome, payer: dict) -> list:
+    """The firings `explain --why-not` implies: a rule fires on each fact all of whose conditions hold."""
+    out = []
+    for rule in payer["rules"]:
+        why = why_not_json(outcome, rule["id"])
+        session_ok = all(c["matches"] for c in why["candidates"] if c["fact"] == "session"
+                         and "line" in rule["when"])
+        out += [(rule["id"], c["fact"]) for c in why["candidates"] if c["matches"] and session_ok
+                and (c["fact"] != "session" or "line" not in rule["when"])]
+    return sorted(out)
+
+
 def cross_check(payer: dict, session_list: list) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rules" / "rnd.yaml"
@@ -277,6 +290,7 @@ def cross_check(payer: dict, session_list: list) -> None:
                 assert firings["python"] == expected_firings(payer, data), data
                 for engine in ENGINES:
                     assert firings[engine] == firings["python"], engine
+                    assert why_not_firings(outcomes[engine], payer) == firings["python"], engine
         finally:
             for b in [*billers.values(), remembering]:
                 b.close()
