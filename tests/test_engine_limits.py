@@ -9,6 +9,7 @@ computes list and string-order tests in Python (engine/compiler.py).
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -209,3 +210,19 @@ def test_validate_refuses_what_the_compiler_refuses_with_the_rules_file_and_line
     # lines: payer, name, method, codes:, the list, rules:, 5 of the timed rule; r1's id is line 12
     assert [(e.file, e.line, e.path) for e in errors] == [(f"{tmp_path.name}/big.yaml", 12, "rules[1]")]
     assert "more than 1 fields tested in one durable ruleset" in errors[0].message
+
+
+def test_the_stack_model_holds_when_one_line_matches_every_test_of_every_rule(tmp_path):
+    # 300 rules of 1-3 comparisons in different orders on minutes, group_size and line_count, every one
+    # true for a 200-minute line in a group of 9 in a 1-line session: every alpha node matches that line,
+    # so the chunks must be small enough in durable's terms (a chunk the model misjudges gives error 303).
+    import random
+    rnd = random.Random(7)
+    fields = ["minutes", "group_size"]
+    rules = []
+    for i in range(300):
+        tests = {f: {rnd.choice(["gt", "gte", "ne"]): rnd.randint(0, 8)} for f in rnd.sample(fields, rnd.randint(1, 2))}
+        when = {"line": tests} if rnd.random() < 0.7 else {"line": tests, "session": {"line_count": {"lt": 2 + i}}}
+        rules.append(rule(i, json.dumps(when), f'{{info: "{i}"}}'))
+    result = bill_both(tmp_path, payer_text("".join(rules)), [{"code": "10001", "minutes": 200, "group_size": 9}])
+    assert infos(result) == sorted(f"r{i}" for i in range(300))
