@@ -4,8 +4,10 @@ step; why each unbilled code got nothing; and, on request, why a rule did not fi
 from __future__ import annotations
 
 from .billing import Outcome
-from .compiler import list_field
+from .compiler import Derived, condition_tests
 from .errors import suggest
+from .facts import derive
+from .network import predicate
 
 
 def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
@@ -216,37 +218,25 @@ def why_not_text(outcome: Outcome, rule_id: str) -> list:
 
 def check_conditions(conditions: dict, fact: dict) -> list:
     """(condition text, holds, actual value text) for every condition of one fact, in the rule's order.
-    The same semantics as the compiled network: a test on a missing field is false."""
+    Each holds or not by the very test the network runs: compiled by compiler.condition_tests, its
+    derived attributes added by facts.derive, evaluated by network.predicate (the Python twin's code)."""
+    derived: dict = {}
+    tests = condition_tests(conditions, "", derived)
+    fact, = derive([fact], tuple(Derived(name, *spec) for spec, name in derived.items()))
     out = []
-    for name, test in conditions.items():
+    for name, op, expr in tests:
+        ok = predicate(expr)(fact)
+        test = conditions[name]
         if name in ("code_in", "code_not_in"):
-            if isinstance(test, str):
-                inside = bool(fact.get(list_field(test)))
-                label = f"list {test}"
-            else:
-                inside = fact.get("code") in test
-                label = "[" + ", ".join(test) + "]"
-            holds = inside if name == "code_in" else not inside
-            out.append((f"{name} {label}", holds, f"{fact.get('code')} is {'in' if inside else 'not in'} it"))
+            inside = ok == (name == "code_in")
+            label = f"list {test}" if isinstance(test, str) else "[" + ", ".join(test) + "]"
+            out.append((f"{name} {label}", ok, f"{fact.get('code')} is {'in' if inside else 'not in'} it"))
             continue
-        actual = fact.get(name, "(absent)")
-        for text, holds in _tests(name, test, fact):
-            out.append((text, holds, actual))
-    return out
-
-
-def _tests(field: str, test, fact: dict):
-    present = field in fact
-    value = fact.get(field)
-    if not isinstance(test, dict):
-        yield f"{field} = {test}", present and value == test
-        return
-    compare = {"lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambda a, b: a > b,
-               "gte": lambda a, b: a >= b, "ne": lambda a, b: a != b}
-    for op, expected in test.items():
-        if op == "exists":
-            yield f"{field} {'is given' if expected else 'is not given'}", present == expected
-        elif op == "in":
-            yield f"{field} in {expected}", present and value in expected
+        if op is None:
+            text = f"{name} = {test}"
+        elif op == "exists":
+            text = f"{name} {'is given' if test[op] else 'is not given'}"
         else:
-            yield f"{field} {op} {expected}", present and compare[op](value, expected)
+            text = f"{name} {op} {test[op]}"
+        out.append((text, ok, fact.get(name, "(absent)")))
+    return out

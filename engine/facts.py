@@ -8,6 +8,7 @@ unique id, so the network's firings do not depend on how the input was written.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from .compiler import SESSION_ON_LINE, list_field
@@ -78,3 +79,19 @@ def build_facts(session: Session, lines: list, payer: Payer) -> list:
             fact["has_primary"] = family.primary in codes_present
         facts.append(fact)
     return facts
+
+
+_DERIVE = {"in": lambda value, values: value in values, "lt": operator.lt, "lte": operator.le,
+           "gt": operator.gt, "gte": operator.ge}
+
+
+def derive(facts: list, derived: tuple) -> list:
+    """The facts with the attributes of compiler.Derived tests added: `name: true` where the test holds
+    (compared as Python strings, not as durable's escaped text). Each follows from one field of the fact."""
+    if not derived:
+        return facts
+    out = []
+    for fact in facts:
+        flags = {d.name: True for d in derived if d.field in fact and _DERIVE[d.op](fact[d.field], d.value)}
+        out.append({**fact, **flags} if flags else fact)
+    return out

@@ -13,7 +13,7 @@ import operator
 import string
 from dataclasses import dataclass
 
-from .compiler import SESSION_ON_LINE, fields_tested
+from .compiler import SESSION_ON_LINE, fields_read
 from .facts import build_facts
 from .model import Payer, Rule
 
@@ -82,7 +82,7 @@ class Planner:
     def __init__(self, compiled, network, remember: bool = True):
         self.compiled, self.network, self.remember = compiled, network, remember
         self.payer = compiled.payer
-        tested = fields_tested(compiled.ruleset)
+        tested = fields_read(compiled)
         read = tested["line"] | {SESSION_ON_LINE + f for f in tested["session"]}
         placeholders = _placeholders(self.payer)
         read |= {PLACEHOLDER_INPUTS[name] for name in placeholders if name in PLACEHOLDER_INPUTS}

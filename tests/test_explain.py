@@ -462,3 +462,119 @@ def test_why_not_unknown_rule(tmp_path):
     # a near miss gets a suggestion
     near = explain(path, "--why-not", "group-siz").stdout
     assert "did you mean 'group-size'" in near
+
+
+# --- --why-not evaluates every operator as the network does ------------------------------------------------
+
+# The session: PT on 2026-03-02; 97110 9 min group of 2 by a PTA; 97129 15 min and 97130 10 min by a PT
+# (family cog: 97129 primary, 97130 add-on, so both have their primary present); 3 lines.
+WHY_SESSION = {"session_id": "OPS", "payer": "ops", "discipline": "PT", "date_of_service": "2026-03-02",
+               "services": [svc("97110", 9, group_size=2, provider="PTA"), svc("97129", 15, provider="PT"),
+                            svc("97130", 10, provider="PT")]}
+L = ("97110", "97129", "97130")
+# name: (conditions of a rule that fires, the facts it fires on (worked by hand from WHY_SESSION),
+#        conditions of a rule that does not, the fact to look at, the text of its failing condition)
+WHY_CASES = {
+    "equal": ({"line": {"minutes": 9}}, ["97110"], {"line": {"minutes": 8}}, "97110", "minutes = 8"),
+    "lt": ({"line": {"minutes": {"lt": 10}}}, ["97110"], {"line": {"minutes": {"lt": 9}}}, "97110", "minutes lt 9"),
+    "lte": ({"line": {"minutes": {"lte": 9}}}, ["97110"], {"line": {"minutes": {"lte": 8}}}, "97110", "minutes lte 8"),
+    "gt": ({"line": {"minutes": {"gt": 14}}}, ["97129"], {"line": {"minutes": {"gt": 15}}}, "97129", "minutes gt 15"),
+    "gte": ({"line": {"minutes": {"gte": 15}}}, ["97129"], {"line": {"minutes": {"gte": 16}}}, "97129",
+            "minutes gte 16"),
+    "ne": ({"line": {"minutes": {"ne": 9}}}, ["97129", "97130"], {"line": {"code": "97110", "minutes": {"ne": 9}}},
+           "97110", "minutes ne 9"),
+    "exists": ({"line": {"group_size": {"exists": True}}}, ["97110"],
+               {"line": {"code": "97110", "group_size": {"exists": False}}}, "97110", "group_size is not given"),
+    "group_size": ({"line": {"group_size": 2}}, ["97110"], {"line": {"group_size": 3}}, "97110", "group_size = 3"),
+    "provider-in": ({"line": {"provider": {"in": ["PTA", "OT"]}}}, ["97110"],
+                    {"line": {"code": "97110", "provider": {"in": ["PT"]}}}, "97110", "provider in ['PT']"),
+    "provider-str-lt": ({"line": {"provider": {"lt": "PTB"}}}, list(L),
+                        {"line": {"code": "97110", "provider": {"lt": "PTA"}}}, "97110", "provider lt PTA"),
+    "provider-str-gt": ({"line": {"provider": {"gt": "PT"}}}, ["97110"],
+                        {"line": {"code": "97110", "provider": {"gt": "PTA"}}}, "97110", "provider gt PTA"),
+    "provider-str-gte": ({"line": {"provider": {"gte": "PTA"}}}, ["97110"],
+                         {"line": {"code": "97110", "provider": {"gte": "PTB"}}}, "97110", "provider gte PTB"),
+    "provider-str-lte": ({"line": {"provider": {"lte": "PT"}}}, ["97129", "97130"],
+                         {"line": {"code": "97110", "provider": {"lte": "PT"}}}, "97110", "provider lte PT"),
+    "provider-ne": ({"line": {"provider": {"ne": "PT"}}}, ["97110"],
+                    {"line": {"code": "97110", "provider": {"ne": "PTA"}}}, "97110", "provider ne PTA"),
+    "code": ({"line": {"code": "97110"}}, ["97110"], {"line": {"code": "97112"}}, "97110", "code = 97112"),
+    "code-ne": ({"line": {"code": {"ne": "97110"}}}, ["97129", "97130"],
+                {"line": {"code": {"ne": "97110"}, "minutes": 9}}, "97110", "code ne 97110"),
+    "code-exists": ({"line": {"code": {"exists": True}}}, list(L), {"line": {"code": {"exists": False}}}, "97110",
+                    "code is not given"),
+    "code_in-list": ({"line": {"code_in": "timed"}}, ["97110"], {"line": {"code_in": "group"}}, "97110",
+                     "code_in list group"),
+    "code_in-inline": ({"line": {"code_in": ["97110", "97110"]}}, ["97110"], {"line": {"code_in": ["97112"]}},
+                       "97110", "code_in [97112]"),
+    "code_not_in-list": ({"line": {"code_not_in": "timed"}}, ["97129", "97130"],
+                         {"line": {"code": "97110", "code_not_in": "timed"}}, "97110", "code_not_in list timed"),
+    "code_not_in-inline": ({"line": {"code_not_in": ["97129", "97130"]}}, ["97110"],
+                           {"line": {"code": "97110", "code_not_in": ["97110"]}}, "97110", "code_not_in [97110]"),
+    "known": ({"line": {"known": True}}, list(L), {"line": {"known": False}}, "97110", "known = False"),
+    "family": ({"line": {"family": "cog"}}, ["97129", "97130"], {"line": {"code": "97129", "family": {"ne": "cog"}}},
+               "97129", "family ne cog"),
+    "family_role": ({"line": {"family_role": "addon"}}, ["97130"],
+                    {"line": {"code": "97130", "family_role": "primary"}}, "97130", "family_role = primary"),
+    "has_primary": ({"line": {"has_primary": True}}, ["97129", "97130"],
+                    {"line": {"code": "97130", "has_primary": False}}, "97130", "has_primary = False"),
+    "discipline": ({"session": {"discipline": "PT"}}, ["session"], {"session": {"discipline": "OT"}}, "session",
+                   "discipline = OT"),
+    "discipline-in": ({"session": {"discipline": {"in": ["PT", "OT"]}}}, ["session"],
+                      {"session": {"discipline": {"in": ["SLP"]}}}, "session", "discipline in ['SLP']"),
+    "date-gte": ({"session": {"date_of_service": {"gte": "2026-03-02"}}}, ["session"],
+                 {"session": {"date_of_service": {"gt": "2026-03-02"}}}, "session", "date_of_service gt 2026-03-02"),
+    "date-lt": ({"session": {"date_of_service": {"lt": "2026-03-03"}}}, ["session"],
+                {"session": {"date_of_service": {"lte": "2026-03-01"}}}, "session", "date_of_service lte 2026-03-01"),
+    "line_count": ({"session": {"line_count": {"gt": 2}}}, ["session"], {"session": {"line_count": {"gt": 3}}},
+                   "session", "line_count gt 3"),
+    "session-and-line": ({"line": {"code": "97110"}, "session": {"discipline": {"ne": "OT"}}}, ["97110"],
+                         {"line": {"code": "97110"}, "session": {"discipline": {"ne": "PT"}}}, "session",
+                         "discipline ne PT"),
+}
+
+
+@pytest.fixture(scope="module")
+def why_outcomes(tmp_path_factory):
+    from engine.billing import Biller
+    from engine.loader import Registry
+    from conftest import ENGINES, session_from
+    rules = []
+    for name, (fires, _, fails, _, _) in WHY_CASES.items():
+        for prefix, when in (("f", fires), ("n", fails)):
+            rules.append({"id": f"{prefix}-{name}", "description": name, "source": "test", "when": when,
+                          "then": [{"info": name}]})
+    payer = {"payer": "ops", "name": "Operators", "method": {"name": "cms_8_minute"},
+             "codes": {"timed": ["97110"], "group": ["97150"], "cognitive": ["97129", "97130"]},
+             "families": [{"id": "cog", "primary": "97129", "addon": "97130"}], "rules": rules}
+    tree = tmp_path_factory.mktemp("why")
+    (tree / "ops.yaml").write_text(yaml.safe_dump(payer, sort_keys=False), encoding="utf-8")
+    registry = Registry([tree], include_bundled=False)
+    outcomes = {}
+    for engine in ENGINES:
+        biller = Biller(registry, engine, remember=False)
+        outcomes[engine] = biller.evaluate(session_from(WHY_SESSION), "ops")
+        biller.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("name", sorted(WHY_CASES))
+def test_why_not_agrees_with_the_network_for_every_operator(why_outcomes, name):
+    from engine.explain import why_not_json, why_not_text
+    _, fires_on, _, fact, failing = WHY_CASES[name]
+    for engine, outcome in why_outcomes.items():
+        codes = {line.fact_id: line.code for line in outcome.lines}
+        fired = sorted(codes.get(ids[-1], "session") for rule, ids in outcome.firings if rule.id == f"f-{name}")
+        assert fired == fires_on, engine
+        why = why_not_json(outcome, f"f-{name}")
+        assert why["fired"] == len(fires_on)
+        for cand in why["candidates"]:
+            if cand["fact"] in fires_on:
+                assert cand["matches"] and all(c["ok"] for c in cand["conditions"]), (engine, cand)
+        assert f"  {fires_on[0]}: all conditions hold" in why_not_text(outcome, f"f-{name}")
+        why = why_not_json(outcome, f"n-{name}")
+        assert why["fired"] == 0
+        cand = next(c for c in why["candidates"] if c["fact"] == fact)
+        assert not cand["matches"]
+        assert [c["condition"] for c in cand["conditions"] if not c["ok"]] == [failing], (engine, cand)
+        assert any(line.startswith(f"    [NO] {failing} (actual: ") for line in why_not_text(outcome, f"n-{name}"))

@@ -6,11 +6,17 @@ Same method as test_rule_file_errors.py: a one-edit copy of its GOOD payer, refu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from test_rule_file_errors import GOOD, check, edit, run_cli, write
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --- whole numbers: JSON Schema's "integer" accepts 15.0; the engine does not ---------------------------
 
@@ -81,12 +87,28 @@ def test_real_dates_in_conditions_are_accepted(tmp_path):
 
 # --- every payer is compiled for the engine before the first record is written ------------------------------
 
-WIDE = "payer: tmp-wide\nname: Too many codes in one test\nmethod:\n  name: cms_8_minute\nrules:\n" \
-       "  - id: wide\n    description: One unit for any of 513 codes.\n    source: test\n" \
-       "    when:\n      line: {code_in: [" + ", ".join(str(90000 + i) for i in range(513)) + "]}\n" \
-       "    then:\n      - units: 1\n"
-# line 1: payer. The loader accepts the rule; the compiler refuses a field tested with more than 512 distinct
-# values (durable-rules hangs above that: shared/durable-rules-notes.md §4 #5).
+WIDE = "payer: tmp-wide\nname: A payer the compiler is made to refuse\nmethod:\n  name: cms_8_minute\n" \
+       "codes:\n  untimed: [90001]\nrules:\n" \
+       "  - id: refused\n    description: One unit.\n    source: test\n" \
+       "    when:\n      line: {code: 90001}\n    then:\n      - units: 1\n"
+# Every payer that validate accepts compiles today (the compiler splits what durable cannot take,
+# test_engine_limits.py), so the compiler is made to refuse this one: any payer with a rule 'refused' in effect.
+# What is tested is the order of the run: the refusal stops it before the first record, whichever session
+# comes first.
+REFUSING = """\
+import sys
+from engine import billing, compiler, loader
+from engine.errors import RuleFileError
+real = compiler.compile_payer
+def refusing(payer):
+    compiled = real(payer)
+    if any(rule.id == "refused" for rule in payer.rules):
+        raise RuleFileError("cannot compile rule: refused by the test")
+    return compiled
+loader.compile_payer = billing.compile_payer = refusing
+from engine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def wide_tree(tmp_path):
@@ -97,7 +119,14 @@ def wide_tree(tmp_path):
                  "services": [{"code": "97110", "minutes": 30}]} for i in range(3)]
     sessions.append({"session_id": "W", "payer": "tmp-wide", "services": [{"code": "90001", "minutes": 30}]})
     (tmp_path / "sessions.json").write_text(json.dumps(sessions), encoding="utf-8")
+    (tmp_path / "refusing.py").write_text(REFUSING, encoding="utf-8")
     return directory
+
+
+def run_refusing(tmp_path, *args):
+    return subprocess.run([sys.executable, str(tmp_path / "refusing.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("command", [["bill", "--format", "json"], ["bill", "--format", "jsonl", "--jobs", "2"],
@@ -109,44 +138,49 @@ def test_a_payer_the_compiler_refuses_stops_the_run_before_any_output(tmp_path, 
     if engine == "durable" and not durable_available():
         pytest.skip("durable-rules is not installed")
     directory = wide_tree(tmp_path)
-    proc = run_cli(command[0], tmp_path / "sessions.json", "--rules", directory, "--engine", engine, *command[1:])
+    proc = run_refusing(tmp_path, command[0], tmp_path / "sessions.json", "--rules", directory, "--engine", engine,
+                        *command[1:])
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, proc.stderr
-    assert proc.stdout == ""
-    assert "error: extra/wide.yaml:" in proc.stderr and "512 distinct values" in proc.stderr, proc.stderr
+    assert proc.stdout == ""        # the three Medicare sessions come first: none of them is written
+    # the compiler's error names no file: it is the payer's, at its `payer:` key (line 1)
+    assert "error: extra/wide.yaml:1: " in proc.stderr and "refused by the test" in proc.stderr, proc.stderr
 
 
 def test_validate_refuses_a_payer_the_compiler_refuses(tmp_path):
     directory = wide_tree(tmp_path)
-    proc = run_cli("validate", directory)
+    proc = run_refusing(tmp_path, "validate", directory)
     assert proc.returncode == 2, proc.stderr
-    assert "error: extra/wide.yaml:1: " in proc.stderr and "512 distinct values" in proc.stderr, proc.stderr
+    assert "error: extra/wide.yaml:1: " in proc.stderr and "refused by the test" in proc.stderr, proc.stderr
 
 
-def test_check_all_compiles_every_dated_resolution(tmp_path):
-    # the wide rule is in effect only from 2027: a session of 2026 compiles fine, but the payer as it is
-    # from 2027 does not; check_all finds it without any session dated 2027
+def test_check_all_compiles_every_dated_resolution(tmp_path, monkeypatch):
+    # the refused rule is in effect only from 2027: the payer as a 2026 session resolves it compiles, the
+    # payer as it is from 2027 does not; check_all finds it without any session dated 2027
+    from engine import loader
     from engine.errors import RuleFileError
     from engine.loader import Registry
+    real = loader.compile_payer
+
+    def refusing(payer):
+        if any(rule.id == "refused" for rule in payer.rules):
+            raise RuleFileError("cannot compile rule: refused by the test")
+        return real(payer)
+
+    monkeypatch.setattr(loader, "compile_payer", refusing)
     directory = tmp_path / "extra"
     directory.mkdir()
     text = WIDE.replace("    source: test\n", "    source: test\n    effective_from: 2027-01-01\n")
     (directory / "wide.yaml").write_text(text, encoding="utf-8")
     registry = Registry([directory], include_bundled=False, strict=False)
     assert registry.resolve("tmp-wide", "2026-05-01").rules == ()
-    with pytest.raises(RuleFileError, match="512 distinct values"):
+    with pytest.raises(RuleFileError, match="refused by the test"):
         registry.check_all("python")
 
 
 # --- the rule cache (engine/cache.py) -------------------------------------------------------------------------
 
-import os          # noqa: E402
 import shutil      # noqa: E402
-import subprocess  # noqa: E402
-import sys         # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 FIXED = """\
 payer: tmp-fixed
