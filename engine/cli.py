@@ -16,7 +16,7 @@ from pathlib import Path
 from . import render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import OutputError, PayrulesError, SessionError, UsageError
+from .errors import OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
@@ -305,6 +305,8 @@ def cmd_explain(args) -> int:
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     sessions, single = _load_all(args.inputs)
+    _check_why_not(registry, args.why_not, {args.payer} if args.payer else
+                   {s.payer for s in sessions if not isinstance(s, SessionError) and registry.has(s.payer)})
     biller = Biller(registry, args.engine or default_engine())
     try:
         outcomes = [biller.evaluate(s, args.payer, args.date) for s in sessions]
@@ -322,6 +324,17 @@ def cmd_explain(args) -> int:
                  else explain_text(o, args.why_not) for o in outcomes]
         _out("\n".join(texts))
     return 1 if _failed(records) else 0
+
+
+def _check_why_not(registry, rule_ids: list, payer_ids: set) -> None:
+    """A --why-not id that is no rule of the payer on any date is a usage error; one that is a rule, but
+    not in effect on the session's date, is explained in the text."""
+    for payer_id in sorted(payer_ids):
+        known = registry.rule_ids(payer_id)
+        for rule_id in rule_ids:
+            if rule_id not in known:
+                raise UsageError(f"--why-not: payer {payer_id} has no rule {rule_id!r} on any date"
+                                 f"{suggest(rule_id, known)}")
 
 
 def _report(session, record, payer_id: str | None = None) -> None:
