@@ -16,7 +16,6 @@ CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
 # A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): it is
 # written as "'" + the text, in double quotes.
 FORMULA_START = frozenset("=+-@\t\r")
-_CSV_CARE = re.compile(r'["\r\n]|(?:^|,)[=+\-@\t]')
 
 
 def _cell(value) -> str:
@@ -31,26 +30,33 @@ def _cell(value) -> str:
 
 def csv_row(cells: list) -> str:
     """One CSV line as the csv module writes it (quoting only where needed), except that a cell holding
-    \r is quoted too and a cell that would start a formula is escaped. The common row, with nothing to
-    quote or escape, is checked once as a whole."""
-    line = ",".join([c if type(c) is str else str(c) for c in cells])
-    if _CSV_CARE.search(line) is None and line.count(",") == len(cells) - 1:
-        return line + "\n"
+    \r is quoted too and a text cell that would start a formula is escaped."""
     return ",".join([_cell(c) for c in cells]) + "\n"
 
 
 def csv_lines(r: dict) -> str:
-    """One row per billed line, per unbilled line and per warning; an error record is one row."""
+    """One row per billed line, per unbilled line and per warning; an error record is one row.
+
+    The rows are first written plainly and checked once, as a whole, for anything to quote or escape: a
+    comma, quote or line break inside a cell, or a formula start in a free-text cell (the session id, the
+    message). Every other text cell is an id or code whose schema pattern starts with a letter or digit."""
+    sid = r["session_id"]
     if "error" in r:
-        return csv_row([r["session_id"], "", "error", "", "", "", "", "", r["error"]])
-    sid, payer = r["session_id"], r["payer"]
-    rows = [csv_row([sid, payer, "billed", line["code"], line["minutes"], line["units"],
-                     " ".join(line["modifiers"]), " ".join(line["rules"]), ""]) for line in r["lines"]]
-    rows += [csv_row([sid, payer, "unbilled", line["code"], line["minutes"], 0, "", " ".join(line["rules"]),
-                      line["reason"]]) for line in r["unbilled"]]
-    rows += [csv_row([sid, payer, w["severity"], " ".join(w["codes"]), "", "", "", w["rule"], w["message"]])
-             for w in r["warnings"]]
-    return "".join(rows)
+        rows = [(sid, "", "error", "", "", "", "", "", r["error"])]
+    else:
+        payer = r["payer"]
+        rows = [(sid, payer, "billed", line["code"], line["minutes"], line["units"], " ".join(line["modifiers"]),
+                 " ".join(line["rules"]), "") for line in r["lines"]]
+        rows += [(sid, payer, "unbilled", line["code"], line["minutes"], 0, "", " ".join(line["rules"]),
+                  line["reason"]) for line in r["unbilled"]]
+        rows += [(sid, payer, w["severity"], " ".join(w["codes"]), "", "", "", w["rule"], w["message"])
+                 for w in r["warnings"]]
+    text = "".join([f"{a},{b},{c},{d},{e},{f},{g},{h},{i}\n" for a, b, c, d, e, f, g, h, i in rows])
+    if (text.count(",") == 8 * len(rows) and text.count("\n") == len(rows) and '"' not in text
+            and "\r" not in text and str(sid)[:1] not in FORMULA_START
+            and FORMULA_START.isdisjoint([row[8][:1] for row in rows])):
+        return text
+    return "".join([csv_row(row) for row in rows])
 
 
 def to_csv(records: list) -> str:
