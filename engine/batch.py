@@ -190,6 +190,7 @@ def interruptible(stream):
         if os.getpid() != pid:          # a worker, forked before it set SIGINT aside
             return
         if state["armed"]:
+            state["armed"] = False      # once: a second Ctrl-C does not interrupt the clean-up
             raise KeyboardInterrupt
         state["pending"] = True
 

@@ -124,15 +124,19 @@ def huge(tmp_path_factory) -> Path:
     return path
 
 
-def interrupted(path: Path, fmt: str, jobs: int) -> tuple:
-    """Bill `path`, send SIGINT once some output has been written, return (exit code, stdout, stderr)."""
+def interrupted(path: Path, fmt: str, jobs: int, group: bool = True) -> tuple:
+    """Bill `path`, send SIGINT once some output has been written, return (exit code, stdout, stderr).
+    To its process group (and so to its workers too), as Ctrl-C on a terminal does; or to it alone."""
     proc = subprocess.Popen([*PY, "bill", str(path), "--format", fmt, "--jobs", str(jobs)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
     head = b""
     while len(head) < 200_000:                # the run is under way: 200 kB written, with more to come
         head += proc.stdout.read(200_000 - len(head))   # unbuffered: communicate() gets every later byte
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=TIMEOUT)
     return proc.returncode, head + rest, err.decode("utf-8", "replace")
 
@@ -156,9 +160,9 @@ def check_prefix(ids: list, read: int, failed: int) -> None:
     assert failed == read // 50
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_sigint_json_output_is_closed_and_summarised(huge, jobs):
-    code, out, err = interrupted(huge, "json", jobs)
+@pytest.mark.parametrize("jobs,group", [(1, True), (2, True), (2, False)])
+def test_sigint_json_output_is_closed_and_summarised(huge, jobs, group):
+    code, out, err = interrupted(huge, "json", jobs, group)
     assert code == 130
     records = json.loads(out)                 # the list is closed: whole records only
     read, billed, errors, failed = interrupted_summary(err)
