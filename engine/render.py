@@ -74,8 +74,8 @@ def clean(text) -> str:
 
 
 def table(rows: list, headers: list, align: str) -> list:
-    """Plain text table; `align` has one 'l' or 'r' per column."""
-    cells = [[str(c) for c in row] for row in rows]
+    """Plain text table; `align` has one 'l' or 'r' per column; every cell clean()ed."""
+    cells = [[clean(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def fmt(row):

@@ -278,6 +278,19 @@ def test_table_and_explain_text_escape_control_characters(tmp_path):
     assert not any(line.startswith("payrules:") for line in out.splitlines())
 
 
+def test_audit_and_payers_tables_escape_control_characters():
+    # the audit log holds session ids (and a refused session's payer) as they came; a payer's name is
+    # free text in its rule file
+    row = {"billed_at": "2026-03-02T10:00:00Z", "run_id": 1, "session_id": NASTY[0], "payer": "acme\x1b[2J",
+           "date_of_service": None, "status": "error", "rules_hash": None, "firings": [],
+           "result": {"session_id": NASTY[0], "error": "unknown payer"}}
+    payer = {"id": "p", "method": "cms_8_minute", "file": "rules/p.yaml", "extends": None,
+             "effective_from": None, "effective_to": None, "name": "Name\r\nerror: forged"}
+    for text in (render.audit_table([row]), render.payers_table([payer])):
+        assert all(line.isprintable() for line in text.splitlines()), text
+        assert not any(line.startswith(("payrules:", "error:")) for line in text.splitlines()), text
+
+
 FORMULAS = ['=HYPERLINK("http://x","y")', "+1+2", "-3+4", "@SUM(A1)", "\tTAB", "\rCR"]
 
 
