@@ -194,7 +194,11 @@ def interruptible(stream):
             raise KeyboardInterrupt
         state["pending"] = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:                  # not the main thread: signals are not handled here
+        yield from stream
+        return
     try:
         for item in stream:
             state["armed"] = False

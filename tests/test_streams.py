@@ -197,6 +197,47 @@ def test_workers_ignore_sigint():
     assert handlers == [signal.SIG_IGN]
 
 
+def test_interruptible_holds_sigint_back_while_the_caller_handles_an_item():
+    from engine import batch
+    closed = []
+
+    def stream(kill_at=None):
+        try:
+            for i in range(1, 4):
+                if i == kill_at:
+                    os.kill(os.getpid(), signal.SIGINT)     # while reading or billing: raised at once
+                    seen.append("not reached")
+                yield i
+        finally:
+            closed.append(True)
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for item in batch.interruptible(stream()):
+            os.kill(os.getpid(), signal.SIGINT)             # while the caller writes: held back
+            seen.append(item)                              # ... so the record is handled whole
+    assert seen == [1] and closed == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for item in batch.interruptible(stream(kill_at=2)):
+            seen.append(item)
+    assert seen == [1] and closed == [True, True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interruptible_outside_the_main_thread_passes_items_through():
+    import threading
+    from engine import batch
+    got = []
+    thread = threading.Thread(target=lambda: got.extend(batch.interruptible(x for x in range(5))))
+    thread.start()
+    thread.join()
+    assert got == [0, 1, 2, 3, 4]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # --- text from a session: control characters and spreadsheet formulas -----------------------------------
 
 NASTY = ["x\npayrules: 999 sessions read: 999 billed, 0 with errors, 0 failed to parse",
