@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:         # the reader went away (`payrules bill ... | head`)
         _drop(sys.stdout)
         return 0
-    except OSError as exc:          # from a print() to a stdout that failed, or an input that failed mid-read
+    except OSError as exc:          # not from stdout (written through _out and Writer): an input that failed
         try:
             _flush_stdout()
             message = f"{exc.filename}: {exc.strerror}" if exc.filename else f"cannot read input: {exc.strerror}"
@@ -364,7 +364,7 @@ def cmd_validate(args) -> int:
     bad = {e.file for e in errors}
     for pfile in checked:
         if pfile.display not in bad:
-            print(f"ok   {pfile.display}")
+            _out(f"ok   {pfile.display}\n")
     _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
     return 2 if bad else 0
 
@@ -384,14 +384,14 @@ def cmd_test(args) -> int:
                 diffs = run_scenario(scenario, biller)
                 if diffs:
                     failed += 1
-                    print(f"FAIL {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
-                    print("".join(f"     {d}\n" for d in diffs), end="")
+                    _out(f"FAIL {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}\n")
+                    _out("".join(f"     {d}\n" for d in diffs))
                 else:
                     passed += 1
-                    print(f"ok   {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
+                    _out(f"ok   {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}\n")
     finally:
         biller.close()
-    print(f"scenarios: {passed} passed, {failed} failed")
+    _out(f"scenarios: {passed} passed, {failed} failed\n")
     return 1 if failed or not passed else 0
 
 

@@ -73,7 +73,8 @@ def test_closed_stdout_is_one_error_line_and_exit_2(small, command, fmt):
 
 @pytest.mark.parametrize("command", ["bill {path} --format json", "bill {path} --format jsonl",
                                      "bill {path} --format csv", "bill {path} --format table --jobs 2",
-                                     "payers", "explain {path}", "compare {path} --all-payers"])
+                                     "payers", "explain {path}", "compare {path} --all-payers", "validate",
+                                     "test rules/medicare.tests.yaml"])
 def test_full_stdout_is_one_error_line_and_exit_2(small, command):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
