@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from . import render
 from .billing import Biller
 from .loader import Registry
-from .errors import EvaluationError, SessionError
+from .errors import EvaluationError, OutputError, SessionError
 from .model import Session
 from .sessions import ParseError, RawLine
 
@@ -35,8 +37,8 @@ class Counts:
         else:
             self.billed += 1
 
-    def line(self) -> str:
-        return (f"payrules: {self.read} sessions read: {self.billed} billed, {self.with_errors} with errors, "
+    def line(self, interrupted: bool = False) -> str:
+        return (f"payrules: {'interrupted: ' if interrupted else ''}{self.read} sessions read: {self.billed} billed, {self.with_errors} with errors, "
                 f"{self.failed_to_parse} failed to parse")
 
 
@@ -79,7 +81,7 @@ def render_one(record: dict, fmt: str) -> bytes:
     if fmt == "json":
         text = "  " + json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ")
     elif fmt == "csv":
-        text = render.to_csv([record]).split("\n", 1)[1]
+        text = render.csv_lines(record)
     else:
         text = render.to_table([record])
     return encode_text(text)
@@ -116,6 +118,7 @@ _worker = {}
 
 
 def _init_worker(rules, engine, job):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C reaches the whole process group: the parent stops
     _worker["biller"] = Biller(Registry(rules), engine)
     _worker["job"] = job
 
@@ -147,9 +150,9 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(rules, engine, job)) as pool:
-        pending = collections.deque()       # (chunk, future), at most 4 per worker in flight
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(rules, engine, job))
+    try:
+        pending = collections.deque()       # (chunk, future), at most 4 per worker in flight, oldest first
         chunk = []
         for session in sessions:
             chunk.append(session)
@@ -162,6 +165,8 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
             pending.append((chunk, pool.submit(_process_chunk, _wire(chunk))))
         while pending:
             yield from _drain(pending.popleft())
+    finally:    # stopped early (Ctrl-C, an output error): chunks not started are dropped, not billed
+        pool.shutdown(cancel_futures=True)
 
 
 def _drain(item):
@@ -174,9 +179,44 @@ def _drain(item):
     yield from zip(chunk, done)
 
 
+def interruptible(stream):
+    """`stream`'s items, with Ctrl-C (SIGINT) held back while the caller handles one: KeyboardInterrupt is
+    raised only while the next item is read or billed, so that each record is written and counted whole
+    or not at all. Main thread only (where Python runs signal handlers)."""
+    state = {"armed": True, "pending": False}
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:          # a worker, forked before it set SIGINT aside
+            return
+        if state["armed"]:
+            state["armed"] = False      # once: a second Ctrl-C does not interrupt the clean-up
+            raise KeyboardInterrupt
+        state["pending"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:                  # not the main thread: signals are not handled here
+        yield from stream
+        return
+    try:
+        for item in stream:
+            state["armed"] = False
+            yield item
+            state["armed"] = True
+            if state["pending"]:
+                raise KeyboardInterrupt
+    finally:
+        state["armed"] = False          # closing the stream (shutting the worker pool down) is not interrupted
+        try:
+            stream.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 # --- output -------------------------------------------------------------------------------------------
 
-_CSV_HEADER = ",".join(render.CSV_COLUMNS).encode() + b"\n"
+_CSV_HEADER = render.CSV_HEADER.encode()
 
 
 class Writer:
@@ -189,25 +229,35 @@ class Writer:
 
     def write(self, data: bytes) -> None:
         if self.count == 0:
-            self.out.write({"json": b"[\n", "csv": _CSV_HEADER}.get(self.fmt, b""))
+            data = {"json": b"[\n", "csv": _CSV_HEADER}.get(self.fmt, b"") + data
         elif self.fmt == "json":
-            self.out.write(b",\n")
+            data = b",\n" + data
         elif self.fmt == "table":
-            self.out.write(b"\n")
-        self.out.write(data)
+            data = b"\n" + data
+        self._put(data)
         self.count += 1
 
     def write_single(self, record: dict) -> None:
         """The one session of a single-object input, as an object (design.md §5)."""
-        self.out.write(encode_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n"))
+        self._put(encode_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n"))
         self.count = -1
 
     def close(self) -> None:
         if self.fmt == "json" and self.count >= 0:
-            self.out.write(b"[]\n" if self.count == 0 else b"\n]\n")
+            self._put(b"[]\n" if self.count == 0 else b"\n]\n")
         elif self.fmt == "csv" and self.count == 0:
-            self.out.write(_CSV_HEADER)
-        self.out.flush()
+            self._put(_CSV_HEADER)
+        self._put(b"", flush=True)
+
+    def _put(self, data: bytes, flush: bool = False) -> None:
+        try:
+            self.out.write(data)
+            if flush:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from None
 
 
 class Progress:
@@ -226,9 +276,15 @@ class Progress:
             self.last = now
             rate = counts.read / max(now - self.start, 1e-9)
             errors = counts.with_errors + counts.failed_to_parse
-            self.stream.write(f"\r{counts.read} sessions, {rate:,.0f}/s, {errors} with errors ")
-            self.stream.flush()
+            self._write(f"\r{counts.read} sessions, {rate:,.0f}/s, {errors} with errors ")
 
     def done(self) -> None:
         if self.on:
-            self.stream.write("\r\033[K")
+            self._write("\r\033[K")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:         # the terminal went away: billing goes on without a progress line
+            self.on = False

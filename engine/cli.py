@@ -1,20 +1,22 @@
 """Command line: payrules bill | compare | explain | audit | test | validate | payers (shared/design.md §3, CONTRACT).
 
 Exit codes: 0 every session billed; 1 a session has an error-severity warning or could not be billed;
-2 usage error, invalid rule file, unknown --payer, or an input that cannot be parsed at all.
+2 usage error, invalid rule file, unknown --payer, an input that cannot be read or parsed at all, or an
+output that cannot be written; 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import render
-from .batch import Counts, Job, Progress, Writer, bill_stream, report_lines
+from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import PayrulesError, SessionError, UsageError
+from .errors import OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
@@ -22,24 +24,83 @@ from .sessions import FORMATS, SessionInput, load_sessions
 
 
 def main(argv=None) -> int:
+    if sys.stderr is None:          # started with stderr closed: nothing can be said, the exit code tells
+        sys.stderr = open(os.devnull, "w")
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.run(args)
+        if sys.stdout is None:
+            raise OutputError("it is closed")
+        if sys.stdin is None and "-" in getattr(args, "inputs", ()):
+            raise UsageError("cannot read input: standard input is closed", "<stdin>")
+        code = args.run(args)
+        _flush_stdout()
+        return code
+    except OutputError as exc:
+        _drop(sys.stdout)
+        _error(str(exc))
+        return 2
     except PayrulesError as exc:
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:         # the reader went away (`payrules bill ... | head`)
+        _drop(sys.stdout)
         return 0
+    except OSError as exc:          # not from stdout (written through _out and Writer): an input that failed
+        try:
+            _flush_stdout()
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else f"cannot read input: {exc.strerror}"
+        except OutputError as out:
+            _drop(sys.stdout)
+            message = str(out)
+        _error(message)
+        return 2
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc) from None
+
+
+def _out(text: str) -> None:
+    """Text for standard output; a write that fails is an OutputError."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc) from None
+
+
+def _drop(stream) -> None:
+    """Point a standard stream that can no longer be written at /dev/null, so that what is still in its
+    buffer does not fail again (and print a traceback) when Python exits."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot be written (closed, full) does not stop the run."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        _drop(sys.stderr)
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    """`error: ...` on stderr, one line whatever the message holds (render.clean)."""
+    _say(f"error: {render.clean(message)}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,9 +220,10 @@ def cmd_bill(args) -> int:
         from .audit import AuditLog
         log = AuditLog(args.audit_db, engine)
     failed = reported = 0
+    interrupted = False
+    stream = interruptible(bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry))
     try:
-        for _, (category, text, report, audit) in bill_stream(_numbered(inputs), args.rules, engine, job,
-                                                              args.jobs, registry):
+        for _, (category, text, report, audit) in stream:
             counts.add(category)
             if args.format == "json" and len(inputs) == 1 and inputs[0].single:
                 writer.write_single(json.loads(text))
@@ -175,14 +237,19 @@ def cmd_bill(args) -> int:
             if log:
                 log.record(counts.read, *audit)
             progress.update(counts)
-        writer.close()
+    except KeyboardInterrupt:       # raised only between records (batch.interruptible)
+        interrupted = True
     finally:
+        stream.close()
         progress.done()
         if log:
             log.close()
+    writer.close()                  # interrupted too: the output ends well-formed after the last record
     if reported >= MAX_REPORTED and failed:
         _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
-    print(counts.line(), file=sys.stderr)
+    _say(counts.line(interrupted))
+    if interrupted:
+        return 130
     return 1 if counts.with_errors or counts.failed_to_parse else 0
 
 
@@ -216,9 +283,9 @@ def cmd_compare(args) -> int:
         for payer_id, record in c["results"].items():
             _report(session, record, payer_id)
     if args.format == "json":
-        sys.stdout.write(render.to_json(comparisons, single))
+        _out(render.to_json(comparisons, single))
     else:
-        sys.stdout.write(compare_table(comparisons))
+        _out(compare_table(comparisons))
     return 1 if _failed([r for c in comparisons for r in c["results"].values()]) else 0
 
 
@@ -228,9 +295,9 @@ def cmd_audit(args) -> int:
         raise UsageError("no such audit database", args.database)
     rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
     if args.format == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        _out(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(render.audit_table(rows, args.rule))
+        _out(render.audit_table(rows, args.rule))
     return 0
 
 
@@ -241,6 +308,8 @@ def cmd_explain(args) -> int:
     if args.payer and not registry.has(args.payer):
         raise UsageError(registry.unknown_message(args.payer))
     sessions, single = _load_all(args.inputs)
+    _check_why_not(registry, args.why_not, {args.payer} if args.payer else
+                   {s.payer for s in sessions if not isinstance(s, SessionError) and registry.has(s.payer)})
     biller = Biller(registry, args.engine or default_engine())
     try:
         outcomes = [biller.evaluate(s, args.payer, args.date) for s in sessions]
@@ -251,12 +320,24 @@ def cmd_explain(args) -> int:
         _report(session, record)
     if args.format == "json":
         docs = [o if isinstance(o, dict) else explain_json(o, args.why_not) for o in outcomes]
-        sys.stdout.write(render.to_json(docs, single))
+        _out(render.to_json(docs, single))
     else:
-        texts = [f"Session {o['session_id']}: NOT BILLED\n  error: {o['error']}\n" if isinstance(o, dict)
+        texts = [f"Session {render.clean(o['session_id'])}: NOT BILLED\n  error: {render.clean(o['error'])}\n"
+                 if isinstance(o, dict)
                  else explain_text(o, args.why_not) for o in outcomes]
-        sys.stdout.write("\n".join(texts))
+        _out("\n".join(texts))
     return 1 if _failed(records) else 0
+
+
+def _check_why_not(registry, rule_ids: list, payer_ids: set) -> None:
+    """A --why-not id that is no rule of the payer on any date is a usage error; one that is a rule, but
+    not in effect on the session's date, is explained in the text."""
+    for payer_id in sorted(payer_ids):
+        known = registry.rule_ids(payer_id)
+        for rule_id in rule_ids:
+            if rule_id not in known:
+                raise UsageError(f"--why-not: payer {payer_id} has no rule {rule_id!r} on any date"
+                                 f"{suggest(rule_id, known)}")
 
 
 def _report(session, record, payer_id: str | None = None) -> None:
@@ -286,8 +367,8 @@ def cmd_validate(args) -> int:
     bad = {e.file for e in errors}
     for pfile in checked:
         if pfile.display not in bad:
-            print(f"ok   {pfile.display}")
-    print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid", file=sys.stderr)
+            _out(f"ok   {pfile.display}\n")
+    _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
     return 2 if bad else 0
 
 
@@ -306,21 +387,21 @@ def cmd_test(args) -> int:
                 diffs = run_scenario(scenario, biller)
                 if diffs:
                     failed += 1
-                    print(f"FAIL {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
-                    print("".join(f"     {d}\n" for d in diffs), end="")
+                    _out(f"FAIL {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}\n")
+                    _out("".join(f"     {d}\n" for d in diffs))
                 else:
                     passed += 1
-                    print(f"ok   {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}")
+                    _out(f"ok   {scenario.file}:{scenario.line}: {scenario.payer}: {scenario.name}\n")
     finally:
         biller.close()
-    print(f"scenarios: {passed} passed, {failed} failed")
+    _out(f"scenarios: {passed} passed, {failed} failed\n")
     return 1 if failed or not passed else 0
 
 
 def cmd_payers(args) -> int:
     listing = Registry(args.rules).listing()
     if args.format == "json":
-        sys.stdout.write(json.dumps(listing, indent=2) + "\n")
+        _out(json.dumps(listing, indent=2) + "\n")
     else:
-        sys.stdout.write(render.payers_table(listing))
+        _out(render.payers_table(listing))
     return 0

@@ -1,7 +1,7 @@
 """One session under several payers, side by side (design.md §3, §5 `compare`)."""
 from __future__ import annotations
 
-from .render import table
+from .render import clean, table
 
 
 def compare_session(session, payer_ids: list, biller, date=None) -> dict:
@@ -57,18 +57,18 @@ def to_table(comparisons: list) -> str:
         rows = [[r["code"], r["minutes"]] + [_cell(r["units"][p], r["units"][base]) for p in payers]
                 for r in c["rows"]]
         rows.append(["Total", ""] + [_cell(c["totals"][p], c["totals"][base]) for p in payers])
-        lines = [f"Session {c['session_id']}"]
+        lines = [f"Session {clean(c['session_id'])}"]
         lines += ["  " + l for l in table(rows, ["Code", "Min"] + payers, "lr" + "r" * len(payers))]
         if c["differs"]:
             lines.append(f"  Payers differ on {', '.join(c['differs'])}; (+n)/(-n) = units more/fewer than {base}")
         for pid in payers:
             result = c["results"][pid]
             if "error" in result:
-                lines.append(f"  {pid}: not billed: {result['error']}")
+                lines.append(f"  {pid}: not billed: {clean(result['error'])}")
                 continue
             for w in result["warnings"]:
                 if w["severity"] != "info":
-                    lines.append(f"  {pid}: {w['severity']}: {w['message']}")
+                    lines.append(f"  {pid}: {w['severity']}: {clean(w['message'])}")
         blocks.append("\n".join(lines))
     if len(comparisons) > 1:
         blocks.append(summary(comparisons))

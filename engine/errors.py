@@ -50,6 +50,14 @@ class UsageError(InputError):
     """A command-line mistake or an input file that cannot be parsed at all (exit code 2)."""
 
 
+class OutputError(PayrulesError):
+    """Standard output cannot be written: closed, or a full disk (exit code 2)."""
+
+    def __init__(self, cause: OSError | str):
+        reason = cause.strerror or str(cause) if isinstance(cause, OSError) else cause
+        super().__init__(f"cannot write standard output: {reason}")
+
+
 class EvaluationError(PayrulesError):
     """A rule network or action handler failed while billing a session."""
 

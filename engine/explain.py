@@ -8,6 +8,7 @@ from .compiler import Derived, condition_tests
 from .errors import suggest
 from .facts import derive
 from .network import predicate
+from .render import clean
 
 
 def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
@@ -82,7 +83,7 @@ def band(units: int, unit_minutes: int, first: int) -> str:
 def explain_text(outcome: Outcome, why_not: list = ()) -> str:
     payer, result, session = outcome.payer, outcome.result, outcome.session
     facts = {f["id"]: f for f in outcome.facts}
-    out = [f"Session {result['session_id']}: payer {payer.id} ({payer.name}), method {payer.method.name}"
+    out = [f"Session {clean(result['session_id'])}: payer {payer.id} ({payer.name}), method {payer.method.name}"
            + (f", date of service {session.date_of_service}" if session.date_of_service else "")
            + (f", discipline {session.discipline}" if session.discipline else "")]
     out += ["", "Rules that fired (in rule order, then line order):"]
@@ -99,11 +100,11 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
                               or "nothing") + f" (total {result['total_units']} units)"]
     if result["unbilled"]:
         out.append("Not billed:")
-        out += [f"  {u['code']} ({u['minutes']} min): {u['reason']}"
+        out += [f"  {u['code']} ({u['minutes']} min): {clean(u['reason'])}"
                 + (f" [{', '.join(u['rules'])}]" if u["rules"] else "") for u in result["unbilled"]]
     if result["warnings"]:
         out.append("Warnings:")
-        out += [f"  {w['severity']}: {w['message']} [{w['rule']}]" for w in result["warnings"]]
+        out += [f"  {w['severity']}: {clean(w['message'])} [{w['rule']}]" for w in result["warnings"]]
     for rule_id in why_not:
         out += ["", *why_not_text(outcome, rule_id)]
     return "\n".join(out) + "\n"
@@ -212,7 +213,7 @@ def why_not_text(outcome: Outcome, rule_id: str) -> list:
         verdict = "all conditions hold" if cand["matches"] else "fails"
         out.append(f"  {cand['fact']}: {verdict}")
         for c in cand["conditions"]:
-            out.append(f"    [{'ok' if c['ok'] else 'NO'}] {c['condition']} (actual: {c['actual']})")
+            out.append(f"    [{'ok' if c['ok'] else 'NO'}] {c['condition']} (actual: {clean(c['actual'])})")
     return out
 
 

@@ -381,6 +381,16 @@ class Registry:
         return [self._build(self._merge(spec, spec.effective[0], ()), spec.effective[0], check=False)
                 for payer_id in self.ids() for spec in self.versions[payer_id]]
 
+    def rule_ids(self, payer_id: str, depth: int = 0) -> set:
+        """Every rule id the payer has in any of its versions, on any date: its files' own rules and what
+        they inherit from any version of the payer they extend (less what they disable)."""
+        ids = set()
+        for spec in self.versions.get(payer_id, []):
+            if spec.extends and depth < MAX_EXTENDS_DEPTH:
+                ids |= self.rule_ids(spec.extends, depth + 1) - set(spec.data.get("disable", []))
+            ids |= {r["id"] for section in ("rules", "override") for r in spec.data.get(section, [])}
+        return ids
+
     def unknown_message(self, payer_id: str) -> str:
         return f"unknown payer {payer_id!r}{suggest(payer_id, self.versions)}; known: {', '.join(self.ids())}"
 

@@ -431,10 +431,29 @@ def generated_batch(n: int, seed: int = 20260302) -> bytes:
 
 @pytest.fixture(scope="module")
 def big_batch(tmp_path_factory):
-    # 600 sessions: more than CHUNK (64) x 4 x 2 jobs = 512, so the in-flight limit is reached too
+    # 600 mixed sessions: more than one chunk per worker; the in-flight limit is tested below
     path = tmp_path_factory.mktemp("jobs") / "big.jsonl"
     path.write_bytes(generated_batch(600))
     return path
+
+
+def test_jobs_keep_input_order_far_past_the_in_flight_limit(tmp_path):
+    # --jobs 2 keeps at most 4 x 2 chunks of batch.CHUNK sessions in flight, then drains the oldest; ten
+    # times that many sessions (plus a partial last chunk) go through the limit and the final drain
+    # many times. Every id is distinct, so a chunk written out of turn shows as ids out of order.
+    from engine import batch
+    jobs = 2
+    n = batch.CHUNK * 4 * jobs * 10 + 17
+    assert n > 20_000
+    path = tmp_path / "ordered.jsonl"
+    session = {"payer": "medicare", "date_of_service": DATE, "discipline": "PT",
+               "services": [{"code": "97110", "minutes": 8}]}
+    path.write_text("".join(json.dumps(dict(session, session_id=f"S-{i:06d}")) + "\n" for i in range(n)), "utf-8")
+    proc = run_cli("bill", path, "--format", "jsonl", "--jobs", jobs)
+    assert proc.returncode == 0
+    ids = [json.loads(line)["session_id"] for line in proc.stdout.splitlines()]
+    assert ids == [f"S-{i:06d}" for i in range(n)]
+    assert summary(proc) == (n, n, 0, 0)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -567,3 +567,38 @@ def test_missing_input_file_is_a_usage_error(tmp_path):
     no_traceback(proc)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "absent.yaml" in proc.stderr
+
+
+# --- explain --why-not: a rule of the payer not in effect on the date is not a usage error -----------------
+
+DATED_PAYER = TEST_PAYER.replace("payer: testpayer", "payer: dated") + """\
+  - id: late-rule
+    description: From 2027 on, 97140 is held.
+    source: "test"
+    effective_from: 2027-01-01
+    when:
+      line: {code: 97140}
+    then:
+      - hold: "not from 2027"
+"""
+
+
+def test_why_not_rule_out_of_effect_is_explained_not_refused(tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "dated.yaml").write_text(DATED_PAYER, encoding="utf-8")
+    session = dict(ot_session(), payer="dated", date_of_service="2026-03-02")
+    path = write_yaml(tmp_path / "dated-session.yaml", session)
+    proc = run_cli("explain", path, "--rules", extra, "--why-not", "late-rule")
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert "Why not late-rule: payer dated has no rule 'late-rule' in effect for this session" in proc.stdout
+    # in effect on a 2027 date: it fired on 97140
+    proc = run_cli("explain", path, "--rules", extra, "--why-not", "late-rule", "--date", "2027-03-01")
+    assert proc.returncode == 0, proc.stderr
+    assert "Why not late-rule (extra/dated.yaml:" in proc.stdout and "fired 1 time" in proc.stdout
+    # not a rule of this payer in any version: a usage error, checked against every session's payer
+    proc = run_cli("explain", path, "examples/ot-session.yaml", "--rules", extra, "--why-not", "late-rule")
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "payer medicare has no rule 'late-rule'" in proc.stderr

@@ -136,8 +136,7 @@ def check_contract(c: dict, payers: list) -> None:
     for pid in payers:
         for line in c["results"][pid].get("lines", []):
             assert line["code"] in codes, (pid, line)
-    if "differs" in c:
-        assert c["differs"] == [r["code"] for r in c["rows"] if len(set(r["units"].values())) > 1]
+    assert c["differs"] == [r["code"] for r in c["rows"] if len(set(r["units"].values())) > 1]
 
 
 def rows_of(c: dict) -> list:
@@ -163,9 +162,8 @@ def test_json_example1_payers_differ_both_ways(tmp_path):
     assert c["totals"]["example-midpoint"] > c["totals"]["medicare"] > c["totals"]["example-full-unit"]
     assert c["results"]["medicare"]["method"] == "cms_8_minute"
     assert c["results"]["example-midpoint"]["method"] == "midpoint_per_code"
-    if "differs" in c:
-        # 97112: 2/2/1 differ; 97110: 1/2/1 differ
-        assert c["differs"] == ["97112", "97110"]
+    # 97112: 2/2/1 differ; 97110: 1/2/1 differ
+    assert c["differs"] == ["97112", "97110"]
 
 
 def test_json_results_equal_bill_output(tmp_path):
@@ -186,8 +184,7 @@ def test_json_example5_midpoint_bills_fewer_than_medicare(tmp_path):
         ("97140", 7, {"medicare": 0, "example-midpoint": 0, "example-full-unit": 0}),
     ]
     assert c["totals"] == {"medicare": 1, "example-midpoint": 0, "example-full-unit": 0}
-    if "differs" in c:
-        assert c["differs"] == ["97112"]
+    assert c["differs"] == ["97112"]
     for pid in EX_PAYERS:
         assert c["results"][pid] == bill_json(path, pid), pid
 
@@ -224,8 +221,7 @@ def test_json_rows_merge_minutes_in_order_of_first_appearance_and_zero_for_unbil
         ("97161", 30, {"medicare": 1, "example-unit-limits": 1, "example-midpoint": 1, "example-full-unit": 1}),
     ]
     assert c["totals"] == {"medicare": 5, "example-unit-limits": 4, "example-midpoint": 5, "example-full-unit": 3}
-    if "differs" in c:
-        assert c["differs"] == ["97110", "97139"]
+    assert c["differs"] == ["97110", "97139"]
     for pid in payers:
         assert c["results"][pid] == bill_json(path, pid), pid
 
@@ -240,8 +236,7 @@ def test_json_generated_addon_row(tmp_path):
     both = {pid: 1 for pid in payers}
     assert rows_of(c) == [("97129", 40, both), ("97130", 0, {pid: 2 for pid in payers})]
     assert c["totals"] == {pid: 3 for pid in payers}
-    if "differs" in c:
-        assert c["differs"] == []
+    assert c["differs"] == []
     for pid in payers:
         assert c["results"][pid] == bill_json(path, pid), pid
 
@@ -482,8 +477,7 @@ def test_date_option_changes_unit_limit(tmp_path):
     assert any(w["severity"] == "warning" and "97140" in w["codes"] for w in limited["warnings"]), limited["warnings"]
     assert not any("97140" in w["codes"] and w["severity"] != "info"
                    for w in c25["results"]["example-unit-limits"]["warnings"])
-    if "differs" in c26:
-        assert c25["differs"] == [] and c26["differs"] == ["97140"]
+    assert c25["differs"] == [] and c26["differs"] == ["97140"]
     for date, c in (("2025-06-01", c25), ("2026-06-01", c26)):
         for pid in payers:
             assert c["results"][pid] == bill_json(path, pid, "--date", date), (date, pid)

@@ -453,15 +453,18 @@ def test_why_not_on_a_rule_that_fired_says_so(tmp_path):
     assert "97110: all conditions hold" in section
 
 
-def test_why_not_unknown_rule(tmp_path):
+def test_why_not_unknown_rule_is_a_usage_error(tmp_path):
+    # a rule id that is no rule of the payer, in any version, is a mistake on the command line: exit 2,
+    # one error line, nothing explained
     path = write_session(tmp_path, "WHYU", [svc("97110", 25)])
     proc = explain(path, "--why-not", "no-such-rule")
-    assert proc.returncode == 0
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("Why not no-such-rule"))
-    assert "payer medicare has no rule 'no-such-rule'" in line
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+    assert "payer medicare has no rule 'no-such-rule'" in proc.stderr
     # a near miss gets a suggestion
-    near = explain(path, "--why-not", "group-siz").stdout
-    assert "did you mean 'group-size'" in near
+    near = explain(path, "--why-not", "group-siz")
+    assert near.returncode == 2 and "did you mean 'group-size'" in near.stderr
 
 
 # --- --why-not evaluates every operator as the network does ------------------------------------------------
