@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(run=cmd_explain)
 
-    audit = sub.add_parser("audit", help="query an audit log written by bill --audit-db")
+    audit = sub.add_parser("audit", parents=[rules], help="query or replay an audit log written by bill --audit-db")
     audit.add_argument("database", metavar="PATH")
     audit.add_argument("--session", help="a session id")
     audit.add_argument("--rule", help="sessions this rule touched (fired on)")
@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--from", dest="date_from", type=_date, help="date of service from (YYYY-MM-DD)")
     audit.add_argument("--to", dest="date_to", type=_date, help="date of service up to (YYYY-MM-DD)")
     audit.add_argument("--format", choices=["table", "json"], default="table")
+    audit.add_argument("--replay", action="store_true",
+                       help="bill the logged sessions again from the logged input and rule files; say which differ")
+    audit.add_argument("--current-rules", action="store_true",
+                       help="with --replay: bill them with today's rule files (bundled + --rules) instead")
     audit.set_defaults(run=cmd_audit)
 
     validate = sub.add_parser("validate", parents=[rules], help="check payer rule files")
@@ -152,11 +156,11 @@ def cmd_bill(args) -> int:
     engine = args.engine or default_engine()
     inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
-    counts, progress, writer = Counts(), Progress(), Writer(args.format)
     log = None
-    if args.audit_db:
+    if args.audit_db:       # records reach stdout through the log, once they are committed to it
         from .audit import AuditLog
-        log = AuditLog(args.audit_db, engine)
+        log = AuditLog(args.audit_db, engine, registry, sys.stdout.buffer)
+    counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
     failed = reported = 0
     try:
         for _, (category, text, report, audit) in bill_stream(_numbered(inputs), args.rules, engine, job,
@@ -172,7 +176,7 @@ def cmd_bill(args) -> int:
                     _error(line)
                     reported += 1
             if log:
-                log.record(counts.read, *audit)
+                log.record(counts.read, audit)
             progress.update(counts)
         writer.close()
     finally:
@@ -224,6 +228,9 @@ def cmd_audit(args) -> int:
     from .audit import query
     if not Path(args.database).is_file():
         raise UsageError("no such audit database", args.database)
+    if args.replay or args.current_rules or args.rules:
+        from .audit import replay_command
+        return replay_command(args, sys.stdout.write)
     rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")

@@ -171,15 +171,28 @@ def test_every_logged_source_points_at_the_rule_id(logged):
     traced = [(t["rule"], t["source"]) for r in rows for t in r["result"].get("trace", [])]
     # A1 4 + A2 3 + A3 0 + A4 4 + A5 3 + A6 2 firings
     assert len(traced) == 16
-    with sqlite3.connect(db) as con:
-        stored = con.execute("SELECT rule, source FROM firings").fetchall()
-    assert sorted(stored) == sorted(traced)
+    assert sorted(stored_firings(db)) == sorted(traced)
     for rule, source in traced:
         assert holds_rule_id(ROOT, source, rule), (rule, source)
     for rule in ("group-size", "timed-pool", "manual-therapy-daily-limit", "cognitive-family-pool"):
         for r in audit(db, "--rule", rule):
             for f in r["firings"]:
                 assert holds_rule_id(ROOT, f["source"], rule), f
+
+
+def stored_firings(db) -> list:
+    """(rule, source) of every firing, read from the tables themselves: a session's `result` is
+    [template part, a value or a list of part ids per template slot]; the template lists [key, kind, ...]
+    slots, kind "r" for a list stored as parts (audit.encode_result)."""
+    out = []
+    with sqlite3.connect(db) as con:
+        part = lambda i: json.loads(con.execute("SELECT body FROM parts WHERE part_id = ?", (i,)).fetchone()[0])  # noqa: E731
+        for (result,) in con.execute("SELECT result FROM sessions ORDER BY row_id"):
+            template_id, *values = json.loads(result)
+            refs = [slot[0] for slot in part(template_id) if slot[1] in ("v", "r")]
+            trace = dict(zip(refs, values)).get("trace", [])
+            out += [(part(i)["rule"], part(i)["source"]) for i in trace]
+    return out
 
 
 # --- rule-file hashes ------------------------------------------------------------------------------
