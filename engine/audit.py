@@ -2,17 +2,17 @@
 found (`payrules audit PATH --session/--rule/--payer/--from/--to`) and reproduced from the log alone
 (`payrules audit PATH --replay`).
 
-What a session's row holds: its id, position in the run, payer and date of service as billed, its billing
-input (discipline and services: code, minutes, group_size, provider — what a rule can read), the sha256 of
-the whole session as read (context included: it proves which input it was without keeping the context),
-the rule set it was billed with, and its result. A result is stored as a template plus references to
-content-addressed `parts` (one line, one warning, one unbilled entry, one trace entry each, stored once
-however many sessions share it), so a row takes a few hundred bytes. Rule files are stored once each,
+A session's row holds its id, position in the run, payer and date of service as billed, the sha256 of the
+whole session as read (context included: it proves which input it was without keeping the context), the
+rule set it was billed with and the set of rules that fired. Its billing input (discipline and services:
+code, minutes, group_size, provider — what a rule can read) and its result (as `bill --format jsonl`
+writes it) are in its batch: the sessions of one write transaction, compressed together with zlib, which
+shrinks them about 20-fold (the same words recur session after session). Rule files are stored once each,
 content and all, by sha256; a rule set lists the files (display path, sha256) a payer was built from.
 
-Writing: WAL mode, a busy timeout, and one short BEGIN IMMEDIATE transaction per batch of sessions, so
-that several `bill --audit-db` runs can share one log. A batch's output is written only after the batch is
-committed (the log is written before the output): whatever a killed run has written out is in the log.
+Writing: WAL mode, a busy timeout, and one short BEGIN IMMEDIATE transaction per batch, so that several
+`bill --audit-db` runs can share one log. A batch's output is written only after the batch is committed
+(the log is written before the output): whatever a killed run has written out is in the log.
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ import hashlib
 import json
 import sqlite3
 import time
+import zlib
+
+import orjson
 from pathlib import Path, PurePosixPath
 
 from . import __version__
@@ -32,7 +35,6 @@ FORMAT = 2                          # PRAGMA user_version of the layout below (0
 BATCH = 1000                        # sessions per write transaction (and per release of their output)
 BATCH_SECONDS = 1.0                 # ... or fewer, when they come slowly
 BUSY_SECONDS = 60.0                 # how long a writer waits for another one's transaction
-MAX_KNOWN_PARTS = 200_000           # part ids remembered by a writer (memory stays bounded)
 
 SCHEMA = (
     """CREATE TABLE runs (
@@ -50,12 +52,15 @@ SCHEMA = (
         rules_hash  TEXT NOT NULL UNIQUE,   -- the payer's digest: sha256 over its files' hashes
         files       TEXT NOT NULL           -- JSON [[display path, sha256], ...], parent first
     )""",
-    """CREATE TABLE parts (
-        part_id     INTEGER PRIMARY KEY,
-        hash        INTEGER NOT NULL,       -- first 8 bytes of blake2b(body), to find a body again
-        body        TEXT NOT NULL           -- JSON: one element of a result list, or a result template
+    """CREATE TABLE rule_lists (
+        list_id     INTEGER PRIMARY KEY,
+        rules       TEXT NOT NULL UNIQUE    -- ' a b c ': the ids of the rules that fired, sorted
     )""",
-    "CREATE INDEX parts_by_hash ON parts(hash)",
+    """CREATE TABLE batches (
+        batch_id    INTEGER PRIMARY KEY,
+        data        BLOB NOT NULL           -- zlib: two JSON lines per session of the batch, in order (see
+                                            -- entry): its billing input, and its result as bill writes it
+    )""",
     """CREATE TABLE sessions (
         row_id          INTEGER PRIMARY KEY,
         run_id          INTEGER NOT NULL REFERENCES runs(run_id),
@@ -64,114 +69,73 @@ SCHEMA = (
         payer           TEXT,               -- as billed (--payer applied); for a session not billed, as asked
         date_of_service TEXT,               -- as billed (--date applied)
         set_id          INTEGER REFERENCES rule_sets(set_id),      -- NULL: not billed
-        discipline      TEXT,
-        services        TEXT,               -- JSON [[code, minutes, group_size, provider], ...], trailing nulls
-                                            -- left out; NULL: the session could not be read
-        input_sha256    BLOB,               -- of the session as read, context included (see input_digest)
-        result          TEXT NOT NULL       -- JSON [template part, value or [part, ...] for each slot]
+        list_id         INTEGER REFERENCES rule_lists(list_id),    -- NULL: no rule fired
+        input_sha256    BLOB,               -- of the session as read, context included (input_digest)
+        batch_id        INTEGER NOT NULL REFERENCES batches(batch_id),
+        item            INTEGER NOT NULL    -- 0-based place in the batch
     )""",
     "CREATE INDEX sessions_by_id ON sessions(session_id)",
     "CREATE INDEX sessions_by_payer ON sessions(payer)",
 )
-TABLES = {"runs", "rule_files", "rule_sets", "parts", "sessions"}
+TABLES = {"runs", "rule_files", "rule_sets", "rule_lists", "batches", "sessions"}
 
 
 # --- what a session leaves in the log: made where it was billed (a worker, with --jobs) ---------------
 
-def entry(session, outcome, record: dict, payer_id=None, date=None) -> tuple:
-    """(session id, payer, date of service, rule set (digest, files) or None, discipline, services JSON,
-    input sha256, result template, result values): bytes and numbers, cheap to send between processes."""
+def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None) -> tuple:
+    """(session id, payer, date of service, rule set (digest, files) or None, the ids of the rules that fired,
+    billing input line, input sha256, result line): bytes and text, cheap to send between processes.
+    The billing input line is the session as read without its context (see input_doc; null when the
+    session could not be read); the result line is `line`: the record as `bill --format jsonl` writes it."""
     if isinstance(outcome, dict):           # not billed: the payer and date the session asked for
-        rules = None
+        rules = fired = None
         if isinstance(session, Session):
             payer_id, date = payer_id or session.payer, date or session.date_of_service
     else:
         rules = (outcome.payer.digest, outcome.payer.files)
         payer_id, date = outcome.payer.id, outcome.session.date_of_service
-    discipline = services = digest = None
+        fired = frozenset([t["rule"] for t in record["trace"]])
+    billing_input, digest = b"null", None
     if isinstance(session, Session):
-        discipline, services, digest = session.discipline, _services(session.services), input_digest(session)
-    template, values = encode_result(record)
-    return record["session_id"], payer_id, date, rules, discipline, services, digest, template, values
+        doc = input_doc(session)
+        billing_input = _canonical(doc, sort=False)
+        if session.context is not NO_CONTEXT:
+            doc["context"] = session.context
+            digest = hashlib.sha256(_canonical(doc)).digest()
+        else:
+            digest = hashlib.sha256(billing_input).digest()
+    return record["session_id"], payer_id, date, rules, fired, billing_input + b"\n", digest, line
 
 
-def _services(services) -> str:
-    rows = []
-    for s in services:
-        row = list(s)
-        while row[-1] is None:
-            row.pop()
-        rows.append(row)
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+def input_doc(session: Session) -> dict:
+    """The session as read, without its context: {session_id, payer, date_of_service, discipline,
+    services: [{code, minutes, group_size, provider}]}, fields it did not give left out, session id and
+    codes as text; its keys in sorted order. The input sha256 is that of this object with the context
+    (when the session has one) written as JSON with sorted keys and no spaces (orjson.dumps(doc,
+    option=OPT_SORT_KEYS))."""
+    doc = {}
+    if session.date_of_service is not None:
+        doc["date_of_service"] = session.date_of_service
+    if session.discipline is not None:
+        doc["discipline"] = session.discipline
+    if session.payer is not None:
+        doc["payer"] = session.payer
+    doc["services"] = [{"code": s[0], "minutes": s[1]} if s[2] is None and s[3] is None else
+                       {k: v for k, v in sorted(zip(Service._fields, s)) if v is not None} for s in session.services]
+    doc["session_id"] = session.session_id
+    return doc
 
 
-def input_digest(session: Session) -> bytes:
-    """sha256 of the session as read: {session_id, payer, date_of_service, discipline, services: [{code,
-    minutes, group_size, provider}], context}, fields it did not give left out, session id and codes as
-    text, written as JSON with sorted keys and no spaces (orjson.dumps(doc, option=OPT_SORT_KEYS))."""
-    doc = {"session_id": session.session_id,
-           "services": [{k: v for k, v in zip(Service._fields, s) if v is not None} for s in session.services]}
-    for key in ("payer", "date_of_service", "discipline"):
-        value = getattr(session, key)
-        if value is not None:
-            doc[key] = value
-    if session.context is not NO_CONTEXT:
-        doc["context"] = session.context
-    return hashlib.sha256(_canonical(doc)).digest()
-
-
-def _canonical(doc) -> bytes:
-    import orjson
+def _canonical(doc, sort: bool = True) -> bytes:
+    """JSON with sorted keys, no spaces (`sort` False: the keys are in order already)."""
     try:
-        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) if sort else orjson.dumps(doc)
     except (orjson.JSONEncodeError, TypeError):     # e.g. integers beyond 64 bits, keys that are not text
-        return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                          default=str).encode("utf-8", "backslashreplace")
-
-
-def encode_result(record: dict) -> tuple:
-    """(template, values): the template (JSON bytes) lists the record's keys in order, each as
-    [key, "s"] (the session id, kept in its column), [key, "v"] (a number: the next value), [key, "r"] (a
-    list of objects: the next value is a list of their JSON bytes, stored as parts) or [key, "c", value]
-    (anything else, kept in the template: payer, method, an error message, an empty list)."""
-    import orjson
-    slots, values = [], []
-    for key, value in record.items():
-        kind = type(value)
-        if key == "session_id":
-            slots.append((key, "s"))
-        elif kind is int or kind is float:
-            slots.append((key, "v"))
-            values.append(value)
-        elif kind is list and value and all(type(v) is dict for v in value):
-            slots.append((key, "r"))
-            try:
-                values.append([orjson.dumps(v) for v in value])
-            except (orjson.JSONEncodeError, TypeError):
-                values.append([json.dumps(v, ensure_ascii=False).encode("utf-8", "backslashreplace")
-                               for v in value])
-        else:
-            slots.append((key, "c", value))
-    return json.dumps(slots, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace"), values
-
-
-def decode_result(template: list, session_id: str, values: list, part) -> dict:
-    record, values = {}, iter(values)
-    for slot in template:
-        key, kind = slot[0], slot[1]
-        if kind == "s":
-            record[key] = session_id
-        elif kind == "v":
-            record[key] = next(values)
-        elif kind == "r":
-            record[key] = [part(i) for i in next(values)]
-        else:
-            record[key] = slot[2]
-    return record
-
-
-def _hash64(body: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "big", signed=True)
+        try:
+            return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                              default=str).encode("utf-8", "backslashreplace")
+        except TypeError:
+            return repr(doc).encode("utf-8", "backslashreplace")
 
 
 # --- opening -------------------------------------------------------------------------------------------
@@ -234,9 +198,15 @@ def open_for_reading(path: str) -> sqlite3.Connection:
     (a name with % # or ? is a file name, not URI syntax)."""
     try:
         db = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True, timeout=BUSY_SECONDS)
+    except sqlite3.Error as exc:
+        raise _sqlite_error(exc, path, "read") from None
+    try:
         _check(*_identity(db), path)
         return db
-    except sqlite3.Error as exc:
+    except BaseException as exc:
+        db.close()
+        if not isinstance(exc, sqlite3.Error):
+            raise
         raise _sqlite_error(exc, path, "read") from None
 
 
@@ -271,7 +241,7 @@ class AuditLog:
         self.paths = {pfile.display: pfile.path for pfile in registry.files}
         self.out = _Held(self, out)
         self.pending = []
-        self.sets, self.parts = {}, {}          # rules hash -> set_id; part body -> part_id
+        self.sets, self.lists = {}, {}          # rules hash -> set_id; rule ids that fired -> list_id
         self.broken = False
         self.last = time.monotonic()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -288,7 +258,9 @@ class AuditLog:
         if self.broken:
             return
         if self.pending:
-            self._write(self._insert)
+            # compressed before the transaction, which stays short
+            data = zlib.compress(b"".join(line for _, e in self.pending for line in (e[5], e[7])), 3)
+            self._write(lambda: self._insert(data))
             self.pending.clear()
         self.last = time.monotonic()
         self.out.release()
@@ -310,38 +282,30 @@ class AuditLog:
                 self.db.execute("COMMIT")
                 return result
             except BaseException:
+                self.broken = True
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
-                self.sets.clear()           # ids handed out in the transaction are gone
-                self.parts.clear()
                 raise
         except sqlite3.Error as exc:
             self.broken = True
             raise _sqlite_error(exc, self.path, "write") from None
 
-    def _insert(self) -> None:
-        import orjson
-        rows = []
-        for position, (sid, payer, date, rules, discipline, services, digest, template, values) in self.pending:
-            result = [self._part(template)]
-            for value in values:
-                result.append([self._part(body) for body in value] if type(value) is list else value)
-            rows.append((self.run_id, position, sid, payer, date, rules and self._set(*rules), discipline,
-                         services, digest, orjson.dumps(result).decode()))
-        self.db.executemany("INSERT INTO sessions (run_id, position, session_id, payer, date_of_service, set_id,"
-                            " discipline, services, input_sha256, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    def _insert(self, data: bytes) -> None:
+        batch_id = self.db.execute("INSERT INTO batches (data) VALUES (?)", (data,)).lastrowid
+        sets, lists = self.sets, self.lists
+        self.db.executemany(
+            "INSERT INTO sessions (run_id, position, session_id, payer, date_of_service, set_id, list_id,"
+            " input_sha256, batch_id, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(self.run_id, position, sid, payer, date, rules and (sets.get(rules[0]) or self._set(*rules)),
+              fired and (lists.get(fired) or self._list(fired)), digest, batch_id, item)
+             for item, (position, (sid, payer, date, rules, fired, _, digest, _)) in enumerate(self.pending)])
 
-    def _part(self, body: bytes) -> int:
-        part_id = self.parts.get(body)
-        if part_id is None:
-            text, h = body.decode("utf-8", "backslashreplace"), _hash64(body)
-            found = self.db.execute("SELECT part_id FROM parts WHERE hash = ? AND body = ?", (h, text)).fetchone()
-            part_id = found[0] if found else self.db.execute(
-                "INSERT INTO parts (hash, body) VALUES (?, ?)", (h, text)).lastrowid
-            if len(self.parts) >= MAX_KNOWN_PARTS:
-                self.parts.clear()
-            self.parts[body] = part_id
-        return part_id
+    def _list(self, fired: frozenset) -> int:
+        rules = f" {' '.join(sorted(fired))} "
+        found = self.db.execute("SELECT list_id FROM rule_lists WHERE rules = ?", (rules,)).fetchone()
+        list_id = self.lists[fired] = found[0] if found else \
+            self.db.execute("INSERT INTO rule_lists (rules) VALUES (?)", (rules,)).lastrowid
+        return list_id
 
     def _set(self, digest: str, files: tuple) -> int:
         set_id = self.sets.get(digest)
@@ -376,21 +340,7 @@ class AuditLog:
 class _Reader:
     def __init__(self, db):
         self.db = db
-        self.bodies, self.templates, self.sets = {}, {}, {}
-
-    def part(self, part_id: int):
-        body = self.bodies.get(part_id)
-        if body is None:
-            row = self.db.execute("SELECT body FROM parts WHERE part_id = ?", (part_id,)).fetchone()
-            if row is None:
-                raise UsageError(f"damaged audit log: part {part_id} is missing")
-            body = self.bodies[part_id] = json.loads(row[0])
-        return body
-
-    def template(self, part_id: int) -> list:
-        if part_id not in self.templates:
-            self.templates[part_id] = self.part(part_id)
-        return self.templates[part_id]
+        self.sets, self.batch = {}, (None, [])
 
     def rule_set(self, set_id):
         """(rules hash, [(file, sha256), ...]) of a rule set, or (None, [])."""
@@ -402,29 +352,37 @@ class _Reader:
             self.sets[set_id] = digest, [tuple(f) for f in json.loads(files)]
         return self.sets[set_id]
 
-    def rows(self, session_id=None, payer=None, date_from=None, date_to=None):
+    def lines(self, batch_id: int, item: int) -> tuple:
+        """(billing input, result) of a session: lines 2 item and 2 item + 1 of its batch."""
+        if self.batch[0] != batch_id:
+            (data,) = self.db.execute("SELECT data FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+            try:
+                self.batch = batch_id, zlib.decompress(data).split(b"\n")
+            except zlib.error:
+                raise UsageError(f"damaged audit log: batch {batch_id} cannot be decompressed") from None
+        lines = self.batch[1]
+        return json.loads(lines[2 * item]), json.loads(lines[2 * item + 1])
+
+    def rows(self, session_id=None, payer=None, date_from=None, date_to=None, rule=None):
         where, args = [], []
         for column, op, value in (("s.session_id", "=", session_id), ("s.payer", "=", payer),
                                   ("s.date_of_service", ">=", date_from), ("s.date_of_service", "<=", date_to)):
             if value is not None:
                 where.append(f"{column} {op} ?")
                 args.append(value)
+        if rule is not None:
+            where.append("s.list_id IN (SELECT list_id FROM rule_lists WHERE instr(rules, ?))")
+            args.append(f" {rule} ")
         sql = ("SELECT s.run_id, r.started_at, r.engine, r.version, s.position, s.session_id, s.payer,"
-               " s.date_of_service, s.set_id, s.discipline, s.services, s.input_sha256, s.result"
+               " s.date_of_service, s.set_id, s.input_sha256, s.batch_id, s.item"
                " FROM sessions s JOIN runs r USING (run_id)"
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY s.row_id")
-        yield from self.db.execute(sql, args)
+        yield from self.db.execute(sql, args).fetchall()
 
     def entry(self, row) -> dict:
-        run_id, started, engine, version, position, sid, payer, dos, set_id, discipline, services, digest, \
-            result = row
-        slots = json.loads(result)
-        record = decode_result(self.template(slots[0]), sid, slots[1:], self.part)
+        run_id, started, engine, version, position, sid, payer, dos, set_id, digest, batch_id, item = row
+        billing_input, record = self.lines(batch_id, item)
         rules_hash, files = self.rule_set(set_id)
-        billing_input = None
-        if services is not None:
-            billing_input = {"session_id": sid, "payer": payer, "date_of_service": dos, "discipline": discipline,
-                             "services": [dict(zip(Service._fields, s)) for s in json.loads(services)]}
         return {"run_id": run_id, "billed_at": started, "engine": engine, "version": version, "position": position,
                 "session_id": sid, "payer": payer, "date_of_service": dos, "rules_hash": rules_hash,
                 "status": status(record), "rule_files": [{"file": f, "sha256": h} for f, h in sorted(files)],
@@ -453,12 +411,10 @@ def query(path: str, session_id=None, rule=None, payer=None, date_from=None, dat
     touched (fired on), each with the firings of that rule."""
     def work(reader):
         out = []
-        for row in reader.rows(session_id, payer, date_from, date_to):
+        for row in reader.rows(session_id, payer, date_from, date_to, rule):
             entry = reader.entry(row)
             if rule:
                 entry["firings"] = [t for t in entry["result"].get("trace", ()) if t["rule"] == rule]
-                if not entry["firings"]:
-                    continue
             out.append(entry)
         return out
     return _read(path, work)
@@ -501,7 +457,7 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> tuple
                         out.append((entry, {"session_id": entry["session_id"], "error": str(biller)},
                                     [f"the logged rule files cannot be loaded: {biller}"]))
                         continue
-                    record = biller.bill(_session(entry["input"]))
+                    record = biller.bill(_session(entry))
                     out.append((entry, record, differences(entry["result"], record)))
             finally:
                 for biller in billers.values():
@@ -532,11 +488,13 @@ def _logged_registry(reader, set_id: int, root: Path):
     return Registry(trees, include_bundled=False)
 
 
-def _session(billing_input: dict) -> Session:
+def _session(entry: dict) -> Session:
+    """The logged session as billed: its input, with the payer and date of service it was billed under
+    (--payer and --date applied)."""
+    given = entry["input"]
     services = tuple(Service(s["code"], s["minutes"], s.get("group_size"), s.get("provider"))
-                     for s in billing_input["services"])
-    return Session(billing_input["session_id"], services, billing_input["payer"], billing_input["date_of_service"],
-                   billing_input["discipline"])
+                     for s in given["services"])
+    return Session(given["session_id"], services, entry["payer"], entry["date_of_service"], given.get("discipline"))
 
 
 def differences(old: dict, new: dict) -> list:

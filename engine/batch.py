@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 from . import render
-from .audit import entry as audit_entry
 from .billing import Biller
 from .loader import Registry
 from .errors import EvaluationError, SessionError
@@ -62,8 +61,13 @@ def process(biller, session, job: Job) -> tuple:
     record = outcome if isinstance(outcome, dict) else outcome.result
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
-    audit = audit_entry(session, outcome, record, job.payer, job.date) if job.audit else None
-    return category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit
+    text = render_one(record, job.fmt)
+    audit = None
+    if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
+        from .audit import entry
+        audit = entry(session, outcome, record, text if job.fmt == "jsonl" else encode_jsonl(record), job.payer,
+                      job.date)
+    return category, text, report_lines(session, record) if failed else (), audit
 
 
 def render_one(record: dict, fmt: str) -> bytes:

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -181,17 +182,14 @@ def test_every_logged_source_points_at_the_rule_id(logged):
 
 
 def stored_firings(db) -> list:
-    """(rule, source) of every firing, read from the tables themselves: a session's `result` is
-    [template part, a value or a list of part ids per template slot]; the template lists [key, kind, ...]
-    slots, kind "r" for a list stored as parts (audit.encode_result)."""
+    """(rule, source) of every firing, read from the tables themselves: a batch is zlib-compressed JSON
+    lines, two per session in order (its billing input, then its result)."""
     out = []
     with sqlite3.connect(db) as con:
-        part = lambda i: json.loads(con.execute("SELECT body FROM parts WHERE part_id = ?", (i,)).fetchone()[0])  # noqa: E731
-        for (result,) in con.execute("SELECT result FROM sessions ORDER BY row_id"):
-            template_id, *values = json.loads(result)
-            refs = [slot[0] for slot in part(template_id) if slot[1] in ("v", "r")]
-            trace = dict(zip(refs, values)).get("trace", [])
-            out += [(part(i)["rule"], part(i)["source"]) for i in trace]
+        for batch_id, item in con.execute("SELECT batch_id, item FROM sessions ORDER BY row_id"):
+            (data,) = con.execute("SELECT data FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+            result = json.loads(zlib.decompress(data).split(b"\n")[2 * item + 1])
+            out += [(t["rule"], t["source"]) for t in result.get("trace", [])]
     return out
 
 
