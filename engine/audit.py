@@ -19,7 +19,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import queue
 import sqlite3
+import threading
 import time
 import zlib
 
@@ -164,10 +166,11 @@ def _sqlite_error(exc: sqlite3.Error, path: str, doing: str) -> UsageError:
     return UsageError(f"cannot {doing} the audit log: {text}", path)
 
 
-def open_for_writing(path: str) -> sqlite3.Connection:
-    """The log at `path`, created when the file is new or empty; refused when it is anything else."""
+def open_for_writing(path: str, threads: bool = False) -> sqlite3.Connection:
+    """The log at `path`, created when the file is new or empty; refused when it is anything else.
+    `threads`: used by another thread than this one (one at a time)."""
     try:
-        db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+        db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=not threads)
     except sqlite3.Error as exc:
         raise _sqlite_error(exc, path, "open") from None
     try:
@@ -210,14 +213,23 @@ def open_for_reading(path: str) -> sqlite3.Connection:
         raise _sqlite_error(exc, path, "read") from None
 
 
+def _close(db: sqlite3.Connection) -> None:
+    """Closes a log; a failure here (the last checkpoint on a full disk) loses nothing committed: the
+    next opening of the log finds it in the WAL file."""
+    try:
+        db.close()
+    except sqlite3.Error:
+        pass
+
+
 # --- writing -------------------------------------------------------------------------------------------
 
 class _Held:
     """The output stream of `bill`, held back: what is written reaches the real stream only once the
     sessions it shows are committed to the log."""
 
-    def __init__(self, log, out):
-        self.log, self.out, self.chunks = log, out, []
+    def __init__(self, log):
+        self.log, self.chunks = log, []
 
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -225,28 +237,35 @@ class _Held:
     def flush(self) -> None:
         self.log.commit()
 
-    def release(self) -> None:
-        if self.chunks:
-            self.out.write(b"".join(self.chunks))
-            self.chunks.clear()
-        self.out.flush()
-
 
 class AuditLog:
-    """One run's sessions, appended in batches; `out` is the stream `bill` writes its records to."""
+    """One run's sessions, appended in batches; `out` is the stream `bill` writes its records to.
+
+    A writer thread compresses and commits each batch, then writes the batch's output to `out`, while the
+    main thread bills the next one (zlib and SQLite let go of the GIL). A failure there (disk full, a
+    closed output) is raised in the main thread at its next commit or at close; later batches are then
+    neither committed nor written out."""
 
     def __init__(self, path: str, engine: str, registry, out):
-        self.path = path
-        self.db = open_for_writing(path)
+        self.path, self.stream = path, out
+        self.db = open_for_writing(path, threads=True)
         self.paths = {pfile.display: pfile.path for pfile in registry.files}
-        self.out = _Held(self, out)
+        self.out = _Held(self)
         self.pending = []
         self.sets, self.lists = {}, {}          # rules hash -> set_id; rule ids that fired -> list_id
-        self.broken = False
+        self.failure = None
         self.last = time.monotonic()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self.run_id = self._write(lambda: self.db.execute(
-            "INSERT INTO runs (started_at, engine, version) VALUES (?, ?, ?)", (started, engine, __version__)).lastrowid)
+        try:
+            self.run_id = self._write(lambda: self.db.execute(
+                "INSERT INTO runs (started_at, engine, version) VALUES (?, ?, ?)",
+                (started, engine, __version__)).lastrowid)
+        except BaseException:
+            _close(self.db)
+            raise
+        self.batches = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._writer, name="audit-log", daemon=True)
+        self.thread.start()
 
     def record(self, position: int, entry: tuple) -> None:
         self.pending.append((position, entry))
@@ -254,23 +273,48 @@ class AuditLog:
             self.commit()
 
     def commit(self) -> None:
-        """Writes the pending sessions in one transaction, then releases their output."""
-        if self.broken:
-            return
-        if self.pending:
-            # compressed before the transaction, which stays short
-            data = zlib.compress(b"".join(line for _, e in self.pending for line in (e[5], e[7])), 3)
-            self._write(lambda: self._insert(data))
-            self.pending.clear()
+        """Hands the pending sessions and their output to the writer thread."""
+        self._raise()
+        self.batches.put((self.pending, self.out.chunks))
+        self.pending, self.out.chunks = [], []
         self.last = time.monotonic()
-        self.out.release()
 
     def close(self) -> None:
-        """Commits what is pending (and releases its output), then closes the log."""
+        """Commits what is pending (and writes out its output), then closes the log."""
         try:
-            self.commit()
+            if self.failure is None:
+                self.batches.put((self.pending, self.out.chunks))
+            self.pending, self.out.chunks = [], []
+            self.batches.put(None)
+            self.thread.join()
         finally:
-            self.db.close()
+            _close(self.db)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, False     # raised once; the log stays stopped
+            if failure:
+                raise failure
+
+    def _writer(self) -> None:
+        while True:
+            batch = self.batches.get()
+            if batch is None:
+                return
+            if self.failure is not None:
+                continue
+            pending, chunks = batch
+            try:
+                if pending:
+                    # compressed before the transaction, which stays short
+                    data = zlib.compress(b"".join(line for _, e in pending for line in (e[5], e[7])), 3)
+                    self._write(lambda: self._insert(data, pending))
+                if chunks:
+                    self.stream.write(b"".join(chunks))
+                self.stream.flush()
+            except BaseException as exc:    # noqa: B036 - handed over to the main thread
+                self.failure = exc
 
     def _write(self, work):
         """`work` in one BEGIN IMMEDIATE transaction; a failure (disk full, ...) rolls it back, so the log
@@ -282,15 +326,13 @@ class AuditLog:
                 self.db.execute("COMMIT")
                 return result
             except BaseException:
-                self.broken = True
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            self.broken = True
             raise _sqlite_error(exc, self.path, "write") from None
 
-    def _insert(self, data: bytes) -> None:
+    def _insert(self, data: bytes, pending: list) -> None:
         batch_id = self.db.execute("INSERT INTO batches (data) VALUES (?)", (data,)).lastrowid
         sets, lists = self.sets, self.lists
         self.db.executemany(
@@ -298,7 +340,7 @@ class AuditLog:
             " input_sha256, batch_id, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(self.run_id, position, sid, payer, date, rules and (sets.get(rules[0]) or self._set(*rules)),
               fired and (lists.get(fired) or self._list(fired)), digest, batch_id, item)
-             for item, (position, (sid, payer, date, rules, fired, _, digest, _)) in enumerate(self.pending)])
+             for item, (position, (sid, payer, date, rules, fired, _, digest, _)) in enumerate(pending)])
 
     def _list(self, fired: frozenset) -> int:
         rules = f" {' '.join(sorted(fired))} "
@@ -524,9 +566,19 @@ def differences(old: dict, new: dict) -> list:
     before, after = ([said(w) for w in r.get("warnings", [])] for r in (old, new))
     out += [f"warning removed: {w}" for w in before if w not in after]
     out += [f"warning added: {w}" for w in after if w not in before]
-    if not out:
-        out = [f"{key} differs" for key in dict.fromkeys(list(old) + list(new)) if old.get(key) != new.get(key)]
-    return out
+    if out:
+        return out
+    for key in dict.fromkeys(list(old) + list(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "trace":          # the units are the same; say which firings changed
+            firing = lambda t: f"{t['rule']} on {', '.join(t['facts'])}: {t['effect']}"     # noqa: E731
+            before, after = ([firing(t) for t in r.get("trace", [])] for r in (old, new))
+            out += [f"firing removed: {t}" for t in before if t not in after]
+            out += [f"firing added: {t}" for t in after if t not in before]
+        else:
+            out.append(f"{key} differs")
+    return out or ["trace order differs"]
 
 
 def replay_command(args, write) -> int:
