@@ -86,6 +86,27 @@ def test_two_runs_write_one_log_at_once(tmp_path):
     assert sorted(r[1:] for r in runs) == [(4000, 1, 4000), (4000, 1, 4000)]
 
 
+def test_a_run_waits_for_another_writers_transaction(tmp_path):
+    # another writer holds the log's write lock for 6 s (longer than sqlite3's default 5 s timeout, which
+    # gave "database is locked"): the run waits for it, then logs every session
+    db = tmp_path / "busy.sqlite"
+    assert run_cli("bill", sessions_file(tmp_path / "a.jsonl", 2, "A"), "--audit-db", db).returncode == 0
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE runs SET engine = engine")
+    proc = subprocess.Popen(command("bill", sessions_file(tmp_path / "b.jsonl", 50, "B"), "--audit-db", db,
+                                    "--format", "jsonl"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(6)
+    assert proc.poll() is None              # still waiting, not failed
+    holder.execute("COMMIT")
+    holder.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert stdout_ids(out) == [f"B{k}" for k in range(50)]
+    assert logged_ids(db) == ["A0", "A1"] + [f"B{k}" for k in range(50)]
+
+
 # --- a full disk ---------------------------------------------------------------------------------------
 
 def _small_disk(limit: int):
@@ -369,3 +390,66 @@ def test_replay_option_misuse_is_a_usage_error(replay_log):
     for args in (("--current-rules",), ("--rules", rules), ("--replay", "--rule", "timed-pool")):
         proc = run_cli("audit", db, *args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: "), (args, proc.stderr)
+
+
+# --- property: whatever is billed comes back from the log, and replays --------------------------------
+
+from hypothesis import given, settings, strategies as st         # noqa: E402
+
+from engine import audit as audit_log                             # noqa: E402
+from engine.batch import Job, process                             # noqa: E402
+from engine.billing import Biller                                 # noqa: E402
+from engine.loader import Registry                                # noqa: E402
+from engine.sessions import parse_session                         # noqa: E402
+from engine.yamlload import Located                               # noqa: E402
+
+text_st = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+service_st = st.fixed_dictionaries(
+    {"code": st.sampled_from(TIMED + ["97150", "97129", "97130", "97161", "97010", "99999"]),
+     "minutes": st.integers(0, 130)},
+    optional={"group_size": st.integers(0, 6), "provider": st.sampled_from(["PT", "PTA", "OT", "OTA", "SLP"])})
+session_st = st.fixed_dictionaries(
+    {"session_id": text_st.filter(lambda t: 1 <= len(t)), "services": st.lists(service_st, min_size=1, max_size=5)},
+    optional={"payer": st.sampled_from(["medicare", "example-midpoint", "example-unit-limits", "nobody"]),
+              "date_of_service": st.sampled_from(["2026-03-02", "2025-12-31", "2026-06-01"]),
+              "discipline": st.sampled_from(["PT", "OT", "SLP"]),
+              "context": st.dictionaries(text_st, text_st | st.integers(-10**6, 10**6), max_size=3)})
+REGISTRY = Registry()
+
+
+@settings(max_examples=20, deadline=None)
+@given(sessions=st.lists(session_st, min_size=1, max_size=4), overrides=st.sampled_from([(None, None),
+                                                                                        ("medicare", "2026-04-01")]))
+def test_the_log_gives_back_what_was_billed_and_replays_it(tmp_path_factory, sessions, overrides):
+    class Out:
+        data = b""
+
+        def write(self, data):
+            self.data += data
+
+        def flush(self):
+            pass
+    db, out = tmp_path_factory.mktemp("prop") / "p.sqlite", Out()
+    job = Job(*overrides, fmt="jsonl", audit=True)
+    biller = Biller(REGISTRY, "python")
+    log = audit_log.AuditLog(str(db), "python", REGISTRY, out)
+    records = []
+    for i, given_session in enumerate(sessions, 1):
+        session = parse_session(given_session, Located(given_session, {(): i}, "p.jsonl"), (), i)
+        _, text, _, entry = process(biller, session, job)
+        log.out.write(text)
+        log.record(i, entry)
+        records.append(json.loads(text))
+    log.close()
+    biller.close()
+    assert [json.loads(line) for line in out.data.splitlines()] == records        # every record written out
+    rows = audit_log.query(str(db))
+    assert [r["result"] for r in rows] == records
+    for row, given_session in zip(rows, sessions):
+        canonical = json.dumps(given_session, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert row["input_sha256"] == hashlib.sha256(canonical).hexdigest()
+        assert row["input"] == {k: v for k, v in given_session.items() if k != "context"}
+        assert row["payer"] == (overrides[0] or given_session.get("payer"))
+    for entry, replayed, diffs in audit_log.replay(str(db)):
+        assert replayed is None or diffs == [], (entry["session_id"], diffs)
+        assert (replayed is None) == (entry["rules_hash"] is None)     # only sessions not billed are skipped
