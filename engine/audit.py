@@ -76,8 +76,7 @@ SCHEMA = (
         batch_id        INTEGER NOT NULL REFERENCES batches(batch_id),
         item            INTEGER NOT NULL    -- 0-based place in the batch
     )""",
-    "CREATE INDEX sessions_by_id ON sessions(session_id)",
-    "CREATE INDEX sessions_by_payer ON sessions(payer)",
+    "CREATE INDEX sessions_by_id ON sessions(session_id)",     # the other filters scan the table
 )
 TABLES = {"runs", "rule_files", "rule_sets", "rule_lists", "batches", "sessions"}
 
@@ -308,7 +307,7 @@ class AuditLog:
             try:
                 if pending:
                     # compressed before the transaction, which stays short
-                    data = zlib.compress(b"".join(line for _, e in pending for line in (e[5], e[7])), 3)
+                    data = zlib.compress(b"".join(line for _, e in pending for line in (e[5], e[7])), 1)
                     self._write(lambda: self._insert(data, pending))
                 if chunks:
                     self.stream.write(b"".join(chunks))
