@@ -397,10 +397,7 @@ class _Reader:
         """(billing input, result) of a session: lines 2 item and 2 item + 1 of its batch."""
         if self.batch[0] != batch_id:
             (data,) = self.db.execute("SELECT data FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
-            try:
-                self.batch = batch_id, zlib.decompress(data).split(b"\n")
-            except zlib.error:
-                raise UsageError(f"damaged audit log: batch {batch_id} cannot be decompressed") from None
+            self.batch = batch_id, zlib.decompress(data).split(b"\n")
         lines = self.batch[1]
         return json.loads(lines[2 * item]), json.loads(lines[2 * item + 1])
 
@@ -443,6 +440,8 @@ def _read(path: str, work):
         return work(_Reader(db))
     except sqlite3.Error as exc:
         raise _sqlite_error(exc, path, "read") from None
+    except (zlib.error, ValueError, TypeError, IndexError) as exc:      # a batch or row not as written
+        raise UsageError(f"damaged audit log: {type(exc).__name__}: {exc}", path) from None
     finally:
         db.close()
 
@@ -463,10 +462,10 @@ def query(path: str, session_id=None, rule=None, payer=None, date_from=None, dat
 
 # --- replay --------------------------------------------------------------------------------------------
 
-def replay(path: str, session_id=None, current_rules=None, engine=None) -> tuple:
+def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
     """Bill the logged sessions again from their logged input: with the logged rule files (`current_rules`
-    None) or with today's (bundled + the `current_rules` trees). Returns (entries, [(entry, new record or
-    None when it cannot be replayed, differences)])."""
+    None) or with today's (bundled + the `current_rules` trees). Returns [(entry as query gives it, the
+    new record or None when it cannot be replayed, the differences)]."""
     from .billing import Biller
     from .loader import Registry
     from .network import durable_available, default_engine
@@ -475,6 +474,8 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> tuple
     def engine_for(logged):
         name = engine or logged
         return name if name != "durable" or durable_available() else default_engine()
+
+    today = Registry(current_rules) if current_rules is not None else None     # a bad rule file: exit 2
 
     def work(reader):
         out, billers = [], {}
@@ -488,8 +489,7 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> tuple
                     key = (None if current_rules is not None else set_id, engine_for(entry["engine"]))
                     if key not in billers:
                         try:
-                            registry = Registry(current_rules) if current_rules is not None else \
-                                _logged_registry(reader, set_id, Path(tmp) / str(set_id))
+                            registry = today or _logged_registry(reader, set_id, Path(tmp) / str(set_id))
                             billers[key] = Biller(registry, key[1])
                         except PayrulesError as exc:
                             billers[key] = exc

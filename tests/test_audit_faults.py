@@ -107,6 +107,18 @@ def test_a_run_waits_for_another_writers_transaction(tmp_path):
     assert logged_ids(db) == ["A0", "A1"] + [f"B{k}" for k in range(50)]
 
 
+def test_the_log_is_the_same_whatever_jobs(tmp_path):
+    source = sessions_file(tmp_path / "s.jsonl", 1500, "J")
+    logs = []
+    for jobs in (1, 2):
+        db = tmp_path / f"jobs{jobs}.sqlite"
+        proc = run_cli("bill", source, "--audit-db", db, "--format", "csv", "--jobs", jobs)
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(run_cli("audit", db, "--format", "json").stdout)
+        logs.append([{k: v for k, v in r.items() if k not in ("run_id", "billed_at")} for r in rows])
+    assert len(logs[0]) == 1500 and logs[0] == logs[1]
+
+
 # --- a full disk ---------------------------------------------------------------------------------------
 
 def _small_disk(limit: int):
@@ -383,6 +395,25 @@ def test_replay_with_current_rules_shows_warnings_added(replay_log):
     assert [line.split(":")[0] for line in proc.stdout.splitlines()[:-1]] == ["R1", "R2"]
     assert "-> not billed (unknown payer" in proc.stdout
     assert proc.stdout.splitlines()[-1] == "replay with current rules: 4 sessions: 2 unchanged, 2 would change"
+
+
+def test_a_damaged_batch_is_one_error_naming_the_log(replay_log):
+    db, _, _ = replay_log
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE batches SET data = ?", (b"not zlib",))
+    con.close()
+    for args in ((), ("--replay",), ("--rule", "timed-pool")):
+        proc = run_cli("audit", db, *args)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.startswith(f"error: {db}: damaged audit log") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_replay_with_a_broken_current_rule_file_is_a_usage_error(replay_log):
+    db, rules, _ = replay_log
+    (rules / "acme.yaml").write_text("payer: [unclosed\n", encoding="utf-8")
+    proc = run_cli("audit", db, "--replay", "--current-rules", "--rules", rules)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: myrules/acme.yaml:"), proc.stderr
 
 
 def test_replay_option_misuse_is_a_usage_error(replay_log):
