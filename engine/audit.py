@@ -155,6 +155,8 @@ def _check(app, version, tables, path: str) -> None:
         raise UsageError(f"audit log of format {version}; this payrules ({__version__}) reads format {FORMAT}", path)
     if app == 0 and {"runs", "sessions", "rule_files", "firings"} <= tables:
         raise UsageError("an audit log written by payrules 0.1 (an older format): start a new log", path)
+    if not tables:
+        raise UsageError("not a payrules audit log (an empty database)", path)
     raise UsageError("not a payrules audit log (another application's SQLite database; left as it is)", path)
 
 

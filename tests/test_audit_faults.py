@@ -481,6 +481,9 @@ def test_the_log_gives_back_what_was_billed_and_replays_it(tmp_path_factory, ses
         assert row["input_sha256"] == hashlib.sha256(canonical).hexdigest()
         assert row["input"] == {k: v for k, v in given_session.items() if k != "context"}
         assert row["payer"] == (overrides[0] or given_session.get("payer"))
+    for a in records:               # the differences of two results are empty exactly when they are equal
+        for b in records:
+            assert (audit_log.differences(a, b) == []) == (a == b)
     for entry, replayed, diffs in audit_log.replay(str(db)):
         assert replayed is None or diffs == [], (entry["session_id"], diffs)
         assert (replayed is None) == (entry["rules_hash"] is None)     # only sessions not billed are skipped
