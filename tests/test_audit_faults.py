@@ -17,15 +17,19 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 
+import engine
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMED = ["97110", "97112", "97116", "97140", "97530"]
 APPLICATION_ID = 0x50524C47
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
 
 def sessions_file(path: Path, n: int, prefix: str, seed: int = 1) -> Path:
@@ -82,7 +86,8 @@ def test_two_runs_write_one_log_at_once(tmp_path):
     assert integrity(db) == "ok"
     # each run's sessions in its own order, under its own run id
     with sqlite3.connect(db) as con:
-        runs = con.execute("SELECT run_id, COUNT(*), MIN(position), MAX(position) FROM sessions GROUP BY run_id").fetchall()
+        runs = con.execute("SELECT run_id, COUNT(*), MIN(position), MAX(position) FROM sessions"
+                           " GROUP BY run_id").fetchall()
     assert sorted(r[1:] for r in runs) == [(4000, 1, 4000), (4000, 1, 4000)]
 
 
@@ -311,7 +316,7 @@ def test_the_log_holds_the_billing_input_and_a_hash_of_the_whole_session(replay_
         canonical = json.dumps(given, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert row["input_sha256"] == hashlib.sha256(canonical).hexdigest()
         assert row["result"] == record
-        assert row["version"] == "0.2.0" and row["engine"] in ("durable", "python")
+        assert row["version"] == VERSION == engine.__version__ and row["engine"] in ("durable", "python")
     assert rows[3]["input"]["services"] == [{"code": "97150", "minutes": 45, "group_size": 4, "provider": "OTA"}]
     # the rule files' content is in the log, by hash
     with sqlite3.connect(db) as con:
@@ -345,7 +350,8 @@ def test_replay_reproduces_every_decision_from_the_log_alone(replay_log):
 
 def _doctor(db: Path, session_id: str, change) -> None:
     with sqlite3.connect(db) as con:
-        batch_id, item = con.execute("SELECT batch_id, item FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        batch_id, item = con.execute("SELECT batch_id, item FROM sessions WHERE session_id = ?",
+                                     (session_id,)).fetchone()
         (data,) = con.execute("SELECT data FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
         lines = zlib.decompress(data).split(b"\n")
         record = json.loads(lines[2 * item + 1])
