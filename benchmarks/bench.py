@@ -10,12 +10,17 @@ engine) run in the same process, and the ratio engine/baseline; peak RSS of `pay
 100,000 and 1,000,000 sessions; the wall time of a cold `payrules bill` of one session against
 `python -c pass`. Also: how two plain CPU loops scale on two processes here (the ceiling for --jobs 2),
 and the throughput with every session's facts sent through the rule network (no memo of plans).
+
+Audit log (issue 10): `payrules bill FILE.jsonl --format jsonl` with and without `--audit-db` on the same
+generated sessions, same process model (one process, --jobs 1): the time ratio (wall, and CPU of the
+process), and the log's size in bytes per session. Targets: at most 1.5x the time, at most 400 bytes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +41,7 @@ from engine.yamlload import Located                      # noqa: E402
 from workload import make_sessions                       # noqa: E402
 
 TARGETS = {"durable": (5000, 8.0), "python": (15000, 3.0)}     # sessions/s at least, ratio at most
+AUDIT_TARGETS = (1.5, 400)          # audit log: time ratio at most, bytes per session at most
 
 
 # --- the plain-Python baseline: the same units, no rule engine ----------------------------------------
@@ -223,6 +229,44 @@ def peak_rss(counts: list, engines: list) -> None:
                       f"{'met' if kb / 1024 < 150 else 'NOT met'}")
 
 
+def audit_cost(n: int, rounds: int) -> None:
+    """`bill FILE.jsonl --format jsonl` with and without --audit-db, in turn, best of `rounds` each; the
+    log is a new file each time; the output must be the same bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sessions.jsonl"
+        with open(path, "w") as fh:
+            for d in make_sessions(n, seed=11):
+                fh.write(json.dumps(d) + "\n")
+        base = [sys.executable, "-m", "engine", "bill", str(path), "--format", "jsonl"]
+        best, outputs, size = {}, {}, 0
+        for r in range(rounds):
+            for kind in ("plain", "audit"):
+                db = Path(tmp) / f"audit{r}.sqlite"
+                cmd = base + (["--audit-db", str(db)] if kind == "audit" else [])
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                old = best.get(kind, (wall, cpu))
+                best[kind] = (min(old[0], wall), min(old[1], cpu))
+                outputs.setdefault(kind, proc.stdout)
+                if kind == "audit":
+                    size = sum(f.stat().st_size for f in Path(tmp).glob(f"audit{r}.sqlite*"))
+    (wall, cpu), (audit_wall, audit_cpu) = best["plain"], best["audit"]
+    ratio, per_session = audit_wall / wall, size / n
+    time_target, size_target = AUDIT_TARGETS
+    print(f"Audit log (best of {rounds}): `bill FILE.jsonl --format jsonl` of {n:,} sessions, --jobs 1, with and "
+          f"without --audit-db")
+    print(f"  wall {wall:.2f} s -> {audit_wall:.2f} s = {ratio:.2f}x; CPU {cpu:.2f} s -> {audit_cpu:.2f} s = "
+          f"{audit_cpu / cpu:.2f}x; target <= {time_target}x (wall): {'met' if ratio <= time_target else 'NOT met'}")
+    print(f"  log {size:,} bytes = {per_session:.0f} bytes/session; target <= {size_target}: "
+          f"{'met' if per_session <= size_target else 'NOT met'}")
+    if outputs["plain"] != outputs["audit"]:
+        print("  !! the output differs with --audit-db")
+
+
 def cold_start(engines: list) -> None:
     """Median of 11 runs of each command, run in turn so that a slow spell of the host hits them alike.
     The command is the installed `payrules` beside this interpreter (bytecode compiled at install, as a
@@ -254,12 +298,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each throughput figure, taken in turn; the fastest counts (timeit's rule)")
     parser.add_argument("--engines", default="durable,python")
+    parser.add_argument("--audit-only", action="store_true", help="only the audit log figures")
     args = parser.parse_args()
+    if args.audit_only:
+        audit_cost(args.sessions, args.rounds)
+        return
     engines = [e for e in args.engines.split(",") if e != "durable" or durable_available()]
     print(f"Python {sys.version.split()[0]}; engines: {', '.join(engines)}\n")
     throughput(args.sessions, engines, args.rounds)
     print()
     peak_rss([args.sessions] + ([1_000_000] if args.million else []), engines)
+    print()
+    audit_cost(args.sessions, args.rounds)
     print()
     cold_start(engines)
 

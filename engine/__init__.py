@@ -1,3 +1,3 @@
 """payer-rules: a configurable payer rules engine for outpatient therapy billing (PT, OT, SLP)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

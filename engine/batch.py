@@ -15,7 +15,6 @@ from . import render
 from .billing import Biller
 from .loader import Registry
 from .errors import EvaluationError, OutputError, SessionError
-from .model import Session
 from .sessions import ParseError, RawLine
 
 CHUNK = 256                     # sessions per task sent to a worker
@@ -56,21 +55,21 @@ class Job:
 def process(biller, session, job: Job) -> tuple:
     """One session's outcome, rendered where it was billed so that only bytes cross processes:
     (category: billed | error | parse, the record in the output format as UTF-8 (for json: a list element),
-    its error lines for stderr (no patient data), and for --audit-db (record, rules hash, rule files, payer,
-    date of service)). A plain tuple: it pickles several times faster than a named one."""
+    its error lines for stderr (no patient data), and for --audit-db what the log keeps of it (audit.entry)).
+    A plain tuple: it pickles several times faster than a named one."""
     if isinstance(session, RawLine):
         session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
     record = outcome if isinstance(outcome, dict) else outcome.result
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
+    text = render_one(record, job.fmt)
     audit = None
-    if job.audit and isinstance(outcome, dict):     # not billed: the payer and date the session asked for
-        payer, date = (session.payer, session.date_of_service) if isinstance(session, Session) else (None, None)
-        audit = (record, None, (), job.payer or payer, job.date or date)
-    elif job.audit:
-        audit = (record, outcome.payer.digest, outcome.payer.files, outcome.payer.id, outcome.session.date_of_service)
-    return category, render_one(record, job.fmt), report_lines(session, record) if failed else (), audit
+    if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
+        from .audit import entry
+        audit = entry(session, outcome, record, text if job.fmt == "jsonl" else encode_jsonl(record), job.payer,
+                      job.date)
+    return category, text, report_lines(session, record) if failed else (), audit
 
 
 def render_one(record: dict, fmt: str) -> bytes:

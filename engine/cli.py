@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(run=cmd_explain)
 
-    audit = sub.add_parser("audit", help="query an audit log written by bill --audit-db")
+    audit = sub.add_parser("audit", parents=[rules], help="query or replay an audit log written by bill --audit-db")
     audit.add_argument("database", metavar="PATH")
     audit.add_argument("--session", help="a session id")
     audit.add_argument("--rule", help="sessions this rule touched (fired on)")
@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--from", dest="date_from", type=_date, help="date of service from (YYYY-MM-DD)")
     audit.add_argument("--to", dest="date_to", type=_date, help="date of service up to (YYYY-MM-DD)")
     audit.add_argument("--format", choices=["table", "json"], default="table")
+    audit.add_argument("--replay", action="store_true",
+                       help="bill the logged sessions again from the logged input and rule files; say which differ")
+    audit.add_argument("--current-rules", action="store_true",
+                       help="with --replay: bill them with today's rule files (bundled + --rules) instead")
     audit.set_defaults(run=cmd_audit)
 
     validate = sub.add_parser("validate", parents=[rules], help="check payer rule files")
@@ -214,37 +218,39 @@ def cmd_bill(args) -> int:
     registry.check_all(engine)              # ... and so does one the compiler or the engine refuses
     inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
-    counts, progress, writer = Counts(), Progress(), Writer(args.format)
     log = None
-    if args.audit_db:
+    if args.audit_db:       # records reach stdout through the log, once they are committed to it
         from .audit import AuditLog
-        log = AuditLog(args.audit_db, engine)
+        log = AuditLog(args.audit_db, engine, registry, sys.stdout.buffer)
+    counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
     failed = reported = 0
     interrupted = False
     stream = interruptible(bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry))
     try:
-        for _, (category, text, report, audit) in stream:
-            counts.add(category)
-            if args.format == "json" and len(inputs) == 1 and inputs[0].single:
-                writer.write_single(json.loads(text))
-            else:
-                writer.write(text)
-            if report:
-                failed += 1
-                for line in report[:max(0, MAX_REPORTED - reported)]:
-                    _error(line)
-                    reported += 1
-            if log:
-                log.record(counts.read, *audit)
-            progress.update(counts)
-    except KeyboardInterrupt:       # raised only between records (batch.interruptible)
-        interrupted = True
+        try:
+            for _, (category, text, report, audit) in stream:
+                counts.add(category)
+                if args.format == "json" and len(inputs) == 1 and inputs[0].single:
+                    writer.write_single(json.loads(text))
+                else:
+                    writer.write(text)
+                if report:
+                    failed += 1
+                    for line in report[:max(0, MAX_REPORTED - reported)]:
+                        _error(line)
+                        reported += 1
+                if log:
+                    log.record(counts.read, audit)
+                progress.update(counts)
+        except KeyboardInterrupt:   # raised only between records (batch.interruptible)
+            interrupted = True
+        finally:
+            stream.close()
+            progress.done()
+        writer.close()              # interrupted too: the output ends well-formed after the last record
     finally:
-        stream.close()
-        progress.done()
-        if log:
+        if log:                     # the last batch: committed, then its output (and the `]`) written
             log.close()
-    writer.close()                  # interrupted too: the output ends well-formed after the last record
     if reported >= MAX_REPORTED and failed:
         _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
     _say(counts.line(interrupted))
@@ -293,6 +299,9 @@ def cmd_audit(args) -> int:
     from .audit import query
     if not Path(args.database).is_file():
         raise UsageError("no such audit database", args.database)
+    if args.replay or args.current_rules or args.rules:
+        from .audit import replay_command
+        return replay_command(args, sys.stdout.write)
     rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
     if args.format == "json":
         _out(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
