@@ -1,0 +1,177 @@
+"""The session readers (engine/sessions.py) under issue 10: every format through --jobs N, the streaming
+JSON-list reader at every read-buffer size, CSV rows that are broken on their own line, a day's minutes,
+duplicate keys, and group sizes that disagree.
+
+Expected values are worked by hand from design.md §3-§5 and domain.md (CMS 8-minute chart: 8-22 min = 1
+unit, 23-37 = 2, 38-52 = 3, 53-67 = 4), or come from an independent reference (json.loads of the whole
+document, the csv module on one line, a session billed alone).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine.errors import SessionError
+from engine.model import NO_CONTEXT, Session
+from engine.sessions import ParseError, SessionInput, parse_session
+from engine.yamlload import Located
+
+ROOT = Path(__file__).resolve().parent.parent
+DATE = "2026-03-02"
+TIMEOUT = 120
+
+
+def run_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
+                          input=stdin, timeout=TIMEOUT)
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode("utf-8", "replace")[-3000:]
+    return proc
+
+
+def summary(proc) -> tuple:
+    """(read, billed, with errors, failed to parse) from the last stderr line; the counts must add up."""
+    last = proc.stderr.decode().rstrip("\n").rsplit("\n", 1)[-1]
+    words = last.replace(",", "").split()
+    assert last.startswith("payrules: ") and len(words) >= 10, proc.stderr.decode()[-2000:]
+    read, billed, errors, failed = int(words[1]), int(words[4]), int(words[6]), int(words[9])
+    assert read == billed + errors + failed, last
+    return read, billed, errors, failed
+
+
+def jsonl(proc) -> list:
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+def units_of(record: dict) -> dict:
+    return {line["code"]: line["units"] for line in record["lines"]}
+
+
+def read_all(path, fmt="auto", **kw) -> list:
+    return list(SessionInput(str(path), fmt, **kw))
+
+
+# --- 1. --jobs N on every input format ------------------------------------------------------------------
+
+CODES = ["97110", "97112", "97140", "97530", "97535", "97116", "97150", "97161", "92507", "97111"]
+PAYERS = ["medicare", "medicare", "example-midpoint", "example-full-unit"]
+
+
+def mixed_sessions(n: int, seed: int = 10) -> list:
+    """n session dicts, good and bad (wrong type, unknown payer, no services, not an object), seeded."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        services = []
+        for _ in range(rng.randint(1, 4)):
+            s = {"code": rng.choice(CODES), "minutes": rng.randint(0, 70)}
+            if s["code"] == "97150":
+                s["group_size"] = rng.randint(1, 6)
+            services.append(s)
+        session = {"session_id": f"S-{i:04d}", "payer": rng.choice(PAYERS), "date_of_service": DATE,
+                   "discipline": rng.choice(["PT", "OT", "SLP"]), "services": services}
+        kind = rng.random()
+        if kind < 0.04:
+            session = [1, 2]
+        elif kind < 0.08:
+            session["payer"] = "nobody"
+        elif kind < 0.12:
+            services[0]["minutes"] = "ten"
+        elif kind < 0.15:
+            del session["services"]
+        elif kind < 0.2:
+            session["context"] = {"referral": "x", "visit": i}
+        out.append(session)
+    return out
+
+
+def as_csv(sessions: list) -> str:
+    rows = ["session_id,payer,date_of_service,discipline,code,minutes,group_size"]
+    for s in sessions:
+        if not isinstance(s, dict) or "services" not in s:
+            continue
+        for v in s["services"]:
+            rows.append(f"{s['session_id']},{s['payer']},{s['date_of_service']},{s['discipline']},{v['code']},"
+                        f"{v['minutes']},{v.get('group_size', '')}")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("jobs")
+    sessions = mixed_sessions(600)      # more than CHUNK (256) x 2 jobs: several chunks per worker
+    files = {
+        "yaml": d / "batch.yaml", "json": d / "batch.json", "single": d / "one.json", "jsonl": d / "batch.jsonl",
+        "csv": d / "batch.csv"}
+    files["yaml"].write_text(json.dumps(sessions[:300], indent=1), encoding="utf-8")   # JSON is YAML
+    files["json"].write_text(json.dumps(sessions, indent=1), encoding="utf-8")
+    files["single"].write_text(json.dumps(sessions[1]), encoding="utf-8")
+    files["jsonl"].write_text("".join(json.dumps(s) + "\n" for s in sessions), encoding="utf-8")
+    files["csv"].write_text(as_csv(sessions), encoding="utf-8")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["yaml", "json", "single", "jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_jobs_2_gives_the_same_bytes_as_jobs_1_for_every_input_format(inputs, kind, fmt):
+    one = run_cli("bill", inputs[kind], "--format", fmt, "--jobs", "1")
+    two = run_cli("bill", inputs[kind], "--format", fmt, "--jobs", "2")
+    assert one.returncode == two.returncode and one.returncode in (0, 1), two.stderr.decode()[-2000:]
+    assert one.stdout == two.stdout and one.stdout
+    assert summary(one) == summary(two)
+
+
+def test_jobs_2_with_yaml_and_jsonl_inputs_together():
+    # the command of issue 10
+    args = ["bill", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml")),
+            "examples/batch.jsonl", "--format", "jsonl"]
+    one, two = run_cli(*args, "--jobs", "1"), run_cli(*args, "--jobs", "2")
+    assert one.returncode == two.returncode == 0
+    assert one.stdout == two.stdout and len(jsonl(one)) == 5      # 3 YAML files + 2 JSONL lines
+
+
+def _same_item(a, b) -> bool:
+    if isinstance(a, Session):
+        return type(b) is Session and a == b and (a.context is not NO_CONTEXT or b.context is NO_CONTEXT)
+    return (type(a) is type(b) and str(a) == str(b) and a.session_id == b.session_id and a.line == b.line
+            and a.path == b.path and a.file == b.file)
+
+
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 2000), st.text(max_size=6))
+json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+service = st.fixed_dictionaries(
+    {"code": st.sampled_from(CODES + [97110, "9711"]), "minutes": st.one_of(st.integers(0, 90), json_scalar)},
+    optional={"group_size": st.integers(0, 6), "provider": st.sampled_from(["PT", "OTA"])})
+session_dict = st.fixed_dictionaries(
+    {"services": st.lists(service, min_size=0, max_size=4)},
+    optional={"session_id": st.one_of(st.text(min_size=1, max_size=8), st.integers(0, 99)),
+              "payer": st.sampled_from(["medicare", "x"]), "date_of_service": st.sampled_from([DATE, "2026-02-30"]),
+              "discipline": st.sampled_from(["PT", "OT", "XX"]), "context": st.dictionaries(st.text(max_size=3), json_value, max_size=3)})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(session_dict, json_value))
+def test_every_parsed_item_survives_a_pickle_round_trip(data):
+    # what --jobs sends to a worker: a Session, or a SessionError / ParseError in its place
+    item = parse_session(data, Located(data, {(): 1}, "<test>"), (), 1)
+    assert isinstance(item, (Session, SessionError))
+    assert _same_item(item, pickle.loads(pickle.dumps(item)))
+
+
+def test_items_of_every_reader_survive_a_pickle_round_trip(inputs):
+    for kind, path in inputs.items():
+        items = read_all(path)
+        assert items and any(isinstance(i, Session) for i in items), kind
+        assert any(isinstance(i, SessionError) for i in items) or kind == "single", kind
+        for item in items:
+            assert _same_item(item, pickle.loads(pickle.dumps(item))), (kind, item)
+    assert pickle.loads(pickle.dumps(NO_CONTEXT)) is NO_CONTEXT
