@@ -24,6 +24,7 @@ from .yamlload import Located, load_text
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
+MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
 CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider")
 CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline")
@@ -386,9 +387,9 @@ _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 
 def fast_services(data):
-    """The session's services as Service tuples when the schema certainly accepts the session (the
-    common case, checked in plain Python, in one pass); None sends it to the full JSON Schema
-    validation, which gives the message. Never looser than schemas/session.schema.json (a property
+    """The session's services as Service tuples when the schema certainly accepts the session and
+    _services_error finds nothing (the common case, checked in plain Python, in one pass); None sends
+    it to the full JSON Schema validation and _services_error, which give the message. Never looser than schemas/session.schema.json (a property
     test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
         return None
@@ -409,6 +410,8 @@ def fast_services(data):
     if type(services) is not list or not 1 <= len(services) <= 200:
         return None
     out = []
+    total = 0
+    sizes = None
     for s in services:
         if type(s) is not dict:
             return None
@@ -419,18 +422,23 @@ def fast_services(data):
             return None
         if type(minutes) is not int or not 0 <= minutes <= 1440:
             return None
+        total += minutes
         if len(s) == 2:         # code and minutes (both found above), nothing else: the common case
             out.append(_tuple_new(Service, (code, minutes, None, None)))
             continue
         if not s.keys() <= _SERVICE_KEYS:
             return None
         group_size, provider = s.get("group_size"), s.get("provider")
-        if "group_size" in s and (type(group_size) is not int or not 0 <= group_size <= 1000):
-            return None
+        if "group_size" in s:
+            if type(group_size) is not int or not 0 <= group_size <= 1000:
+                return None
+            sizes = sizes or {}
+            if sizes.setdefault(code, group_size) != group_size:
+                return None     # entries of one code disagree on group_size: _services_error says so
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
         out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
-    return tuple(out)
+    return tuple(out) if total <= MAX_DAY_MINUTES else None
 
 
 # NamedTuples made straight from a tuple of all their fields: their own __new__ is a Python function
@@ -458,6 +466,26 @@ def _writable(text: str) -> bool:
         return False
 
 
+def _services_error(services: tuple, doc: Located, path: tuple, session_id: str):
+    """What is wrong with a session's services taken together (the schema checks each one alone): more
+    minutes than a day has, or entries of one code that disagree on group_size (design.md §4; an entry
+    without group_size disagrees with none). None when nothing is."""
+    total = sum(s.minutes for s in services)
+    if total > MAX_DAY_MINUTES:
+        return SessionError(f"services add up to {total} minutes; a day has at most 1,440", doc.file,
+                            doc.line_of(path + ("services",)), "services", session_id=session_id)
+    first = {}
+    for i, s in enumerate(services):
+        if s.group_size is None:
+            continue
+        j = first.setdefault(s.code, i)
+        if services[j].group_size != s.group_size:
+            return SessionError(f"entries of code {s.code} disagree on group_size (see services[{j}])", doc.file,
+                                doc.line_of(path + ("services", i, "group_size")), f"services[{i}].group_size",
+                                session_id=session_id)
+    return None
+
+
 def parse_session(data, doc: Located, path: tuple, number: int):
     """One session object → Session, or SessionError naming the first problem."""
     if not isinstance(data, dict):
@@ -483,6 +511,9 @@ def parse_session(data, doc: Located, path: tuple, number: int):
                                  minutes=int(s["minutes"]),
                                  group_size=None if s.get("group_size") is None else int(s["group_size"]),
                                  provider=s.get("provider")) for s in data["services"])
+        error = _services_error(services, doc, path, session_id)
+        if error:
+            return error
     if "context" in data and _depth(data["context"], MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
         return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
                             doc.line_of(path + ("context",)), "context", session_id=session_id)

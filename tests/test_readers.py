@@ -175,3 +175,91 @@ def test_items_of_every_reader_survive_a_pickle_round_trip(inputs):
         for item in items:
             assert _same_item(item, pickle.loads(pickle.dumps(item))), (kind, item)
     assert pickle.loads(pickle.dumps(NO_CONTEXT)) is NO_CONTEXT
+
+
+# --- 4. a day holds at most 1,440 minutes ------------------------------------------------------------------
+
+def parse(data: dict, number: int = 1):
+    data = json.loads(json.dumps(data))
+    return parse_session(data, Located(data, {(): 1}, "<test>"), (), number)
+
+
+def test_services_adding_up_to_more_than_a_day_are_an_error():
+    # 200 services of 1,440 minutes each: 288,000 minutes in one day (issue 10 billed 19,200 units)
+    item = parse({"session_id": "DAY", "payer": "medicare", "services": [{"code": "97110", "minutes": 1440}] * 200})
+    assert isinstance(item, SessionError) and not isinstance(item, ParseError)
+    assert item.session_id == "DAY" and item.path == "services"
+    assert item.message == "services add up to 288000 minutes; a day has at most 1,440"
+    # 1,440 in all is a full day and allowed; one minute more is not (also through the slow path: 30.0)
+    assert isinstance(parse({"services": [{"code": "97110", "minutes": 720}, {"code": "97112", "minutes": 720}]}),
+                      Session)
+    over = parse({"services": [{"code": "97110", "minutes": 720.0}, {"code": "97112", "minutes": 721}]})
+    assert isinstance(over, SessionError) and "1441 minutes" in over.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 1440), min_size=1, max_size=12), st.booleans())
+def test_day_limit_is_the_sum_of_all_services(minutes, slow):
+    services = [{"code": CODES[i % 6], "minutes": float(m) if slow and i == 0 else m} for i, m in enumerate(minutes)]
+    item = parse({"services": services})
+    if sum(minutes) > 1440:
+        assert isinstance(item, SessionError) and f"add up to {sum(minutes)} minutes" in item.message
+    else:
+        assert isinstance(item, Session) and sum(s.minutes for s in item.services) == sum(minutes)
+
+
+def test_day_limit_through_the_cli(tmp_path):
+    path = tmp_path / "day.jsonl"
+    good = {"session_id": "OK", "payer": "medicare", "discipline": "PT",
+            "services": [{"code": "97110", "minutes": 20}]}
+    huge = {"session_id": "HUGE", "payer": "medicare", "discipline": "PT",
+            "services": [{"code": "97110", "minutes": 1440}] * 200}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(huge) + "\n", encoding="utf-8")
+    proc = run_cli("bill", path, "--format", "jsonl")
+    assert proc.returncode == 1
+    ok, bad = jsonl(proc)
+    assert units_of(ok) == {"97110": 1}                 # 20 min -> 1 unit
+    assert set(bad) == {"session_id", "error"} and "a day has at most 1,440" in bad["error"]
+    assert summary(proc) == (2, 1, 1, 0)
+
+
+# --- 6. entries of one code that disagree on group_size ----------------------------------------------------
+
+def test_entries_of_one_code_with_different_group_sizes_are_an_error():
+    # design.md §4: "Entries of one code that disagree on group_size are an error for that session"
+    item = parse({"session_id": "G", "services": [{"code": "97150", "minutes": 30, "group_size": 3},
+                                                  {"code": "97110", "minutes": 10},
+                                                  {"code": "97150", "minutes": 15, "group_size": 4}]})
+    assert isinstance(item, SessionError) and item.session_id == "G"
+    assert item.path == "services[2].group_size"
+    assert "97150" in item.message and "services[0]" in item.message
+    # the same in the other order: an error too, never "the first one wins"
+    swapped = parse({"services": [{"code": "97150", "minutes": 15, "group_size": 4},
+                                  {"code": "97150", "minutes": 30, "group_size": 3}]})
+    assert isinstance(swapped, SessionError) and swapped.path == "services[1].group_size"
+
+
+def test_group_sizes_that_agree_or_are_missing_are_no_error():
+    # equal sizes agree; different codes are separate groups. An entry without group_size beside one with
+    # it is not a disagreement (only two sizes both given can disagree): the given size is the group's.
+    agree = parse({"services": [{"code": "97150", "minutes": 30, "group_size": 3},
+                                {"code": "97150", "minutes": 15, "group_size": 3},
+                                {"code": "92508", "minutes": 15, "group_size": 5}]})
+    assert isinstance(agree, Session)
+    missing = parse({"services": [{"code": "97150", "minutes": 30},
+                                  {"code": "97150", "minutes": 15, "group_size": 3}]})
+    assert isinstance(missing, Session) and [s.group_size for s in missing.services] == [None, 3]
+
+
+def test_group_size_disagreement_through_the_cli_in_either_order(tmp_path):
+    rows = ["session_id,payer,discipline,code,minutes,group_size",
+            "A,medicare,PT,97150,30,3", "A,medicare,PT,97150,15,4",
+            "B,medicare,PT,97150,15,4", "B,medicare,PT,97150,30,3"]
+    path = tmp_path / "groups.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    proc = run_cli("bill", path, "--format", "jsonl")
+    a, b = jsonl(proc)
+    assert set(a) == set(b) == {"session_id", "error"}
+    assert "groups.csv:3: services[1].group_size" in a["error"] and "groups.csv:5" in b["error"]
+    assert summary(proc) == (2, 0, 2, 0)
+
