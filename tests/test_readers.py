@@ -119,8 +119,8 @@ def inputs(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("kind", ["yaml", "json", "single", "jsonl", "csv"])
-@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+@pytest.mark.parametrize("kind, fmt", [("yaml", "json"), ("json", "jsonl"), ("single", "json"), ("jsonl", "csv"),
+                                       ("csv", "jsonl")])
 def test_jobs_2_gives_the_same_bytes_as_jobs_1_for_every_input_format(inputs, kind, fmt):
     one = run_cli("bill", inputs[kind], "--format", fmt, "--jobs", "1")
     two = run_cli("bill", inputs[kind], "--format", fmt, "--jobs", "2")
@@ -262,4 +262,264 @@ def test_group_size_disagreement_through_the_cli_in_either_order(tmp_path):
     assert set(a) == set(b) == {"session_id", "error"}
     assert "groups.csv:3: services[1].group_size" in a["error"] and "groups.csv:5" in b["error"]
     assert summary(proc) == (2, 0, 2, 0)
+
+
+# --- 5. duplicate keys in JSON and JSONL -------------------------------------------------------------------
+
+def raw_line(text: str, lineno: int = 1):
+    from engine.sessions import RawLine
+    return RawLine((text.encode(), "x.jsonl", lineno, lineno)).parse()
+
+
+SERVICES = '"services": [{"code": "97110", "minutes": 20}]'
+
+
+@pytest.mark.parametrize("text, key, path", [
+    ('{"session_id": "D", "payer": "medicare", "payer": "x", ' + SERVICES + '}', "payer", ""),
+    ('{"session_id": "D", "services": [{"code": "97110", "minutes": 10, "minutes": 50}]}', "minutes", "services[0]"),
+    ('{"session_id": "D", ' + SERVICES + ', "context": {"a": {"b": 1, "b" : 2}}}', "b", "context.a"),
+    ('{"session_id": "D", ' + SERVICES + ', ' + SERVICES + '}', "services", ""),
+])
+def test_a_duplicate_key_in_a_jsonl_line_is_an_error_record(text, key, path):
+    item = raw_line(text, 7)
+    # the same key twice in one object: which one was meant is unknown (YAML refuses it too)
+    assert isinstance(item, ParseError), item
+    assert item.message == f"duplicate key {key!r}" and item.path == path and item.line == 7
+    assert item.session_id == "D"
+
+
+@pytest.mark.parametrize("text", [
+    '{"session_id": "T", "context": {"time": "10:30", "note": "a\\":b"}, ' + SERVICES + '}',   # colons in strings
+    '{"session_id" : "T" ,\t"services":[{"code":"97110" ,"minutes" :20}]}',                    # space before ':'
+    '{"session_id": "T", ' + SERVICES + ', "context": {"a": {"a": {"a": 1}}}}',                 # same key, nested
+])
+def test_keys_that_only_look_repeated_are_no_error(text):
+    item = raw_line(text)
+    assert isinstance(item, Session) and item.session_id == "T"
+    assert item.services[0].minutes == 20
+
+
+def pairs_text(draw, depth: int) -> tuple:
+    """(JSON text of an object written from a list of pairs, whether some object in it repeats a key)."""
+    keys = st.sampled_from(["a", "b", "a:", 'b"', "\u00e9", "services"])
+    dup = False
+    parts = []
+    seen = set()
+    for _ in range(draw(st.integers(0, 4))):
+        key = draw(keys)
+        dup = dup or key in seen
+        seen.add(key)
+        if depth > 0 and draw(st.booleans()):
+            value, inner = pairs_text(draw, depth - 1)
+            dup = dup or inner
+            if draw(st.booleans()):
+                value = f"[{value}, 1]"
+        else:
+            value = json.dumps(draw(st.one_of(json_scalar, st.just("x\":y"))))
+        parts.append(json.dumps(key) + draw(st.sampled_from(["", " ", "\n "])) + ":" + draw(st.sampled_from(["", " "]))
+                     + value)
+    return "{" + ", ".join(parts) + "}", dup
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_duplicate_keys_are_found_exactly_when_an_object_repeats_a_key(data):
+    body, dup = pairs_text(data.draw, 2)
+    text = '{"session_id": "P", ' + SERVICES + ', "context": ' + body + '}'
+    item = raw_line(text.replace("\n", " "))
+    found = isinstance(item, ParseError) and item.message.startswith("duplicate key")
+    assert found == dup, (text, item)
+    if not dup:
+        assert isinstance(item, Session) and item.context == json.loads(body)
+
+
+def test_a_duplicate_key_in_a_json_list_or_object(tmp_path):
+    good = {"session_id": "G", "payer": "medicare", "discipline": "PT", "services": [{"code": "97110", "minutes": 20}]}
+    path = tmp_path / "dup.json"
+    path.write_text("[\n" + json.dumps(good) + ",\n" + json.dumps(good, indent=1).replace('"payer"', '"payer": "x", "payer"', 1)
+                    + ",\n" + json.dumps(good) + "\n]\n", encoding="utf-8")
+    items = read_all(path)
+    assert [type(i) for i in items] == [Session, ParseError, Session]
+    assert items[1].line == 3 and items[1].message == "duplicate key 'payer'"
+    single = tmp_path / "one.json"
+    single.write_text('{"session_id": "S", "services": [], "services": [{"code": "97110", "minutes": 20}]}')
+    proc = run_cli("bill", single, "--format", "json", "--payer", "medicare")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"session_id": "S", "error": f"{single}:1: duplicate key 'services'"}
+
+
+# --- 2. the streaming JSON-list reader ----------------------------------------------------------------------
+
+def json_texts(doc: bytes, chunk: int) -> list:
+    """(kind, line, value) of every top-level value the reader cuts from `doc`, read `chunk` bytes at a
+    time, decoded as the reader decodes them; an element it cannot decode gives the exception instead."""
+    from engine.sessions import _JsonScanner
+    out = []
+    for kind, line, raw in _JsonScanner(io.BytesIO(doc), "<t>", chunk).values():
+        try:
+            out.append((kind, line, json.loads(bytes(raw).decode("utf-8"))))
+        except (ValueError, TypeError) as exc:
+            out.append((kind, line, exc))
+    return out
+
+
+json_number = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=False, allow_infinity=False))
+json_text = st.text(st.characters(codec="utf-8"), max_size=8) | st.sampled_from(["\"", "\\", "\\\"", "\n\t", "a,b]", "{[", "\u00e9\u4e2d\U0001f600"])
+any_json = st.recursive(st.none() | st.booleans() | json_number | json_text,
+                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_text, inner, max_size=4),
+                        max_leaves=12)
+SPACE = st.sampled_from(["", " ", "\n", "\r\n", "\t", " \n  "])
+STYLE = st.sampled_from([dict(), dict(indent=1), dict(separators=(",", ":")), dict(separators=(" ,\n", " :\t")),
+                         dict(ensure_ascii=False), dict(indent="\t", ensure_ascii=False)])
+
+
+@st.composite
+def json_list_document(draw) -> tuple:
+    """(document bytes, [(line of the element's first byte, element)]): a JSON list written with white
+    space of every kind around and inside its elements."""
+    values = draw(st.lists(any_json, max_size=5))
+    doc, lines = draw(SPACE) + "[", []
+    for n, value in enumerate(values):
+        doc += draw(SPACE)
+        lines.append(doc.count("\n") + 1)
+        doc += json.dumps(value, **draw(STYLE)) + draw(SPACE) + ("," if n < len(values) - 1 else "")
+    doc += draw(SPACE) + "]" + draw(SPACE)
+    return doc.encode("utf-8"), list(zip(lines, values))
+
+
+def same_json(a, b) -> bool:
+    """Equal, and of the same types all the way down (1 and 1.0 differ; so do key orders)."""
+    return json.dumps(a) == json.dumps(b) and a == b
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(json_list_document())
+def test_json_list_reader_gives_json_loads_values_at_every_buffer_size(case):
+    doc, expected = case
+    reference = json.loads(doc)
+    assert same_json([v for _, v in expected], reference)        # the generator writes what it means
+    for chunk in range(1, len(doc) + 1):
+        got = json_texts(doc, chunk)
+        assert [(kind, line) for kind, line, _ in got] == [("item", line) for line, _ in expected], chunk
+        assert same_json([v for _, _, v in got], reference), chunk
+
+
+CORRUPTIONS = st.sampled_from(list(b'[]{},:"\\ \n0e.-tn') + [None])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(json_list_document(), st.integers(0, 10**6), CORRUPTIONS)
+def test_json_list_reader_accepts_exactly_what_json_loads_accepts(case, where, byte):
+    # one byte of a valid document replaced (or deleted: None): either json.loads of the whole document
+    # accepts it, and the reader gives the same values, or it does not, and the reader reports a problem
+    from engine.errors import UsageError
+    doc = bytearray(case[0])
+    i = where % len(doc)
+    doc[i:i + 1] = b"" if byte is None else bytes([byte])
+    doc = bytes(doc)
+    try:
+        reference = json.loads(doc.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        reference = ValueError
+    for chunk in sorted({1, 2, 3, 7, len(doc) // 2 + 1, len(doc) + 1}):
+        try:
+            got = json_texts(doc, chunk)
+        except UsageError:
+            assert reference is ValueError or not isinstance(reference, (list, dict)), (doc, chunk)
+            continue
+        values = [v for _, _, v in got]
+        if reference is ValueError:
+            assert any(isinstance(v, Exception) for v in values), (doc, chunk, values)
+        elif isinstance(reference, dict):
+            assert [kind for kind, _, _ in got] == ["single"] and same_json(values[0], reference)
+        else:
+            assert same_json(values, reference), (doc, chunk)
+
+
+def test_literals_straddling_the_read_buffer(tmp_path):
+    # issue 10: a `true` cut by the buffer boundary was "malformed" and the rest of the list was dropped
+    session = {"session_id": "T", "payer": "medicare", "discipline": "PT", "context": {"flag": True, "x": None},
+               "services": [{"code": "97110", "minutes": 20}]}
+    text = json.dumps([session] * 3, indent=1).encode()
+    at = text.index(b"true") + 2
+    for chunk in (at, at - 1, at + 1, 1, 5):
+        path = tmp_path / "t.json"
+        path.write_bytes(text)
+        items = read_all(path, chunk=chunk)
+        assert [type(i) for i in items] == [Session] * 3, chunk
+        assert items[0].context == {"flag": True, "x": None}
+
+
+def test_a_20000_session_json_list_is_read_whole(tmp_path):
+    # issue 10: a 20,000-session list lost 18,769 sessions. Every session is read, in order, with the
+    # line of its first byte (json.dumps(indent=1): "[" on line 1, then 13 lines per session below)
+    sessions = [{"session_id": f"S{n}", "payer": "medicare", "discipline": "PT", "context": {"ok": n % 2 == 0},
+                 "services": [{"code": "97110", "minutes": n % 60}, {"code": "97140", "minutes": 8}]}
+                for n in range(20000)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(sessions, indent=1), encoding="utf-8")
+    per = json.dumps(sessions[0], indent=1).count("\n") + 1
+    items = read_all(path)
+    assert len(items) == 20000 and all(type(i) is Session for i in items)
+    assert [i.session_id for i in items] == [f"S{n}" for n in range(20000)]
+    assert [i.line for i in items[:3]] == [2, 2 + per, 2 + 2 * per]
+    assert items[-1].line == 2 + 19999 * per
+    assert items[123].services[0].minutes == 123 % 60 and items[123].context == {"ok": False}
+
+
+def test_json_list_errors_keep_their_lines_and_stop_cleanly(tmp_path):
+    from engine.errors import UsageError
+    good = json.dumps({"session_id": "G", "services": [{"code": "97110", "minutes": 20}]})
+    path = tmp_path / "bad.json"
+    path.write_text("[\n" + good + ",\n[1, 2],\n" + '{"session_id": "M", "services": [tru]}' + ",\n" + good + "\n]\n")
+    source = SessionInput(str(path))
+    items = []
+    with pytest.raises(UsageError) as raised:
+        for item in source:
+            items.append(item)
+    # a list element that is not an object: its error record (line 3); then the malformed one (line 4),
+    # after which where the next session starts cannot be known: the run stops, saying so
+    assert [type(i) for i in items] == [Session, ParseError, type(items[2])] and isinstance(items[2], ParseError)
+    assert [i.line for i in items] == [2, 3, 4]
+    assert items[2].message.startswith("malformed JSON: Expecting value (line 4")
+    assert "the rest of the JSON list cannot be read" in str(raised.value) and ":4:" in str(raised.value)
+    # through the CLI: the records so far, one error line, exit 2
+    proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
+    assert proc.returncode == 2 and len(jsonl(proc)) == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"services": []}] x', "unexpected text after the JSON list"),
+    ('{"services": []} x', "unexpected text after the JSON session"),
+    ('[{"services": []}}', "expected ',' or ']'"),
+    ('[{"services": []}', "expected ',' or ']'"),
+    ('[{"services": []} {"services": []}]', "Extra data"),        # one element's text, and not JSON
+    ('"just a string"', "must be a session object or a list"),
+])
+def test_json_punctuation_errors_are_usage_errors(tmp_path, text, message):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
+    assert proc.returncode == 2 and message in proc.stderr.decode()
+
+
+def test_a_single_json_object_and_a_bom(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_bytes(b"\xef\xbb\xbf\n  " + json.dumps({"session_id": "ONE", "services": [{"code": "97110", "minutes": 20}]}).encode())
+    source = SessionInput(str(path), chunk=3)
+    items = list(source)
+    assert source.single and [i.session_id for i in items] == ["ONE"] and items[0].line == 2
+
+
+def test_an_over_long_json_list_element_stops_the_run(tmp_path, monkeypatch):
+    from engine import sessions
+    from engine.errors import UsageError
+    monkeypatch.setattr(sessions, "MAX_RECORD_BYTES", 1000)
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([{"services": [], "context": {"note": "x" * 2000}}, {"services": []}]))
+    items = []
+    with pytest.raises(UsageError):
+        for item in SessionInput(str(path), chunk=64):
+            items.append(item)
+    assert len(items) == 1 and "longer than 1000 bytes" in items[0].message
 
