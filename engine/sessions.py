@@ -97,6 +97,8 @@ class SessionInput:
                          (".yaml", "yaml"), (".yml", "yaml")):
             if lower.endswith(ext):
                 return fmt
+        if _looks_like_csv(self.head):
+            return "csv"
         text = self.head.lstrip(codecs.BOM_UTF8).lstrip()
         if text.startswith(b"["):
             return "json"
@@ -178,73 +180,77 @@ class SessionInput:
 
     # --- JSONL: one session per line ------------------------------------------------------------------
     def _jsonl(self):
-        stream = io.BufferedReader(_Prefixed(self.head, self.stream), buffer_size=_CHUNK)
-        lineno = 0
-        while True:
-            raw = stream.readline(MAX_RECORD_BYTES + 1)
-            if not raw:
-                return
-            lineno += 1
-            if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
-                while raw and not raw.endswith(b"\n"):          # skip the rest of the over-long line
-                    raw = stream.readline(MAX_RECORD_BYTES)
+        for lineno, raw in _lines(_Prefixed(self.head, self.stream)):
+            if raw is None:
                 yield ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", self.display, lineno,
                                  session_id=f"session-{self._number()}")
-                continue
-            if not raw.strip():
-                continue
-            record = RawLine((raw, self.display, lineno, self._number()))
-            yield record if self.defer else record.parse()
+            elif raw.strip():
+                record = RawLine((raw, self.display, lineno, self._number()))
+                yield record if self.defer else record.parse()
 
-    # --- CSV of service lines -------------------------------------------------------------------------
+    # --- CSV of service lines: one row per line -------------------------------------------------------
     def _csv(self):
-        text = io.TextIOWrapper(_Prefixed(self.head, self.stream), encoding="utf-8-sig", errors="surrogateescape",
-                                newline="")
-        reader = csv.reader(text)
-        try:
-            header = next(reader)
-        except StopIteration:
+        """Service-line fields never hold a line break, so each line is parsed on its own: a quoted field
+        that runs past its line spoils that row alone."""
+        lines = _lines(_Prefixed(self.head, self.stream))
+        header = next(lines, None)
+        if header is None:
             return
-        except csv.Error as exc:
-            raise UsageError(f"malformed CSV header: {exc}", self.display, 1) from None
-        columns = [c.strip() for c in header]
-        for name in columns:
+        columns = self._csv_header(header[1])
+        group = []
+        for lineno, raw in lines:
+            cells, error = _csv_cells(raw, lineno == 1)
+            if error:
+                # its session is known when its session_id cell comes before the broken one
+                where = columns.index("session_id")
+                record = {"session_id": cells[where].strip() if where < len(cells) else None, "_error": error}
+            elif not any(cell.strip() for cell in cells):
+                continue
+            else:
+                record = dict(zip(columns, (cell.strip() for cell in cells)))
+                record["_width"] = len(cells)
+            record["_line"] = lineno
+            sid = record.get("session_id")
+            if group and sid != group[0]["session_id"]:
+                yield self._csv_session(group)
+                group = []
+            if sid:
+                group.append(record)
+                continue
+            # a row that names no session is an error of its own: joined to a session, it would pool
+            # another patient's minutes
+            number = self._number()
+            if error:
+                yield ParseError(error, self.display, lineno, session_id=f"session-{number}")
+            else:
+                yield SessionError("a row must name its session", self.display, lineno, "session_id",
+                                   session_id=f"session-{number}")
+        if group:
+            yield self._csv_session(group)
+
+    def _csv_header(self, raw) -> list:
+        cells, error = _csv_cells(raw, True)
+        if error:
+            raise UsageError(f"CSV header: {error}", self.display, 1)
+        columns = [c.strip() for c in cells]
+        for i, name in enumerate(columns):
             if name not in CSV_COLUMNS:
                 raise UsageError(f"unknown CSV column {name!r}{suggest(name, CSV_COLUMNS)}; columns: "
                                  f"{', '.join(CSV_COLUMNS)}", self.display, 1)
+            if name in columns[:i]:
+                raise UsageError(f"CSV column {name!r} given more than once", self.display, 1)
         missing = [c for c in ("session_id", "code", "minutes") if c not in columns]
         if missing:
             raise UsageError(f"CSV needs the columns {', '.join(missing)}", self.display, 1)
-        group, first_line = [], 2
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                if group:
-                    yield self._csv_session(group, first_line)
-                    group = []
-                yield ParseError(f"malformed CSV: {exc}", self.display, reader.line_num,
-                                 session_id=f"session-{self._number()}")
-                continue
-            if not any(cell.strip() for cell in row):
-                continue
-            record = dict(zip(columns, (cell.strip() for cell in row)))
-            record["_line"] = reader.line_num
-            record["_width"] = len(row)
-            if group and record.get("session_id") != group[0].get("session_id"):
-                yield self._csv_session(group, first_line)
-                group = []
-            if not group:
-                first_line = reader.line_num
-            group.append(record)
-        if group:
-            yield self._csv_session(group, first_line)
+        return columns
 
-    def _csv_session(self, rows: list, line: int):
+    def _csv_session(self, rows: list):
         number = self._number()
-        sid = rows[0].get("session_id") or f"session-{number}"
+        line = rows[0]["_line"]
+        sid = rows[0]["session_id"]
+        for r in rows:
+            if "_error" in r:
+                return ParseError(r["_error"], self.display, r["_line"], session_id=sid)
         if any("\udc80" <= ch <= "\udcff" for r in rows for v in r.values() if isinstance(v, str) for ch in v):
             return ParseError("not UTF-8 text", self.display, line, session_id=f"session-{number}")
         width = len(CSV_COLUMNS)
@@ -266,6 +272,46 @@ class SessionInput:
         lines = {(): line}
         lines.update({("services", i): r["_line"] for i, r in enumerate(rows)})
         return parse_session(data, Located(data, lines, self.display), (), number)
+
+
+def _lines(stream):
+    """(line number, bytes with the line end) of each line of a byte stream; (number, None) for a line
+    longer than MAX_RECORD_BYTES, which is skipped without being held."""
+    stream = io.BufferedReader(stream, buffer_size=_CHUNK)
+    lineno = 0
+    while True:
+        raw = stream.readline(MAX_RECORD_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):          # skip the rest of the over-long line
+                raw = stream.readline(MAX_RECORD_BYTES)
+            raw = None
+        yield lineno, raw
+
+
+def _csv_cells(raw, first: bool) -> tuple:
+    """(cells, error message or None) of one CSV line; with an error, the cells before the broken one."""
+    if raw is None:
+        return [], f"line longer than {MAX_RECORD_BYTES} bytes"
+    text = raw.decode("utf-8-sig" if first else "utf-8", "surrogateescape").rstrip("\r\n")
+    try:
+        return next(csv.reader([text], strict=True), []), None
+    except csv.Error as exc:
+        quote = text.find('"')
+        before = text[:quote].split(",")[:-1] if quote >= 0 else []
+        if "unexpected end of data" in str(exc):
+            return before, "malformed CSV: a quoted field runs past the end of its line"
+        return before, f"malformed CSV: {exc}"
+
+
+def _looks_like_csv(head: bytes) -> bool:
+    """A first line that is a CSV header of service lines: comma-separated known columns, with
+    session_id, code and minutes among them (how CSV on standard input is recognised)."""
+    cells, error = _csv_cells(head.split(b"\n", 1)[0], True)
+    names = {c.strip() for c in cells}
+    return not error and names <= set(CSV_COLUMNS) and {"session_id", "code", "minutes"} <= names
 
 
 def _csv_number(text: str):

@@ -523,3 +523,142 @@ def test_an_over_long_json_list_element_stops_the_run(tmp_path, monkeypatch):
             items.append(item)
     assert len(items) == 1 and "longer than 1000 bytes" in items[0].message
 
+
+# --- 3. CSV: a broken row is that row's problem alone ----------------------------------------------------------
+
+HEADER = "session_id,payer,date_of_service,discipline,code,minutes,group_size"
+
+
+def csv_file(tmp_path, text: str, name="s.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_stray_quote_spoils_only_its_own_row(tmp_path):
+    # issue 10: one '"' swallowed the 3,776 sessions after it into one error
+    rows = [f"S{n},medicare,{DATE},PT,97110,{8 + n % 30}," for n in range(3777)]
+    rows[5] = f'S5,medicare,{DATE},PT,"97110,20,'          # a quoted field that runs past its line (line 7)
+    items = read_all(csv_file(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert len(items) == 3777
+    assert [i.session_id for i in items] == [f"S{n}" for n in range(3777)]
+    bad = items[5]
+    assert isinstance(bad, ParseError) and bad.line == 7 and "quoted field" in bad.message
+    assert all(type(i) is Session for n, i in enumerate(items) if n != 5)
+    assert items[6].line == 8 and items[6].services[0].minutes == 8 + 6 % 30
+
+
+def test_a_broken_row_makes_its_whole_session_an_error(tmp_path):
+    # a session billed without one of its rows would be billed wrong (its minutes are pooled): the row's
+    # session is the error record, and the next session is read as usual
+    text = (HEADER + "\n" + f"A,medicare,{DATE},PT,97110,10,\n" + f'A,medicare,{DATE},PT,"97112,10,\n'
+            + f"A,medicare,{DATE},PT,97140,10,\n" + f"B,medicare,{DATE},PT,97110,20,\n")
+    items = read_all(csv_file(tmp_path, text))
+    assert [(type(i), i.session_id) for i in items] == [(ParseError, "A"), (Session, "B")]
+    assert items[0].line == 3
+
+
+def test_a_row_without_session_id_is_an_error_of_its_own(tmp_path):
+    # issue 10: rows with an empty session_id were merged into one session, pooling different patients'
+    # minutes (two 10-minute services of different patients billed as 20 minutes -> 1 unit)
+    text = (HEADER + "\n" + f",medicare,{DATE},PT,97110,10,\n" + f",medicare,{DATE},PT,97112,10,\n"
+            + f"C,medicare,{DATE},PT,97110,20,\n" + f" ,medicare,{DATE},PT,97110,20,\n")
+    path = csv_file(tmp_path, text)
+    items = read_all(path)
+    assert [type(i) for i in items] == [SessionError, SessionError, Session, SessionError]
+    assert [i.line for i in items] == [2, 3, 4, 5]
+    assert items[0].path == "session_id" and items[0].session_id == "session-1"
+    proc = run_cli("bill", path, "--format", "jsonl")
+    assert proc.returncode == 1 and summary(proc) == (4, 1, 3, 0)
+
+
+def test_a_repeated_csv_column_is_refused_at_the_header(tmp_path):
+    path = csv_file(tmp_path, "session_id,code,minutes,minutes\nA,97110,20,30\nB,97110,20,30\n")
+    proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
+    assert proc.returncode == 2 and proc.stdout == b""
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and f"{path}:1:" in err and "'minutes'" in err and "more than once" in err
+
+
+def test_csv_on_standard_input_is_sniffed(tmp_path):
+    text = "session_id,payer,discipline,code,minutes\nA,medicare,PT,97110,33\nA,medicare,PT,97140,7\n"
+    from_file = run_cli("bill", csv_file(tmp_path, text), "--format", "jsonl")
+    proc = run_cli("bill", "-", "--format", "jsonl", stdin=text.encode())
+    assert proc.returncode == 0 and proc.stdout == from_file.stdout
+    # 97110 33 + 97140 7 = 40 min -> 3 units; 97110 2 full units (3 left), 97140 7 left -> the third
+    assert units_of(jsonl(proc)[0]) == {"97110": 2, "97140": 1}
+    # with a BOM and CRLF line ends, columns in another order
+    crlf = "\ufeffminutes,code,session_id,payer\r\n20,97110,B,medicare\r\n"
+    assert units_of(jsonl(run_cli("bill", "-", "--format", "jsonl", stdin=crlf.encode()))[0]) == {"97110": 1}
+
+
+def test_what_is_not_a_csv_header_is_not_sniffed_as_csv():
+    from engine.sessions import _looks_like_csv
+    assert _looks_like_csv(b"session_id,code,minutes\n1,97110,20\n")
+    assert _looks_like_csv(b"\xef\xbb\xbf code , minutes,session_id,provider\r\nx")
+    assert not _looks_like_csv(b"code,minutes\n")                          # no session_id
+    assert not _looks_like_csv(b"session_id,code,minutes,patient\n")       # an unknown column
+    assert not _looks_like_csv(b"session_id: A\nservices: []\n")           # YAML
+    assert not _looks_like_csv(b'{"session_id": "A"}\n')
+
+
+CSV_CODES = ["97110", "97112", "97140", "97530", "97150", "97161", "92507"]
+
+
+@st.composite
+def csv_document(draw):
+    """(CSV text, what each record must be): valid sessions of 1-3 rows with unique ids (as the session
+    dicts they mean), and broken rows between them, each its own error record ("row", line)."""
+    columns = draw(st.permutations(["session_id", "payer", "date_of_service", "discipline", "code", "minutes",
+                                    "group_size", "provider"]))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    lines, expected = [",".join(columns)], []
+    for n in range(draw(st.integers(1, 8))):
+        if draw(st.integers(0, 3)) == 0:
+            kind = draw(st.sampled_from(["quote", "quote-id", "no-id"]))
+            cells = {"session_id": f"X{n}", "payer": "medicare", "code": "97110", "minutes": "20"}
+            if kind == "no-id":
+                cells["session_id"] = draw(st.sampled_from(["", "  "]))
+            line = ",".join(cells.get(c, "") for c in columns)
+            if kind == "quote":
+                line = line.replace("97110", '"97110', 1)
+            elif kind == "quote-id":
+                line = '"' + line
+            lines.append(line)
+            expected.append(("row", len(lines)))
+            continue
+        sid = f"S{n}"
+        session = {"session_id": sid, "payer": draw(st.sampled_from(["medicare", "example-midpoint"])),
+                   "date_of_service": DATE, "discipline": draw(st.sampled_from(["PT", "OT", "SLP"])), "services": []}
+        size = draw(st.integers(2, 6))
+        for r in range(draw(st.integers(1, 3))):
+            service = {"code": draw(st.sampled_from(CSV_CODES)), "minutes": draw(st.integers(0, 75))}
+            if service["code"] == "97150":
+                service["group_size"] = size
+            if draw(st.booleans()):
+                service["provider"] = draw(st.sampled_from(["PT", "PTA", "OT"]))
+            session["services"].append(service)
+            cells = {k: ("" if r and draw(st.booleans()) else str(v)) for k, v in session.items()
+                     if k in ("payer", "date_of_service", "discipline")}
+            cells.update({k: str(v) for k, v in service.items()}, session_id=sid)
+            lines.append(",".join(cells.get(c, "") for c in columns))
+        expected.append(("session", session))
+    return newline.join(lines) + newline, expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(csv_document())
+def test_csv_reader_against_each_session_billed_alone(billers, tmp_path, case):
+    # reference: each valid session's rows mean the session dict it was written from, billed alone; each
+    # broken row is one error record at its own line; nothing else is read
+    text, expected = case
+    path = csv_file(tmp_path, text, "fuzz.csv")
+    items = read_all(path)
+    assert len(items) == len(expected), (text, items)
+    biller = billers["python"]
+    for item, (kind, want) in zip(items, expected):
+        if kind == "row":
+            assert isinstance(item, SessionError) and item.line == want, (text, item)
+        else:
+            assert isinstance(item, Session), (text, item)
+            assert biller.bill(item, None, None) == biller.bill(parse(want), None, None)
