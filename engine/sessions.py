@@ -389,7 +389,9 @@ class _JsonScanner:
         """The text of the value at pos (bytes): up to the ']', '}' or ',' that ends it at its outer
         level (pos is left on that byte), or with `whole` up to and with the bracket that closes it (pos
         after it), or up to the end of the input. None when it is longer than MAX_RECORD_BYTES."""
-        buf, i, depth, in_string = self.buf, 0, 0, False
+        # with `whole`, the value is an object: its '{' is stepped over first, so that the run of
+        # _RUN_OUTER (which takes in whole innermost objects) cannot go on past its end
+        buf, i, depth, in_string = self.buf, int(whole), int(whole), False
         while True:
             if in_string:
                 i = _STRING_REST.match(buf, i).end()

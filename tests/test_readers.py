@@ -491,6 +491,7 @@ def test_json_list_errors_keep_their_lines_and_stop_cleanly(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('[{"services": []}] x', "unexpected text after the JSON list"),
     ('{"services": []} x', "unexpected text after the JSON session"),
+    ('{"services": 1} x', "unexpected text after the JSON session"),            # an object with no list in it
     ('[{"services": []}}', "expected ',' or ']'"),
     ('[{"services": []}', "expected ',' or ']'"),
     ('[{"services": []} {"services": []}]', "Extra data"),        # one element's text, and not JSON
