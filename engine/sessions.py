@@ -24,6 +24,7 @@ from .yamlload import Located, format_path, load_text
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
+MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
 CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider")
@@ -191,7 +192,8 @@ class SessionInput:
     # --- CSV of service lines: one row per line -------------------------------------------------------
     def _csv(self):
         """Service-line fields never hold a line break, so each line is parsed on its own: a quoted field
-        that runs past its line spoils that row alone."""
+        that runs past its line spoils its row's session alone. A session holds at most MAX_SERVICES + 1
+        rows; the rest are counted, so memory stays flat however many rows name one session."""
         lines = _lines(_Prefixed(self.head, self.stream))
         header = next(lines, None)
         if header is None:
@@ -215,7 +217,9 @@ class SessionInput:
                 yield self._csv_session(group)
                 group = []
             if sid:
-                group.append(record)
+                if len(group) <= MAX_SERVICES:
+                    group.append(record)
+                group[0]["_rows"] = group[0].get("_rows", 0) + 1
                 continue
             # a row that names no session is an error of its own: joined to a session, it would pool
             # another patient's minutes
@@ -248,6 +252,9 @@ class SessionInput:
         number = self._number()
         line = rows[0]["_line"]
         sid = rows[0]["session_id"]
+        if rows[0]["_rows"] > MAX_SERVICES:          # the schema's maxItems, with the rows not kept counted
+            return SessionError(f"has {rows[0]['_rows']} items, at most {MAX_SERVICES} are allowed", self.display,
+                                line, "services", session_id=sid)
         for r in rows:
             if "_error" in r:
                 return ParseError(r["_error"], self.display, r["_line"], session_id=sid)

@@ -573,6 +573,23 @@ def test_a_row_without_session_id_is_an_error_of_its_own(tmp_path):
     assert proc.returncode == 1 and summary(proc) == (4, 1, 3, 0)
 
 
+def test_one_session_of_many_csv_rows_is_an_error_read_in_flat_memory(tmp_path):
+    # a session holds at most 200 services (schema maxItems); 60,000 rows naming one session are its
+    # error record, and reading them does not keep them all (each row kept costs some 600 bytes)
+    import tracemalloc
+    path = csv_file(tmp_path, HEADER + "\n" + f"A,medicare,{DATE},PT,97110,1,\n" * 60000
+                    + f"B,medicare,{DATE},PT,97110,20,\n")
+    tracemalloc.start()
+    try:
+        items = read_all(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(type(i), i.session_id) for i in items] == [(SessionError, "A"), (Session, "B")]
+    assert items[0].path == "services" and items[0].message == "has 60000 items, at most 200 are allowed"
+    assert peak < 4_000_000, peak
+
+
 def test_a_repeated_csv_column_is_refused_at_the_header(tmp_path):
     path = csv_file(tmp_path, "session_id,code,minutes,minutes\nA,97110,20,30\nB,97110,20,30\n")
     proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
