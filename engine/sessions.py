@@ -483,8 +483,8 @@ _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 def fast_services(data):
     """The session's services as Service tuples when the schema certainly accepts the session and
     _services_error finds nothing (the common case, checked in plain Python, in one pass); None sends
-    it to the full JSON Schema validation and _services_error, which give the message. Never looser than schemas/session.schema.json (a property
-    test checks it)."""
+    it to the full JSON Schema validation and _services_error, which give the message. Never looser
+    than schemas/session.schema.json (a property test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
         return None
     sid = data.get("session_id", "x")

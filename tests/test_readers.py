@@ -8,7 +8,6 @@ document, the csv module on one line, a session billed alone).
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import pickle
@@ -155,7 +154,8 @@ session_dict = st.fixed_dictionaries(
     {"services": st.lists(service, min_size=0, max_size=4)},
     optional={"session_id": st.one_of(st.text(min_size=1, max_size=8), st.integers(0, 99)),
               "payer": st.sampled_from(["medicare", "x"]), "date_of_service": st.sampled_from([DATE, "2026-02-30"]),
-              "discipline": st.sampled_from(["PT", "OT", "XX"]), "context": st.dictionaries(st.text(max_size=3), json_value, max_size=3)})
+              "discipline": st.sampled_from(["PT", "OT", "XX"]),
+              "context": st.dictionaries(st.text(max_size=3), json_value, max_size=3)})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -336,8 +336,8 @@ def test_duplicate_keys_are_found_exactly_when_an_object_repeats_a_key(data):
 def test_a_duplicate_key_in_a_json_list_or_object(tmp_path):
     good = {"session_id": "G", "payer": "medicare", "discipline": "PT", "services": [{"code": "97110", "minutes": 20}]}
     path = tmp_path / "dup.json"
-    path.write_text("[\n" + json.dumps(good) + ",\n" + json.dumps(good, indent=1).replace('"payer"', '"payer": "x", "payer"', 1)
-                    + ",\n" + json.dumps(good) + "\n]\n", encoding="utf-8")
+    twice = json.dumps(good, indent=1).replace('"payer"', '"payer": "x", "payer"', 1)
+    path.write_text("[\n" + json.dumps(good) + ",\n" + twice + ",\n" + json.dumps(good) + "\n]\n", encoding="utf-8")
     items = read_all(path)
     assert [type(i) for i in items] == [Session, ParseError, Session]
     assert items[1].line == 3 and items[1].message == "duplicate key 'payer'"
@@ -364,7 +364,8 @@ def json_texts(doc: bytes, chunk: int) -> list:
 
 
 json_number = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=False, allow_infinity=False))
-json_text = st.text(st.characters(codec="utf-8"), max_size=8) | st.sampled_from(["\"", "\\", "\\\"", "\n\t", "a,b]", "{[", "\u00e9\u4e2d\U0001f600"])
+json_text = st.text(st.characters(codec="utf-8"), max_size=8) | st.sampled_from(
+    ["\"", "\\", "\\\"", "\n\t", "a,b]", "{[", "\u00e9\u4e2d\U0001f600"])
 any_json = st.recursive(st.none() | st.booleans() | json_number | json_text,
                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_text, inner, max_size=4),
                         max_leaves=12)
@@ -506,7 +507,8 @@ def test_json_punctuation_errors_are_usage_errors(tmp_path, text, message):
 
 def test_a_single_json_object_and_a_bom(tmp_path):
     path = tmp_path / "one.json"
-    path.write_bytes(b"\xef\xbb\xbf\n  " + json.dumps({"session_id": "ONE", "services": [{"code": "97110", "minutes": 20}]}).encode())
+    one = {"session_id": "ONE", "services": [{"code": "97110", "minutes": 20}]}
+    path.write_bytes(b"\xef\xbb\xbf\n  " + json.dumps(one).encode())
     source = SessionInput(str(path), chunk=3)
     items = list(source)
     assert source.single and [i.session_id for i in items] == ["ONE"] and items[0].line == 2
@@ -664,7 +666,8 @@ def csv_document(draw):
     return newline.join(lines) + newline, expected
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(csv_document())
 def test_csv_reader_against_each_session_billed_alone(billers, tmp_path, case):
     # reference: each valid session's rows mean the session dict it was written from, billed alone; each
