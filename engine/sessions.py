@@ -201,7 +201,7 @@ class SessionInput:
         columns = self._csv_header(header[1])
         group = []
         for lineno, raw in lines:
-            cells, error = _csv_cells(raw, lineno == 1)
+            cells, error = _csv_cells(raw, first=False)
             if error:
                 # its session is known when its session_id cell comes before the broken one
                 where = columns.index("session_id")
@@ -233,9 +233,9 @@ class SessionInput:
             yield self._csv_session(group)
 
     def _csv_header(self, raw) -> list:
-        cells, error = _csv_cells(raw, True)
+        cells, error = _csv_cells(raw, first=True)
         if error:
-            raise UsageError(f"CSV header: {error}", self.display, 1)
+            raise UsageError(f"malformed CSV header: {error.removeprefix('malformed CSV: ')}", self.display, 1)
         columns = [c.strip() for c in cells]
         for i, name in enumerate(columns):
             if name not in CSV_COLUMNS:
@@ -316,7 +316,7 @@ def _csv_cells(raw, first: bool) -> tuple:
 def _looks_like_csv(head: bytes) -> bool:
     """A first line that is a CSV header of service lines: comma-separated known columns, with
     session_id, code and minutes among them (how CSV on standard input is recognised)."""
-    cells, error = _csv_cells(head.split(b"\n", 1)[0], True)
+    cells, error = _csv_cells(head.split(b"\n", 1)[0], first=True)
     names = {c.strip() for c in cells}
     return not error and names <= set(CSV_COLUMNS) and {"session_id", "code", "minutes"} <= names
 
