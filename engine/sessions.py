@@ -481,10 +481,10 @@ _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 
 def fast_services(data):
-    """The session's services as Service tuples when the schema certainly accepts the session and
-    _services_error finds nothing (the common case, checked in plain Python, in one pass); None sends
-    it to the full JSON Schema validation and _services_error, which give the message. Never looser
-    than schemas/session.schema.json (a property test checks it)."""
+    """(the session's services as Service tuples, the number of keys of their objects) when the schema
+    certainly accepts the session and _services_error finds nothing (the common case, checked in plain
+    Python, in one pass); None sends it to the full JSON Schema validation and _services_error, which
+    give the message. Never looser than schemas/session.schema.json (a property test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
         return None
     sid = data.get("session_id", "x")
@@ -506,6 +506,7 @@ def fast_services(data):
     out = []
     total = 0
     sizes = None
+    keys = 2 * len(services)        # code and minutes; other keys are counted below (for duplicate keys)
     for s in services:
         if type(s) is not dict:
             return None
@@ -522,6 +523,7 @@ def fast_services(data):
             continue
         if not s.keys() <= _SERVICE_KEYS:
             return None
+        keys += len(s) - 2
         group_size, provider = s.get("group_size"), s.get("provider")
         if "group_size" in s:
             if type(group_size) is not int or not 0 <= group_size <= 1000:
@@ -532,7 +534,7 @@ def fast_services(data):
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
         out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
-    return tuple(out) if total <= MAX_DAY_MINUTES else None
+    return (tuple(out), keys) if total <= MAX_DAY_MINUTES else None
 
 
 # NamedTuples made straight from a tuple of all their fields: their own __new__ is a Python function
@@ -636,17 +638,16 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
         name = "session_id" if not id_writable else "payer"
         return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
                             doc.line_of(path + (name,)), name, session_id=session_id)
-    services = fast_services(data)
+    fast = fast_services(data)
+    services = None if fast is None else fast[0]
     if text is not None:
         # Every key of the text is followed by a ':' (colons inside strings only add to the count), so
         # as many keys parsed as there are colons proves that no key was repeated. The common case
         # costs a count of the text and, when the fast path vouched for the session (its services
-        # hold plain values), the sizes of its objects.
+        # hold plain values, their keys counted there), the session's size.
         try:
             if services is not None:
-                keys = len(data)
-                for service in data["services"]:
-                    keys += len(service)
+                keys = len(data) + fast[1]
                 if "context" in data:
                     keys += _keys(data["context"])
             else:
