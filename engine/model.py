@@ -1,11 +1,35 @@
 """Small immutable types shared by every stage. They know nothing of YAML or durable_rules."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
-NO_CONTEXT = MappingProxyType({})     # a session's context when it gives none (read-only: shared)
+
+class _NoContext(Mapping):
+    """The context of a session that gives none: empty, read-only, one object shared by all. It pickles
+    as a reference to NO_CONTEXT (with --jobs, sessions are sent to worker processes; a MappingProxyType
+    cannot be pickled)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self):
+        return 0
+
+    def __repr__(self):
+        return "NO_CONTEXT"
+
+    def __reduce__(self):
+        return "NO_CONTEXT"
+
+
+NO_CONTEXT = _NoContext()
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from operator import itemgetter
 from .errors import SessionError, UsageError, is_date, suggest
 from .model import NO_CONTEXT, Service, Session
 from .schema import schema_errors
-from .yamlload import Located, load_text
+from .yamlload import Located, format_path, load_text
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
+MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
+MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
 CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider")
 CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline")
@@ -45,14 +47,15 @@ class RawLine(tuple):
     def parse(self):
         number, lineno, display = self.number, self.lineno, self.display
         try:
-            data = json.loads(self.raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            text = self.raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            data = json.loads(text)
         except UnicodeDecodeError:
             return ParseError("not UTF-8 text", display, lineno, session_id=f"session-{number}")
         except ValueError as exc:
             return ParseError(f"malformed JSON: {exc}", display, lineno, session_id=f"session-{number}")
         except RecursionError:
             return ParseError("JSON nested too deeply", display, lineno, session_id=f"session-{number}")
-        return parse_session(data, Located(data, {(): lineno}, display), (), number)
+        return parse_session(data, Located(data, {(): lineno}, display), (), number, text)
 
 
 class _Unreadable(ParseError):
@@ -74,8 +77,9 @@ class SessionInput:
     """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
     input is one session object (then `bill --format json` writes an object, not a list)."""
 
-    def __init__(self, name: str, fmt: str = "auto", start: int = 1, defer: bool = False):
+    def __init__(self, name: str, fmt: str = "auto", start: int = 1, defer: bool = False, chunk: int = _CHUNK):
         self.name = name
+        self.chunk = chunk          # bytes read at a time (tests read with every size)
         self.defer = defer          # JSONL: yield RawLine items, parsed where they are billed
         self.display = "<stdin>" if name == "-" else name
         self.start = start
@@ -84,7 +88,7 @@ class SessionInput:
             self.stream = sys.stdin.buffer if name == "-" else open(name, "rb")
         except OSError as exc:
             raise UsageError(f"cannot read input: {exc.strerror}", name) from None
-        self.head = self.stream.read(_CHUNK)
+        self.head = self.stream.read(chunk)
         self.format = fmt if fmt != "auto" else self._detect()
         self.single = False
 
@@ -94,6 +98,8 @@ class SessionInput:
                          (".yaml", "yaml"), (".yml", "yaml")):
             if lower.endswith(ext):
                 return fmt
+        if _looks_like_csv(self.head):
+            return "csv"
         text = self.head.lstrip(codecs.BOM_UTF8).lstrip()
         if text.startswith(b"["):
             return "json"
@@ -145,116 +151,113 @@ class SessionInput:
 
     # --- JSON: one object, or a list streamed element by element --------------------------------------
     def _json(self):
-        stream = _Text(self.head, self.stream, self.display)
-        stream.skip_space()
-        if stream.peek() == "{":
-            self.single = True
-            yield self._json_value(stream, single=True)
-            stream.skip_space()
-            if stream.peek():
-                raise UsageError("unexpected text after the JSON session", self.display, stream.line)
-            return
-        if stream.peek() != "[":
-            raise UsageError("JSON input must be a session object or a list of sessions", self.display, stream.line)
-        stream.advance(1)
-        stream.skip_space()
-        if stream.peek() == "]":
-            return
-        while True:
-            item = self._json_value(stream)
+        scanner = _JsonScanner(_Prefixed(self.head, self.stream), self.display, self.chunk)
+        for kind, line, raw in scanner.values():
+            self.single = kind == "single"
+            item = self._json_item(line, raw)
             yield item
             if isinstance(item, _Unreadable):
-                raise UsageError(f"the rest of the JSON list cannot be read after the malformed session at line "
-                                 f"{item.line}", self.display, item.line)
-            stream.skip_space()
-            char = stream.peek()
-            if char == ",":
-                stream.advance(1)
-                stream.skip_space()
-            elif char == "]":
+                if not self.single:
+                    raise UsageError(f"the rest of the JSON list cannot be read after the malformed session at "
+                                     f"line {item.line}", self.display, item.line)
                 return
-            else:
-                raise UsageError("expected ',' or ']' in the JSON list", self.display, stream.line)
 
-    def _json_value(self, stream, single=False):
-        line, number = stream.line, self._number()
+    def _json_item(self, line: int, raw):
+        number = self._number()
+        sid = f"session-{number}"
+        if raw is None:
+            return _Unreadable(f"session longer than {MAX_RECORD_BYTES} bytes", self.display, line, session_id=sid)
         try:
-            data = stream.decode_value()
-        except ValueError as exc:
-            return _Unreadable(f"malformed JSON: {exc}", self.display, line, session_id=f"session-{number}")
+            text = raw.decode("utf-8")
+            data = json.loads(text)
+        except UnicodeDecodeError:
+            return _Unreadable("not UTF-8 text", self.display, line, session_id=sid)
+        except json.JSONDecodeError as exc:
+            return _Unreadable(f"malformed JSON: {exc.msg} (line {line + exc.lineno - 1})", self.display, line,
+                               session_id=sid)
         except RecursionError:
-            return _Unreadable("JSON nested too deeply", self.display, line, session_id=f"session-{number}")
-        return parse_session(data, Located(data, {(): line}, self.display), (), number)
+            return _Unreadable("JSON nested too deeply", self.display, line, session_id=sid)
+        return parse_session(data, Located(data, {(): line}, self.display), (), number, text)
 
     # --- JSONL: one session per line ------------------------------------------------------------------
     def _jsonl(self):
-        stream = io.BufferedReader(_Prefixed(self.head, self.stream), buffer_size=_CHUNK)
-        lineno = 0
-        while True:
-            raw = stream.readline(MAX_RECORD_BYTES + 1)
-            if not raw:
-                return
-            lineno += 1
-            if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
-                while raw and not raw.endswith(b"\n"):          # skip the rest of the over-long line
-                    raw = stream.readline(MAX_RECORD_BYTES)
+        for lineno, raw in _lines(_Prefixed(self.head, self.stream)):
+            if raw is None:
                 yield ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", self.display, lineno,
                                  session_id=f"session-{self._number()}")
-                continue
-            if not raw.strip():
-                continue
-            record = RawLine((raw, self.display, lineno, self._number()))
-            yield record if self.defer else record.parse()
+            elif raw.strip():
+                record = RawLine((raw, self.display, lineno, self._number()))
+                yield record if self.defer else record.parse()
 
-    # --- CSV of service lines -------------------------------------------------------------------------
+    # --- CSV of service lines: one row per line -------------------------------------------------------
     def _csv(self):
-        text = io.TextIOWrapper(_Prefixed(self.head, self.stream), encoding="utf-8-sig", errors="surrogateescape",
-                                newline="")
-        reader = csv.reader(text)
-        try:
-            header = next(reader)
-        except StopIteration:
+        """Service-line fields never hold a line break, so each line is parsed on its own: a quoted field
+        that runs past its line spoils its row's session alone. A session holds at most MAX_SERVICES + 1
+        rows; the rest are counted, so memory stays flat however many rows name one session."""
+        lines = _lines(_Prefixed(self.head, self.stream))
+        header = next(lines, None)
+        if header is None:
             return
-        except csv.Error as exc:
-            raise UsageError(f"malformed CSV header: {exc}", self.display, 1) from None
-        columns = [c.strip() for c in header]
-        for name in columns:
+        columns = self._csv_header(header[1])
+        group = []
+        for lineno, raw in lines:
+            cells, error = _csv_cells(raw, first=False)
+            if error:
+                # its session is known when its session_id cell comes before the broken one
+                where = columns.index("session_id")
+                record = {"session_id": cells[where].strip() if where < len(cells) else None, "_error": error}
+            elif not any(cell.strip() for cell in cells):
+                continue
+            else:
+                record = dict(zip(columns, (cell.strip() for cell in cells)))
+                record["_width"] = len(cells)
+            record["_line"] = lineno
+            sid = record.get("session_id")
+            if group and sid != group[0]["session_id"]:
+                yield self._csv_session(group)
+                group = []
+            if sid:
+                if len(group) <= MAX_SERVICES:
+                    group.append(record)
+                group[0]["_rows"] = group[0].get("_rows", 0) + 1
+                continue
+            # a row that names no session is an error of its own: joined to a session, it would pool
+            # another patient's minutes
+            number = self._number()
+            if error:
+                yield ParseError(error, self.display, lineno, session_id=f"session-{number}")
+            else:
+                yield SessionError("a row must name its session", self.display, lineno, "session_id",
+                                   session_id=f"session-{number}")
+        if group:
+            yield self._csv_session(group)
+
+    def _csv_header(self, raw) -> list:
+        cells, error = _csv_cells(raw, first=True)
+        if error:
+            raise UsageError(f"malformed CSV header: {error.removeprefix('malformed CSV: ')}", self.display, 1)
+        columns = [c.strip() for c in cells]
+        for i, name in enumerate(columns):
             if name not in CSV_COLUMNS:
                 raise UsageError(f"unknown CSV column {name!r}{suggest(name, CSV_COLUMNS)}; columns: "
                                  f"{', '.join(CSV_COLUMNS)}", self.display, 1)
+            if name in columns[:i]:
+                raise UsageError(f"CSV column {name!r} given more than once", self.display, 1)
         missing = [c for c in ("session_id", "code", "minutes") if c not in columns]
         if missing:
             raise UsageError(f"CSV needs the columns {', '.join(missing)}", self.display, 1)
-        group, first_line = [], 2
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                if group:
-                    yield self._csv_session(group, first_line)
-                    group = []
-                yield ParseError(f"malformed CSV: {exc}", self.display, reader.line_num,
-                                 session_id=f"session-{self._number()}")
-                continue
-            if not any(cell.strip() for cell in row):
-                continue
-            record = dict(zip(columns, (cell.strip() for cell in row)))
-            record["_line"] = reader.line_num
-            record["_width"] = len(row)
-            if group and record.get("session_id") != group[0].get("session_id"):
-                yield self._csv_session(group, first_line)
-                group = []
-            if not group:
-                first_line = reader.line_num
-            group.append(record)
-        if group:
-            yield self._csv_session(group, first_line)
+        return columns
 
-    def _csv_session(self, rows: list, line: int):
+    def _csv_session(self, rows: list):
         number = self._number()
-        sid = rows[0].get("session_id") or f"session-{number}"
+        line = rows[0]["_line"]
+        sid = rows[0]["session_id"]
+        if rows[0]["_rows"] > MAX_SERVICES:          # the schema's maxItems, with the rows not kept counted
+            return SessionError(f"has {rows[0]['_rows']} items, at most {MAX_SERVICES} are allowed", self.display,
+                                line, "services", session_id=sid)
+        for r in rows:
+            if "_error" in r:
+                return ParseError(r["_error"], self.display, r["_line"], session_id=sid)
         if any("\udc80" <= ch <= "\udcff" for r in rows for v in r.values() if isinstance(v, str) for ch in v):
             return ParseError("not UTF-8 text", self.display, line, session_id=f"session-{number}")
         width = len(CSV_COLUMNS)
@@ -276,6 +279,46 @@ class SessionInput:
         lines = {(): line}
         lines.update({("services", i): r["_line"] for i, r in enumerate(rows)})
         return parse_session(data, Located(data, lines, self.display), (), number)
+
+
+def _lines(stream):
+    """(line number, bytes with the line end) of each line of a byte stream; (number, None) for a line
+    longer than MAX_RECORD_BYTES, which is skipped without being held."""
+    stream = io.BufferedReader(stream, buffer_size=_CHUNK)
+    lineno = 0
+    while True:
+        raw = stream.readline(MAX_RECORD_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):          # skip the rest of the over-long line
+                raw = stream.readline(MAX_RECORD_BYTES)
+            raw = None
+        yield lineno, raw
+
+
+def _csv_cells(raw, first: bool) -> tuple:
+    """(cells, error message or None) of one CSV line; with an error, the cells before the broken one."""
+    if raw is None:
+        return [], f"line longer than {MAX_RECORD_BYTES} bytes"
+    text = raw.decode("utf-8-sig" if first else "utf-8", "surrogateescape").rstrip("\r\n")
+    try:
+        return next(csv.reader([text], strict=True), []), None
+    except csv.Error as exc:
+        quote = text.find('"')
+        before = text[:quote].split(",")[:-1] if quote >= 0 else []
+        if "unexpected end of data" in str(exc):
+            return before, "malformed CSV: a quoted field runs past the end of its line"
+        return before, f"malformed CSV: {exc}"
+
+
+def _looks_like_csv(head: bytes) -> bool:
+    """A first line that is a CSV header of service lines: comma-separated known columns, with
+    session_id, code and minutes among them (how CSV on standard input is recognised)."""
+    cells, error = _csv_cells(head.split(b"\n", 1)[0], first=True)
+    names = {c.strip() for c in cells}
+    return not error and names <= set(CSV_COLUMNS) and {"session_id", "code", "minutes"} <= names
 
 
 def _csv_number(text: str):
@@ -301,73 +344,125 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _Text:
-    """Incremental reader of a JSON list: values are decoded one at a time from a sliding buffer."""
+_SPACE = re.compile(rb"[ \t\r\n]*+")
+# a run of bytes up to the next bracket, brace or (at the outer level: _RUN_OUTER) comma, whole strings
+# and whole innermost lists and objects (a service) included; it stops at the '"' of a string, or at the
+# bracket of a list or object, that goes on past the end of the buffer
+_STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_LEAF = rb'[\[{](?:[^"\[\]{}]++|' + _STRING + rb')*+[\]}]'
+_RUN_OUTER = re.compile(rb'(?:[^"\[\]{},]++|' + _STRING + rb'|' + _LEAF + rb')*+', re.S)
+_RUN_INNER = re.compile(rb'(?:[^"\[\]{}]++|' + _STRING + rb'|' + _LEAF + rb')*+', re.S)
+# the rest of a string: it stops at its closing '"', or at a '\\' that is the last byte of the buffer
+_STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.S)
+_QUOTE, _OPEN, _COMMA = 0x22, b"[{", 0x2C
 
-    def __init__(self, head: bytes, stream, display: str):
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
-        self.stream, self.display = stream, display
-        self.buffer, self.pos, self.line = "", 0, 1
+
+class _JsonScanner:
+    """A JSON document read `chunk` bytes at a time and cut into the texts of its sessions: the one
+    object, or each element of the list. Only strings, brackets, braces and commas are followed; each
+    text is then decoded by json.loads, so values and errors are json's own. Memory: one session's text
+    (up to MAX_RECORD_BYTES) and one chunk."""
+
+    def __init__(self, stream, display: str, chunk: int = _CHUNK):
+        self.stream, self.display, self.chunk = stream, display, chunk
+        self.buf = bytearray()
+        self.pos = 0                # the next byte to look at
+        self.line = 1               # line of buf[0]
         self.eof = False
-        self._feed(head)
-
-    def _feed(self, data: bytes):
-        try:
-            self.buffer = self.buffer[self.pos:] + self.decoder.decode(data, final=not data)
-        except UnicodeDecodeError:
-            raise UsageError("input is not UTF-8 text", self.display, self.line) from None
-        self.pos = 0
-        if not data:
-            self.eof = True
 
     def _more(self) -> bool:
-        if self.eof:
+        data = b"" if self.eof else self.stream.read(self.chunk)
+        if not data:
+            self.eof = True
             return False
-        self._feed(self.stream.read(_CHUNK))
+        self.buf += data
         return True
 
-    def peek(self) -> str:
-        while self.pos >= len(self.buffer):
-            if not self._more():
-                return ""
-        return self.buffer[self.pos]
-
-    def advance(self, n: int):
-        self.line += self.buffer.count("\n", self.pos, self.pos + n)
-        self.pos += n
-
-    def skip_space(self):
+    def _next(self):
+        """The next byte that is not white space (pos is put on it, the bytes before are let go), or
+        None at the end of the input."""
         while True:
-            char = self.peek()
-            if char and char in " \t\r\n":
-                start = self.pos
-                while self.pos < len(self.buffer) and self.buffer[self.pos] in " \t\r\n":
-                    self.pos += 1
-                self.line += self.buffer.count("\n", start, self.pos)
+            self.pos = _SPACE.match(self.buf, self.pos).end()
+            self.line += self.buf.count(b"\n", 0, self.pos)
+            del self.buf[:self.pos]
+            self.pos = 0
+            if self.buf or not self._more():
+                return self.buf[0] if self.buf else None
+
+    def _fail(self, message: str):
+        raise UsageError(message, self.display, self.line + self.buf.count(b"\n", 0, self.pos))
+
+    def _value(self, whole: bool):
+        """The text of the value at pos (bytes): up to the ']', '}' or ',' that ends it at its outer
+        level (pos is left on that byte), or with `whole` up to and with the bracket that closes it (pos
+        after it), or up to the end of the input. None when it is longer than MAX_RECORD_BYTES."""
+        # with `whole`, the value is an object: its '{' is stepped over first, so that the run of
+        # _RUN_OUTER (which takes in whole innermost objects) cannot go on past its end
+        buf, i, depth, in_string = self.buf, int(whole), int(whole), False
+        while True:
+            if in_string:
+                i = _STRING_REST.match(buf, i).end()
+                if i < len(buf) and buf[i] == _QUOTE:
+                    in_string, i = False, i + 1
+                    continue
             else:
-                return
+                i = (_RUN_INNER if depth else _RUN_OUTER).match(buf, i).end()
+                if i < len(buf):
+                    mark = buf[i]
+                    if mark == _QUOTE:
+                        in_string, i = True, i + 1
+                    elif mark in _OPEN:
+                        depth, i = depth + 1, i + 1
+                    elif depth:               # a closing bracket inside the value
+                        depth, i = depth - 1, i + 1
+                        if whole and not depth:
+                            self.pos = i
+                            return buf[:i]
+                    else:               # ',' ']' or '}' at the outer level: the end of this value
+                        self.pos = i
+                        return buf[:i]
+                    continue
+            if len(buf) > MAX_RECORD_BYTES:
+                return None
+            if not self._more():
+                self.pos = len(buf)
+                return buf[:]
 
-    _decoder = json.JSONDecoder()
-
-    def decode_value(self):
-        while True:
-            try:
-                value, end = self._decoder.raw_decode(self.buffer, self.pos)
-            except json.JSONDecodeError as exc:
-                # an incomplete value: read more and try again, up to the record limit
-                if not self.eof and len(self.buffer) - self.pos < MAX_RECORD_BYTES and exc.pos >= len(self.buffer) - 1:
-                    self._more()
-                    continue
-                if not self.eof and len(self.buffer) - self.pos < MAX_RECORD_BYTES and "Unterminated" in exc.msg:
-                    self._more()
-                    continue
-                raise ValueError(f"{exc.msg} (line {self.line + self.buffer.count(chr(10), self.pos, exc.pos)})") from None
-            if end >= len(self.buffer) and not self.eof:
-                # a number at the very end may continue in the next chunk
-                if self._more():
-                    continue
-            self.advance(end - self.pos)
-            return value
+    def values(self):
+        """("single" | "item", line, text or None) for each session: see _value. Raises UsageError where
+        the document's own punctuation is wrong."""
+        while len(self.buf) < len(codecs.BOM_UTF8) and self._more():
+            pass
+        if self.buf.startswith(codecs.BOM_UTF8):
+            del self.buf[:len(codecs.BOM_UTF8)]
+        first = self._next()
+        if first == ord("{"):
+            yield "single", self.line, self._value(whole=True)
+            if self._next() is not None:
+                self._fail("unexpected text after the JSON session")
+            return
+        if first != ord("["):
+            self._fail("JSON input must be a session object or a list of sessions")
+        self.pos = 1
+        if self._next() == ord("]"):
+            self.pos = 1
+        else:
+            while True:
+                line = self.line
+                text = self._value(whole=False)
+                yield "item", line, text
+                if text is None:
+                    return
+                end = self._next()
+                self.pos = 1
+                if end == ord("]"):
+                    break
+                if end != _COMMA:
+                    self.pos = 0
+                    self._fail("expected ',' or ']' in the JSON list")
+                self._next()
+        if self._next() is not None:
+            self._fail("unexpected text after the JSON list")
 
 
 def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
@@ -386,10 +481,10 @@ _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 
 def fast_services(data):
-    """The session's services as Service tuples when the schema certainly accepts the session (the
-    common case, checked in plain Python, in one pass); None sends it to the full JSON Schema
-    validation, which gives the message. Never looser than schemas/session.schema.json (a property
-    test checks it)."""
+    """(the session's services as Service tuples, the number of keys of their objects) when the schema
+    certainly accepts the session and _services_error finds nothing (the common case, checked in plain
+    Python, in one pass); None sends it to the full JSON Schema validation and _services_error, which
+    give the message. Never looser than schemas/session.schema.json (a property test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
         return None
     sid = data.get("session_id", "x")
@@ -409,6 +504,9 @@ def fast_services(data):
     if type(services) is not list or not 1 <= len(services) <= 200:
         return None
     out = []
+    total = 0
+    sizes = None
+    keys = 2 * len(services)        # code and minutes; other keys are counted below (for duplicate keys)
     for s in services:
         if type(s) is not dict:
             return None
@@ -419,18 +517,24 @@ def fast_services(data):
             return None
         if type(minutes) is not int or not 0 <= minutes <= 1440:
             return None
+        total += minutes
         if len(s) == 2:         # code and minutes (both found above), nothing else: the common case
             out.append(_tuple_new(Service, (code, minutes, None, None)))
             continue
         if not s.keys() <= _SERVICE_KEYS:
             return None
+        keys += len(s) - 2
         group_size, provider = s.get("group_size"), s.get("provider")
-        if "group_size" in s and (type(group_size) is not int or not 0 <= group_size <= 1000):
-            return None
+        if "group_size" in s:
+            if type(group_size) is not int or not 0 <= group_size <= 1000:
+                return None
+            sizes = sizes or {}
+            if sizes.setdefault(code, group_size) != group_size:
+                return None     # entries of one code disagree on group_size: _services_error says so
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
         out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
-    return tuple(out)
+    return (tuple(out), keys) if total <= MAX_DAY_MINUTES else None
 
 
 # NamedTuples made straight from a tuple of all their fields: their own __new__ is a Python function
@@ -458,8 +562,70 @@ def _writable(text: str) -> bool:
         return False
 
 
-def parse_session(data, doc: Located, path: tuple, number: int):
-    """One session object → Session, or SessionError naming the first problem."""
+def _services_error(services: tuple, doc: Located, path: tuple, session_id: str):
+    """What is wrong with a session's services taken together (the schema checks each one alone): more
+    minutes than a day has, or entries of one code that disagree on group_size (design.md §4; an entry
+    without group_size disagrees with none). None when nothing is."""
+    total = sum(s.minutes for s in services)
+    if total > MAX_DAY_MINUTES:
+        return SessionError(f"services add up to {total} minutes; a day has at most 1,440", doc.file,
+                            doc.line_of(path + ("services",)), "services", session_id=session_id)
+    first = {}
+    for i, s in enumerate(services):
+        if s.group_size is None:
+            continue
+        j = first.setdefault(s.code, i)
+        if services[j].group_size != s.group_size:
+            return SessionError(f"entries of code {s.code} disagree on group_size (see services[{j}])", doc.file,
+                                doc.line_of(path + ("services", i, "group_size")), f"services[{i}].group_size",
+                                session_id=session_id)
+    return None
+
+
+class _Pairs(list):
+    """A JSON object as the list of its (key, value) pairs, in order, duplicates kept."""
+
+
+def _duplicate_key(text: str):
+    """(path of the object, key) of the first key repeated within one object of the JSON text, or None.
+    Raises RecursionError for a text nested too deeply to walk."""
+    return _first_repeat(json.loads(text, object_pairs_hook=_Pairs), ())
+
+
+def _first_repeat(value, path):
+    if type(value) is _Pairs:
+        seen = set()
+        for key, _ in value:
+            if key in seen:
+                return path, key
+            seen.add(key)
+    elif type(value) is not list:
+        return None
+    for key, item in value if type(value) is _Pairs else enumerate(value):
+        found = _first_repeat(item, path + (key,))
+        if found:
+            return found
+    return None
+
+
+def _keys(value) -> int:
+    """Number of keys of every object in parsed JSON."""
+    if type(value) is dict:
+        n, value = len(value), value.values()
+    elif type(value) is list:
+        n = 0
+    else:
+        return 0
+    for item in value:
+        if type(item) is dict or type(item) is list:
+            n += _keys(item)
+    return n
+
+
+def parse_session(data, doc: Located, path: tuple, number: int, text: str | None = None):
+    """One session object → Session, or SessionError naming the first problem. `text` is the JSON the
+    data was parsed from, if it was: a key repeated in one object of it is an error (json keeps the
+    last value)."""
     if not isinstance(data, dict):
         return ParseError("a session must be a mapping", doc.file, doc.line_of(path), session_id=f"session-{number}")
     raw_id, payer = data.get("session_id"), data.get("payer")
@@ -472,7 +638,30 @@ def parse_session(data, doc: Located, path: tuple, number: int):
         name = "session_id" if not id_writable else "payer"
         return SessionError("not valid Unicode text (a lone surrogate escape)", doc.file,
                             doc.line_of(path + (name,)), name, session_id=session_id)
-    services = fast_services(data)
+    fast = fast_services(data)
+    services = None if fast is None else fast[0]
+    if text is not None:
+        # Every key of the text is followed by a ':' (colons inside strings only add to the count), so
+        # as many keys parsed as there are colons proves that no key was repeated. The common case
+        # costs a count of the text and, when the fast path vouched for the session (its services
+        # hold plain values, their keys counted there), the session's size.
+        try:
+            if services is not None:
+                keys = len(data) + fast[1]
+                if "context" in data:
+                    keys += _keys(data["context"])
+            else:
+                keys = _keys(data)
+        except RecursionError:
+            keys = -1
+        if keys != text.count(":"):
+            try:
+                found = _duplicate_key(text)
+            except RecursionError:
+                return ParseError("JSON nested too deeply", doc.file, doc.line_of(path), session_id=session_id)
+            if found:
+                return ParseError(f"duplicate key {found[1]!r}", doc.file, doc.line_of(path), format_path(found[0]),
+                                  session_id=session_id)
     if services is None:
         errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
         if errors:
@@ -483,6 +672,9 @@ def parse_session(data, doc: Located, path: tuple, number: int):
                                  minutes=int(s["minutes"]),
                                  group_size=None if s.get("group_size") is None else int(s["group_size"]),
                                  provider=s.get("provider")) for s in data["services"])
+        error = _services_error(services, doc, path, session_id)
+        if error:
+            return error
     if "context" in data and _depth(data["context"], MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
         return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
                             doc.line_of(path + ("context",)), "context", session_id=session_id)

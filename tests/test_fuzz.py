@@ -282,9 +282,16 @@ def medicare_service(draw):
     return service
 
 
+def _one_group_size(services: list) -> list:
+    # entries of one code that disagree on group_size are an error for the session (design.md §4): the
+    # group entries of a valid session share the first one's size
+    size = next((s["group_size"] for s in services if "group_size" in s), None)
+    return [dict(s, group_size=size) if "group_size" in s else s for s in services]
+
+
 medicare_session = st.fixed_dictionaries(
     {"session_id": st.just("M-1"), "payer": st.just("medicare"),
-     "services": st.lists(medicare_service(), min_size=1, max_size=8)},
+     "services": st.lists(medicare_service(), min_size=1, max_size=8).map(_one_group_size)},
     optional={"discipline": st.sampled_from(["PT", "OT", "SLP"]), "date_of_service": st.just("2026-03-02")})
 
 

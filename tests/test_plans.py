@@ -57,9 +57,19 @@ SERVICE = st.fixed_dictionaries(
     {"code": st.sampled_from(CODES), "minutes": st.integers(0, 120)},
     optional={"group_size": st.integers(0, 5), "provider": st.sampled_from(["PT", "PTA", "OT", "OTA", "SLP"])},
 )
+
+
+def agreeing_group_sizes(services: list) -> list:
+    # entries of one code that disagree on group_size are an error for the session (design.md §4): every
+    # entry of a code that gives a size gives the first one's
+    first: dict = {}
+    return [dict(s, group_size=first.setdefault(s["code"], s["group_size"])) if "group_size" in s else s
+            for s in services]
+
+
 # every session has a date: example-unit-limits and example-full-unit have dated rules and need one
 SESSION = st.fixed_dictionaries(
-    {"services": st.lists(SERVICE, min_size=1, max_size=8),
+    {"services": st.lists(SERVICE, min_size=1, max_size=8).map(agreeing_group_sizes),
      "date_of_service": st.sampled_from(["2025-06-01", "2025-12-31", "2026-01-01", "2026-03-02"])},
     optional={"discipline": st.sampled_from(["PT", "OT", "SLP"])},
 )

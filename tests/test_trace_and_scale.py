@@ -108,6 +108,9 @@ def scale_sessions(count: int) -> list:
             if service["code"] == "97150" and rng.random() < 0.7:
                 service["group_size"] = rng.randint(0, 5)
             services.append(service)
+        # entries of one code that disagree on group_size are an error (design.md §4): the first size given
+        sizes = [s["group_size"] for s in services if "group_size" in s]
+        services = [dict(s, group_size=sizes[0]) if "group_size" in s else s for s in services]
         data = {"session_id": f"scale-{n}", "services": services}
         discipline = rng.choice([None, "PT", "OT", "SLP"])
         if discipline:
