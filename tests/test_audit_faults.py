@@ -445,8 +445,18 @@ service_st = st.fixed_dictionaries(
     {"code": st.sampled_from(TIMED + ["97150", "97129", "97130", "97161", "97010", "99999"]),
      "minutes": st.integers(0, 130)},
     optional={"group_size": st.integers(0, 6), "provider": st.sampled_from(["PT", "PTA", "OT", "OTA", "SLP"])})
+def one_group_size(services: list) -> list:
+    """Entries of one code that give group_size give the same one (different ones are an error, design.md §4)."""
+    first = {}
+    for s in services:
+        if "group_size" in s:
+            s["group_size"] = first.setdefault(s["code"], s["group_size"])
+    return services
+
+
 session_st = st.fixed_dictionaries(
-    {"session_id": text_st.filter(lambda t: 1 <= len(t)), "services": st.lists(service_st, min_size=1, max_size=5)},
+    {"session_id": text_st.filter(lambda t: 1 <= len(t)),
+     "services": st.lists(service_st, min_size=1, max_size=5).map(one_group_size)},
     optional={"payer": st.sampled_from(["medicare", "example-midpoint", "example-unit-limits", "nobody"]),
               "date_of_service": st.sampled_from(["2026-03-02", "2025-12-31", "2026-06-01"]),
               "discipline": st.sampled_from(["PT", "OT", "SLP"]),

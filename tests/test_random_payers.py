@@ -164,11 +164,11 @@ def payers(draw):
 def sessions(draw):
     out = []
     for n in range(draw(st.integers(1, 3))):
-        services = []
+        services, group_sizes = [], {}
         for _ in range(draw(st.integers(1, 5))):
             service = {"code": draw(st.sampled_from(CODES + [UNLISTED])), "minutes": draw(st.integers(0, 130))}
-            if draw(st.booleans()):
-                service["group_size"] = draw(st.integers(0, 6))
+            if draw(st.booleans()):     # entries of one code give one group size (design.md §4)
+                service["group_size"] = group_sizes.setdefault(service["code"], draw(st.integers(0, 6)))
             if draw(st.booleans()):
                 service["provider"] = draw(st.sampled_from(PROVIDERS))
             services.append(service)
