@@ -12,8 +12,6 @@ import io
 import json
 import pickle
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,17 +21,10 @@ from engine.errors import SessionError
 from engine.model import NO_CONTEXT, Session
 from engine.sessions import ParseError, SessionInput, parse_session
 from engine.yamlload import Located
+from test_batch import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-03-02"
-TIMEOUT = 120
-
-
-def run_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          input=stdin, timeout=TIMEOUT)
-    assert b"Traceback" not in proc.stderr, proc.stderr.decode("utf-8", "replace")[-3000:]
-    return proc
 
 
 def summary(proc) -> tuple:
