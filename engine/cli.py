@@ -225,7 +225,8 @@ def cmd_bill(args) -> int:
     counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
     failed = reported = 0
     interrupted = False
-    stream = interruptible(bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry))
+    stopped = []            # an input that could not be read further: the sessions before it are billed
+    stream = interruptible(bill_stream(_numbered(inputs, stopped), args.rules, engine, job, args.jobs, registry))
     try:
         try:
             for _, (category, text, report, audit) in stream:
@@ -247,25 +248,36 @@ def cmd_bill(args) -> int:
         finally:
             stream.close()
             progress.done()
+        if stopped and not counts.read:     # nothing read: the one error line alone, no output, no summary
+            raise stopped[0]
         writer.close()              # interrupted too: the output ends well-formed after the last record
     finally:
         if log:                     # the last batch: committed, then its output (and the `]`) written
             log.close()
     if reported >= MAX_REPORTED and failed:
         _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
+    for exc in stopped:
+        _error(str(exc))
     _say(counts.line(interrupted))
     if interrupted:
         return 130
+    if stopped:
+        return 2
     return 1 if counts.with_errors or counts.failed_to_parse else 0
 
 
-def _numbered(inputs):
-    """Sessions of every input in turn, default ids numbered across inputs."""
+def _numbered(inputs, stopped: list):
+    """Sessions of every input in turn, default ids numbered across inputs. An input that cannot be read
+    further (a UsageError) ends them there, the error put in `stopped`: the sessions read before it are
+    billed and written whatever --jobs (raised through bill_stream, it would drop those in flight)."""
     number = 1
-    for source in inputs:
-        source.start = number
-        yield from source
-        number += source.count
+    try:
+        for source in inputs:
+            source.start = number
+            yield from source
+            number += source.count
+    except UsageError as exc:
+        stopped.append(exc)
 
 
 def cmd_compare(args) -> int:

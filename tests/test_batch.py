@@ -552,3 +552,28 @@ def test_a_worker_that_dies_is_a_clear_error_not_a_hang(monkeypatch):
              for n in range(1, 4)]
     with pytest.raises(EvaluationError, match="worker process died"):
         list(batch.bill_stream(iter(lines), [], "python", batch.Job(), 2))
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_an_input_that_breaks_off_keeps_what_was_read_before_it_in_every_jobs(tmp_path, fmt):
+    # 600 good sessions (more than 2 chunks of batch.CHUNK: with --jobs 2 several are in flight when
+    # the reader meets the garbage after the list), then text that is no JSON: the 600 sessions read
+    # are billed and written in both --jobs, the output is well-formed (the json list closed), the log
+    # holds them too, and stderr says what stopped the run, then the summary; exit 2.
+    path = tmp_path / "garbage-after.json"
+    sessions = [dict(GOOD_PT, session_id=f"S-{i:04d}") for i in range(600)]
+    path.write_text(json.dumps(sessions, indent=1) + "\nthis is not JSON\n", encoding="utf-8")
+    runs = []
+    for jobs in ("1", "2"):
+        db = tmp_path / f"audit-{jobs}.sqlite"
+        proc = run_cli("bill", path, "--format", fmt, "--jobs", jobs, "--audit-db", db)
+        assert proc.returncode == 2
+        records = json.loads(out_text(proc)) if fmt == "json" else jsonl_records(proc)
+        assert [r["session_id"] for r in records] == [f"S-{i:04d}" for i in range(600)]
+        assert all(units_of(r) == GOOD_PT_UNITS for r in records)
+        assert summary(proc) == (600, 600, 0, 0)
+        assert err_text(proc).startswith("error: ") and "unexpected text after the JSON list" in err_text(proc)
+        logged = run_cli("audit", db, "--format", "json")
+        assert [r["session_id"] for r in json.loads(out_text(logged))] == [f"S-{i:04d}" for i in range(600)]
+        runs.append(proc)
+    assert runs[0].stdout == runs[1].stdout and runs[0].stderr == runs[1].stderr
