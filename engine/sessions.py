@@ -104,12 +104,18 @@ class SessionInput:
         if text.startswith(b"["):
             return "json"
         if text.startswith(b"{"):
+            whole = len(self.head) < self.chunk         # a read gives less only at the end of the input
+            while b"\n" not in text and not whole and len(text) <= MAX_RECORD_BYTES:    # the whole first line
+                more = self.stream.read(self.chunk)
+                whole = len(more) < self.chunk
+                self.head += more
+                text += more
             first, _, rest = text.partition(b"\n")
             try:
                 json.loads(first)
                 return "jsonl" if rest.strip() else "json"
-            except ValueError:
-                return "json"
+            except (ValueError, RecursionError):
+                return "jsonl" if _breaks_at_a_record(text, whole) else "json"
         return "yaml"
 
     def close(self):
@@ -319,6 +325,28 @@ def _looks_like_csv(head: bytes) -> bool:
     cells, error = _csv_cells(head.split(b"\n", 1)[0], first=True)
     names = {c.strip() for c in cells}
     return not error and names <= set(CSV_COLUMNS) and {"session_id", "code", "minutes"} <= names
+
+
+def _breaks_at_a_record(head: bytes, whole: bool) -> bool:
+    """Whether an input whose first line is no JSON value by itself is JSONL (with a broken first line)
+    rather than one session over several lines: it is not one JSON value (nor, when `head` is not the
+    `whole` input, the start of one) and a later line is a JSON object by itself."""
+    text = head.decode("utf-8", "replace")
+    try:
+        json.loads(text)
+        return False
+    except RecursionError:
+        return False
+    except ValueError as exc:
+        if exc.pos >= len(text.rstrip()) and not whole:      # it may go on past what was read
+            return False
+    for line in text.split("\n")[1:] if whole else text.split("\n")[1:-1]:
+        try:
+            if line.startswith("{") and type(json.loads(line)) is dict:
+                return True
+        except (ValueError, RecursionError):
+            pass
+    return False
 
 
 def _csv_number(text: str):

@@ -644,6 +644,54 @@ def test_csv_on_standard_input_is_sniffed(tmp_path):
     assert units_of(jsonl(run_cli("bill", "-", "--format", "jsonl", stdin=crlf.encode()))[0]) == {"97110": 1}
 
 
+@pytest.mark.parametrize("first", [
+    b'{"session_id": "broken", "services": [\n',                 # a malformed first line
+    json.dumps({"session_id": "long", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}],
+                "context": {"note": "x" * 70_000}}).encode() + b"\n",   # a first line longer than a read
+])
+def test_jsonl_on_standard_input_is_sniffed_whatever_its_first_line(first):
+    # JSONL on standard input is JSONL, as in a .jsonl file, whatever its first line: read as one JSON
+    # session instead, the lines after it were lost (1 session read instead of 3) or refused
+    good = [{"session_id": f"G{i}", "payer": "medicare", "date_of_service": DATE, "discipline": "PT",
+             "services": [{"code": "97110", "minutes": 20}]} for i in range(2)]
+    data = first + b"".join(json.dumps(g).encode() + b"\n" for g in good)
+    proc = run_cli("bill", "-", "--format", "jsonl", stdin=data)
+    explicit = run_cli("bill", "-", "--input-format", "jsonl", "--format", "jsonl", stdin=data)
+    assert proc.stdout == explicit.stdout and summary(proc) == summary(explicit)
+    records = jsonl(proc)
+    assert len(records) == 3 and summary(proc)[0] == 3
+    # 20 min of 97110 -> 1 unit (CMS chart: 8-22 min)
+    assert [units_of(r) for r in records[1:]] == [{"97110": 1}, {"97110": 1}]
+    # one JSON session written over several lines is still one session
+    one = json.dumps(good[0], indent=2).encode()
+    assert summary(run_cli("bill", "-", "--format", "json", stdin=one)) == (1, 1, 0, 0)
+    inner = b'{"session_id": "P", "payer": "medicare",\n "services": [\n{"code": "97110", "minutes": 20}\n]}\n'
+    assert summary(run_cli("bill", "-", "--format", "json", stdin=inner)) == (1, 1, 0, 0)
+
+
+_SNIFF_SESSION = st.fixed_dictionaries({"session_id": st.text(min_size=1, max_size=8), "services": st.lists(
+    st.fixed_dictionaries({"code": st.sampled_from(["97110", "97140"]), "minutes": st.integers(0, 60)}),
+    min_size=1, max_size=3)}, optional={"context": st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sessions=st.lists(_SNIFF_SESSION, min_size=2, max_size=4), cut=st.integers(1, 30),
+       indent=st.sampled_from([None, 0, 1, 2]), monkeypatch=st.just(None))
+def test_sniffing_standard_input_tells_jsonl_from_one_json_session(sessions, cut, indent, monkeypatch):
+    # JSONL whose first line is cut short (a broken record) is JSONL; one session written over several
+    # lines, however indented, is one JSON session
+    def sniff(data: bytes) -> str:
+        stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(data))
+        try:
+            return SessionInput("-").format
+        finally:
+            sys.stdin = stdin
+    lines = [json.dumps(s) for s in sessions]
+    lines[0] = lines[0][:max(1, len(lines[0]) - cut)]
+    assert sniff(("\n".join(lines) + "\n").encode()) == "jsonl"
+    assert sniff(json.dumps(sessions[0], indent=indent).encode()) == "json"
+
+
 def test_what_is_not_a_csv_header_is_not_sniffed_as_csv():
     from engine.sessions import _looks_like_csv
     assert _looks_like_csv(b"session_id,code,minutes\n1,97110,20\n")
