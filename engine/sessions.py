@@ -191,7 +191,7 @@ class SessionInput:
             if raw is None:
                 yield ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", self.display, lineno,
                                  session_id=f"session-{self._number()}")
-            elif raw.strip():
+            elif (raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw).strip():     # not a blank line
                 record = RawLine((raw, self.display, lineno, self._number()))
                 yield record if self.defer else record.parse()
 

@@ -546,6 +546,17 @@ def test_a_single_json_object_and_a_bom(tmp_path):
     assert source.single and [i.session_id for i in items] == ["ONE"] and items[0].line == 2
 
 
+@pytest.mark.parametrize("lead", [b"\xef\xbb\xbf\n", b"\xef\xbb\xbf\r\n", b"\xef\xbb\xbf  \n"])
+def test_a_jsonl_first_line_of_only_a_bom_is_a_blank_line(tmp_path, lead):
+    # a blank line is no session, with a BOM before it too: 2 sessions, not a third "malformed JSON" one
+    path = tmp_path / "bom.jsonl"
+    good = {"session_id": "G", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}]}
+    path.write_bytes(lead + (json.dumps(good) + "\n").encode() * 2)
+    assert [type(i) for i in read_all(path)] == [Session, Session]
+    path.write_bytes(lead)
+    assert read_all(path) == []
+
+
 def test_an_over_long_json_list_element_stops_the_run(tmp_path, monkeypatch):
     from engine import sessions
     from engine.errors import UsageError
