@@ -175,14 +175,17 @@ class SessionInput:
             return _Unreadable(f"session longer than {MAX_RECORD_BYTES} bytes", self.display, line, session_id=sid)
         try:
             text = raw.decode("utf-8")
-            data = json.loads(text)
         except UnicodeDecodeError:
-            return _Unreadable("not UTF-8 text", self.display, line, session_id=sid)
+            text = None
+        try:
+            data = json.loads(raw.decode("utf-8", "replace") if text is None else text)
         except json.JSONDecodeError as exc:
             return _Unreadable(f"malformed JSON: {exc.msg} (line {line + exc.lineno - 1})", self.display, line,
                                session_id=sid)
         except RecursionError:
             return _Unreadable("JSON nested too deeply", self.display, line, session_id=sid)
+        if text is None:    # well-formed JSON but for bytes that are not UTF-8: where it ends is known
+            return ParseError("not UTF-8 text", self.display, line, session_id=sid)
         return parse_session(data, Located(data, {(): line}, self.display), (), number, text)
 
     # --- JSONL: one session per line ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.errors import SessionError
+from engine.errors import SessionError, UsageError
 from engine.model import NO_CONTEXT, Session
 from engine.sessions import ParseError, SessionInput, parse_session
 from engine.yamlload import Located
@@ -519,6 +519,28 @@ def test_json_list_errors_keep_their_lines_and_stop_cleanly(tmp_path):
     # through the CLI: the records so far, one error line, exit 2
     proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
     assert proc.returncode == 2 and len(jsonl(proc)) == 3
+
+
+def test_a_json_list_element_that_is_not_utf8_is_a_record_and_the_list_goes_on(tmp_path):
+    # well-formed JSON but for a byte that is not UTF-8 (a Latin-1 name): where it ends is known, so it
+    # is its error record and the rest of the list is read, as a JSONL line would be (before, the run
+    # stopped there and the sessions after it were lost). Malformed as well, it still stops the run.
+    good = json.dumps({"session_id": "G", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}]})
+    latin1 = b'{"session_id": "L", "services": [], "context": {"name": "M\xfcller"}}'
+    path = tmp_path / "list.json"
+    path.write_bytes(b"[\n" + latin1 + b",\n" + good.encode() + b',\n{"session_id": "\xff"},\n'
+                     + good.encode() + b"\n]\n")
+    items = read_all(path, chunk=16)
+    assert [type(i) for i in items] == [ParseError, Session, ParseError, Session]
+    assert [i.line for i in items] == [2, 3, 4, 5]
+    assert items[0].message == items[2].message == "not UTF-8 text"
+    proc = run_cli("bill", path, "--format", "jsonl")
+    assert proc.returncode == 1 and summary(proc) == (4, 2, 0, 2)
+    # 20 min of 97110 -> 1 unit (CMS chart: 8-22 min)
+    assert [units_of(r) for r in jsonl(proc) if "error" not in r] == [{"97110": 1}, {"97110": 1}]
+    path.write_bytes(b'[{"session_id": "\xff, "services": []},\n' + good.encode() + b"]")
+    with pytest.raises(UsageError):
+        read_all(path)
 
 
 @pytest.mark.parametrize("text, message", [
