@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
+        _error(f"no command given: payrules {{{','.join(parser.commands)}}} ... (see payrules --help)")
         return 2
     try:
         if sys.stdout is None:
@@ -103,8 +103,16 @@ def _error(message: str) -> None:
     _say(f"error: {render.clean(message)}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one `error:` line like any other error (argparse prints a usage block)."""
+
+    def error(self, message):
+        _error(f"{self.prog}: {message} (see {self.prog} --help)")
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
+    parser = _Parser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # options several commands share, each defined once
     rules = argparse.ArgumentParser(add_help=False)
@@ -166,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     payers = sub.add_parser("payers", parents=[rules], help="list known payers")
     payers.add_argument("--format", choices=["table", "json"], default="table")
     payers.set_defaults(run=cmd_payers)
+    parser.commands = list(sub.choices)
     return parser
 
 
