@@ -101,6 +101,8 @@ class SessionInput:
         if _looks_like_csv(self.head):
             return "csv"
         text = self.head.lstrip(codecs.BOM_UTF8).lstrip()
+        if not text and len(self.head) < self.chunk:     # an input of nothing (or white space): no session
+            return "jsonl"
         if text.startswith(b"["):
             return "json"
         if text.startswith(b"{"):

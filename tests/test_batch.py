@@ -347,6 +347,11 @@ def test_format_json_list_and_empty_input(tmp_path):
     assert summary(proc) == (0, 0, 0, 0)
     proc = run_cli("bill", empty, "--format", "csv")
     assert out_text(proc).splitlines() == [",".join(CSV_HEADER)]
+    # the same on standard input, whose format is sniffed: nothing (or blank lines, or a BOM) is no session,
+    # not an unreadable input (`grep medicare day.jsonl | payrules bill -` finding nothing bills nothing)
+    for data in (b"", b"\n\n", b"\xef\xbb\xbf"):
+        proc = run_cli("bill", "-", "--format", "json", stdin=data)
+        assert proc.returncode == 0 and json.loads(out_text(proc)) == [] and summary(proc) == (0, 0, 0, 0)
 
 
 def test_format_jsonl_one_line_per_session():
