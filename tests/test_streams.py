@@ -239,6 +239,23 @@ def test_interruptible_outside_the_main_thread_passes_items_through():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_while_the_program_starts_is_exit_130_without_a_traceback(tmp_path, small):
+    # Ctrl-C while the modules are still being imported (the first ~0.1 s of every run) reached the
+    # import as a KeyboardInterrupt traceback. Made deterministic: a sitecustomize raises it on `import
+    # yaml`, which engine.cli's imports make.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n_real = builtins.__import__\n"
+        "def _import(name, *args, **kwargs):\n"
+        "    if name == 'yaml':\n"
+        "        builtins.__import__ = _real\n"
+        "        raise KeyboardInterrupt\n"
+        "    return _real(name, *args, **kwargs)\n"
+        "builtins.__import__ = _import\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([*PY, "bill", str(small)], cwd=ROOT, capture_output=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
+
+
 # --- text from a session: control characters and spreadsheet formulas -----------------------------------
 
 NASTY = ["x\npayrules: 999 sessions read: 999 billed, 0 with errors, 0 failed to parse",
