@@ -178,10 +178,12 @@ def _drain(item):
     yield from zip(chunk, done)
 
 
-def interruptible(stream):
+def interruptible(stream, restore: bool = True):
     """`stream`'s items, with Ctrl-C (SIGINT) held back while the caller handles one: KeyboardInterrupt is
     raised only while the next item is read or billed, so that each record is written and counted whole
-    or not at all. Main thread only (where Python runs signal handlers)."""
+    or not at all. Main thread only (where Python runs signal handlers). With `restore` false, SIGINT
+    stays held back once the stream has ended, for a caller whose clean-up must not be cut short either;
+    that caller puts the previous handler back."""
     state = {"armed": True, "pending": False}
     pid = os.getpid()
 
@@ -210,7 +212,8 @@ def interruptible(stream):
         try:
             stream.close()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if restore:
+                signal.signal(signal.SIGINT, previous)
 
 
 # --- output -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -235,7 +236,10 @@ def cmd_bill(args) -> int:
     failed = reported = 0
     interrupted = False
     stopped = []            # an input that could not be read further: the sessions before it are billed
-    stream = interruptible(bill_stream(_numbered(inputs, stopped), args.rules, engine, job, args.jobs, registry))
+    previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C stays held back after the stream, until the output, the log and the summary are written
+    stream = interruptible(bill_stream(_numbered(inputs, stopped), args.rules, engine, job, args.jobs, registry),
+                           restore=False)
     try:
         try:
             for _, (category, text, report, audit) in stream:
@@ -268,6 +272,8 @@ def cmd_bill(args) -> int:
     for exc in stopped:
         _error(str(exc))
     _say(counts.line(interrupted))
+    if signal.getsignal(signal.SIGINT) is not previous:
+        signal.signal(signal.SIGINT, previous)
     if interrupted:
         return 130
     if stopped:

@@ -186,6 +186,39 @@ def test_sigint_jsonl_and_csv_end_on_a_whole_line(huge, jobs):
     check_prefix([row[0] for row in rows[1:]], read, failed)
 
 
+# Ctrl-C pressed again (or first) while the run is closing: the output is written out, the log is closed
+# and the summary printed all the same. It raised KeyboardInterrupt in the middle of that clean-up: the
+# json list was left without its ']', no summary, exit -2 (killed by SIGINT), and, inside the audit log's
+# close, a segmentation fault (the database closed under its writer thread). Made deterministic: the
+# signal is sent from the clean-up itself, at the start of the log's close and of the output's.
+_CLEANUP_DRIVER = """
+import os, signal, sys
+from engine import audit, batch
+from engine.cli import main
+for cls in (audit.AuditLog, batch.Writer):
+    def close(self, _close=cls.close):
+        os.kill(os.getpid(), signal.SIGINT)
+        return _close(self)
+    cls.close = close
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_during_the_clean_up_does_not_cut_it_short(small, tmp_path, jobs):
+    db = tmp_path / "log.sqlite"
+    proc = subprocess.run([sys.executable, "-c", _CLEANUP_DRIVER, "bill", str(small), "--format", "json",
+                           "--jobs", str(jobs), "--audit-db", str(db)], cwd=ROOT, capture_output=True,
+                          timeout=TIMEOUT)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert [r["session_id"] for r in json.loads(proc.stdout)] == ["S-0", "S-1", "S-2"]
+    assert err.splitlines() == ["payrules: 3 sessions read: 3 billed, 0 with errors, 0 failed to parse"]
+    logged = subprocess.run([*PY, "audit", str(db), "--format", "json"], cwd=ROOT, capture_output=True,
+                            timeout=TIMEOUT)
+    assert [r["session_id"] for r in json.loads(logged.stdout)] == ["S-0", "S-1", "S-2"]
+
+
 def test_workers_ignore_sigint():
     from engine import batch
     handlers = []
