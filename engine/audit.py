@@ -251,7 +251,9 @@ class AuditLog:
     def __init__(self, path: str, engine: str, registry, out):
         self.path, self.stream = path, out
         self.db = open_for_writing(path, threads=True)
-        self.paths = {pfile.display: pfile.path for pfile in registry.files}
+        self.paths = {}         # display path -> the files shown so (two trees of one name can share one)
+        for pfile in registry.files:
+            self.paths.setdefault(pfile.display, []).append(pfile.path)
         self.out = _Held(self)
         self.pending = []
         self.sets, self.lists = {}, {}          # rules hash -> set_id; rule ids that fired -> list_id
@@ -373,15 +375,15 @@ class AuditLog:
 
     def _content(self, display: str, sha: str) -> bytes:
         """A rule file's bytes, read again and checked against the hash it was billed with."""
-        path = self.paths.get(display)
-        try:
-            content = path.read_bytes() if path else None
-        except OSError:
-            content = None
-        if content is None or hashlib.sha256(content).hexdigest() != sha:
-            raise UsageError(f"rule file {display} changed or vanished while billing: its content cannot be logged",
-                             self.path)
-        return content
+        for path in self.paths.get(display, ()):
+            try:
+                content = path.read_bytes()
+            except OSError:
+                continue
+            if hashlib.sha256(content).hexdigest() == sha:
+                return content
+        raise UsageError(f"rule file {display} changed or vanished while billing: its content cannot be logged",
+                         self.path)
 
 
 # --- reading -------------------------------------------------------------------------------------------

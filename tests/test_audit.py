@@ -349,3 +349,29 @@ def test_audit_on_a_file_that_is_not_a_database(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {text}")
     assert text.read_text(encoding="utf-8") == "not a database\n"      # left as it was
+
+
+def test_two_rule_trees_with_the_same_name_and_file_names_can_be_logged_and_replayed(tmp_path):
+    # --rules /a/payers --rules /b/payers, each with a payers/p.yaml (payers pa and pb): both files show
+    # as "payers/p.yaml". The log read one path per shown name and refused the other's content as
+    # "changed or vanished while billing": exit 2, nothing billed.
+    payer = ("payer: {id}\nname: {id}\nmethod: {{name: cms_8_minute}}\ncodes: {{timed_15: [97110]}}\nrules:\n"
+             "  - {{id: t, description: d, source: s, when: {{line: {{code_in: timed_15}}}}, "
+             "then: [{{timed_units: true}}]}}\n")
+    trees = []
+    for name in ("pa", "pb"):
+        tree = tmp_path / name / "payers"
+        tree.mkdir(parents=True)
+        (tree / "p.yaml").write_text(payer.format(id=name), encoding="utf-8")
+        trees += ["--rules", tree]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({"session_id": f"S-{p}", "payer": p, "services": [
+        {"code": "97110", "minutes": 20}]}) + "\n" for p in ("pa", "pb")), encoding="utf-8")
+    db = tmp_path / "log.sqlite"
+    proc = run_cli("bill", batch, *trees, "--audit-db", db, "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    # 20 min of 97110 -> 1 unit (8-22 min)
+    assert [json.loads(line)["lines"][0]["units"] for line in proc.stdout.splitlines()] == [1, 1]
+    assert [r["session_id"] for r in audit(db)] == ["S-pa", "S-pb"]
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0 and "2 sessions: 2 reproduced" in replay.stdout
