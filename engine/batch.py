@@ -116,9 +116,11 @@ def report_lines(session, record, payer_id: str | None = None) -> tuple:
 _worker = {}
 
 
-def _init_worker(rules, engine, job):
+def _init_worker(registry, engine, job):
+    """`registry`: the reading process's (a forked worker has it already: the rule files as read and checked
+    when the run began, not as they may be on disk by now), or the --rules trees to read."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C reaches the whole process group: the parent stops
-    _worker["biller"] = Biller(Registry(rules), engine)
+    _worker["biller"] = Biller(registry if isinstance(registry, Registry) else Registry(registry), engine)
     _worker["job"] = job
 
 
@@ -149,7 +151,8 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(rules, engine, job))
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(registry or rules, engine, job))      # forked: not pickled
     try:
         pending = collections.deque()       # (chunk, future), at most 4 per worker in flight, oldest first
         chunk = []
