@@ -270,7 +270,8 @@ class SessionInput:
             if "_error" in r:
                 return ParseError(r["_error"], self.display, r["_line"], session_id=sid)
         if any("\udc80" <= ch <= "\udcff" for r in rows for v in r.values() if isinstance(v, str) for ch in v):
-            return ParseError("not UTF-8 text", self.display, line, session_id=f"session-{number}")
+            readable = not any("\udc80" <= ch <= "\udcff" for ch in sid)
+            return ParseError("not UTF-8 text", self.display, line, session_id=sid if readable else f"session-{number}")
         width = len(CSV_COLUMNS)
         for r in rows:
             if r["_width"] != len([c for c in r if not c.startswith("_")]) or r["_width"] > width:

@@ -657,6 +657,17 @@ def test_one_session_of_many_csv_rows_is_an_error_read_in_flat_memory(tmp_path):
     assert peak < 4_000_000, peak
 
 
+def test_a_csv_session_with_a_byte_that_is_not_utf8_is_named_by_its_id(tmp_path):
+    # the error record names the session by its id when the id itself is readable (it said session-2)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"session_id,payer,code,minutes,provider\nA,medicare,97110,20,\nB,medicare,97110,2\xff,\n"
+                     b"\xffC,medicare,97110,20,\n")
+    items = read_all(path)
+    assert [(type(i), i.session_id, i.line) for i in items] == [(Session, "A", 2), (ParseError, "B", 3),
+                                                                 (ParseError, "session-3", 4)]
+    assert items[1].message == items[2].message == "not UTF-8 text"
+
+
 def test_a_repeated_csv_column_is_refused_at_the_header(tmp_path):
     path = csv_file(tmp_path, "session_id,code,minutes,minutes\nA,97110,20,30\nB,97110,20,30\n")
     proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
