@@ -21,7 +21,7 @@ from .errors import OutputError, PayrulesError, SessionError, UsageError, sugges
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
-from .sessions import FORMATS, SessionInput, load_sessions
+from .sessions import FORMATS, SessionInput, check_input, load_sessions
 
 
 def main(argv=None) -> int:
@@ -226,7 +226,9 @@ def cmd_bill(args) -> int:
         raise UsageError(registry.unknown_message(args.payer))
     engine = args.engine or default_engine()
     registry.check_all(engine)              # ... and so does one the compiler or the engine refuses
-    inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
+    for name in args.inputs:                # every input can be read before anything is billed ...
+        check_input(name)
+    inputs = []     # ... and each is opened in its turn: a day of files may be more than can be open at once
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
     log = None
     if args.audit_db:       # records reach stdout through the log, once they are committed to it
@@ -238,13 +240,13 @@ def cmd_bill(args) -> int:
     stopped = []            # an input that could not be read further: the sessions before it are billed
     previous = signal.getsignal(signal.SIGINT)
     # Ctrl-C stays held back after the stream, until the output, the log and the summary are written
-    stream = interruptible(bill_stream(_numbered(inputs, stopped), args.rules, engine, job, args.jobs, registry),
-                           restore=False)
+    sources = _numbered(args.inputs, args.input_format, args.jobs > 1, inputs, stopped)
+    stream = interruptible(bill_stream(sources, args.rules, engine, job, args.jobs, registry), restore=False)
     try:
         try:
             for _, (category, text, report, audit) in stream:
                 counts.add(category)
-                if args.format == "json" and len(inputs) == 1 and inputs[0].single:
+                if args.format == "json" and len(args.inputs) == 1 and inputs[0].single:
                     writer.write_single(json.loads(text))
                 else:
                     writer.write(text)
@@ -281,14 +283,16 @@ def cmd_bill(args) -> int:
     return 1 if counts.with_errors or counts.failed_to_parse else 0
 
 
-def _numbered(inputs, stopped: list):
-    """Sessions of every input in turn, default ids numbered across inputs. An input that cannot be read
-    further (a UsageError) ends them there, the error put in `stopped`: the sessions read before it are
-    billed and written whatever --jobs (raised through bill_stream, it would drop those in flight)."""
+def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):
+    """Sessions of every input in turn, default ids numbered across inputs; each input is opened in its
+    turn and added to `opened`. An input that cannot be read further (a UsageError) ends them there, the
+    error put in `stopped`: the sessions read before it are billed and written whatever --jobs (raised
+    through bill_stream, it would drop those in flight)."""
     number = 1
     try:
-        for source in inputs:
-            source.start = number
+        for name in names:
+            source = SessionInput(name, fmt, number, defer=defer)
+            opened.append(source)
             yield from source
             number += source.count
     except UsageError as exc:

@@ -13,7 +13,9 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import stat
 import sys
 from operator import itemgetter
 
@@ -73,6 +75,25 @@ def _depth(value, limit: int) -> int:
     return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
+def open_input(name: str):
+    """The byte stream of an input file, or of standard input for '-'; UsageError when it cannot be read."""
+    try:
+        return sys.stdin.buffer if name == "-" else open(name, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read input: {exc.strerror}", name) from None
+
+
+def check_input(name: str) -> None:
+    """UsageError now for an input file that cannot be read. A pipe (a FIFO, `<(...)`) is not opened
+    before its turn: opened and closed, it could lose its writer."""
+    try:
+        if name == "-" or stat.S_ISFIFO(os.stat(name).st_mode):
+            return
+    except OSError:
+        pass                # open_input says why
+    open_input(name).close()
+
+
 class SessionInput:
     """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
     input is one session object (then `bill --format json` writes an object, not a list)."""
@@ -84,10 +105,7 @@ class SessionInput:
         self.display = "<stdin>" if name == "-" else name
         self.start = start
         self.count = 0
-        try:
-            self.stream = sys.stdin.buffer if name == "-" else open(name, "rb")
-        except OSError as exc:
-            raise UsageError(f"cannot read input: {exc.strerror}", name) from None
+        self.stream = open_input(name)
         self.head = self.stream.read(chunk)
         self.format = fmt if fmt != "auto" else self._detect()
         self.single = False

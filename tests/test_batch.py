@@ -582,3 +582,27 @@ def test_an_input_that_breaks_off_keeps_what_was_read_before_it_in_every_jobs(tm
         assert [r["session_id"] for r in json.loads(out_text(logged))] == [f"S-{i:04d}" for i in range(600)]
         runs.append(proc)
     assert runs[0].stdout == runs[1].stdout and runs[0].stderr == runs[1].stderr
+
+
+def test_more_input_files_than_may_be_open_at_once(tmp_path):
+    # `payrules bill day/*.jsonl`: every input was opened before the first was read, so more files than
+    # the open-file limit (1024 on many systems, 256 on macOS) stopped the run (exit 2, nothing billed).
+    # They are opened one at a time; one that cannot be opened still stops the run before anything is
+    # billed.
+    import resource
+    names = []
+    for i in range(150):
+        path = tmp_path / f"f{i:03d}.jsonl"
+        path.write_text(json.dumps(dict(GOOD_PT, session_id=f"F{i:03d}")) + "\n", encoding="utf-8")
+        names.append(path)
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+    proc = subprocess.run([sys.executable, "-m", "engine", "bill", *map(str, names), "--format", "jsonl"], cwd=ROOT,
+                          capture_output=True, timeout=TIMEOUT, preexec_fn=few_files)
+    assert proc.returncode == 0, err_text(proc)[-2000:]
+    records = jsonl_records(proc)
+    assert [r["session_id"] for r in records] == [f"F{i:03d}" for i in range(150)]
+    assert all(units_of(r) == GOOD_PT_UNITS for r in records)
+    proc = run_cli("bill", names[0], tmp_path / "absent.jsonl", "--format", "jsonl")
+    assert proc.returncode == 2 and proc.stdout == b"" and "absent.jsonl" in err_text(proc)
