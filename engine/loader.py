@@ -179,6 +179,9 @@ def _file_errors(spec: Spec) -> list:
                                            "dates that do not overlap"))
                     break
             seen.setdefault(rule["id"], []).append((span, spec.line(*path, "id")))
+            if rule["id"].startswith("engine."):
+                errors.append(spec.err(path + ("id",), f"rule id {rule['id']!r} is reserved: ids starting with "
+                                                       "'engine.' are the engine's own safety nets"))
             errors.extend(_rule_errors(spec, rule, path))
     return errors
 
