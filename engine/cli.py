@@ -17,7 +17,7 @@ from pathlib import Path
 from . import render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import OutputError, PayrulesError, SessionError, UsageError, suggest
+from .errors import EvaluationError, OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
@@ -260,6 +260,8 @@ def cmd_bill(args) -> int:
                 progress.update(counts)
         except KeyboardInterrupt:   # raised only between records (batch.interruptible)
             interrupted = True
+        except EvaluationError as exc:  # a worker died: the run stops, its output well-formed all the same
+            stopped.append(exc)
         finally:
             stream.close()
             progress.done()

@@ -606,3 +606,40 @@ def test_more_input_files_than_may_be_open_at_once(tmp_path):
     assert all(units_of(r) == GOOD_PT_UNITS for r in records)
     proc = run_cli("bill", names[0], tmp_path / "absent.jsonl", "--format", "jsonl")
     assert proc.returncode == 2 and proc.stdout == b"" and "absent.jsonl" in err_text(proc)
+
+
+# A worker killed mid-run (the OOM killer): the run stops with one error line and exit 2, as it did, but
+# its output is well-formed up to the last record written (the json list closed) and the summary counts
+# those records; it left the list without its ']' and printed no summary. The worker that bills the third
+# chunk (it holds S-0600) kills itself a second after it starts: the first two chunks are billed by then.
+_WORKER_KILLER = """
+import os, signal, sys, time
+from engine import batch
+from engine.cli import main
+process = batch._process_chunk
+def killed(items):
+    if any(b'"S-0600"' in (item[0] if type(item) is tuple else b"") for item in items):
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return process(items)
+batch._process_chunk = killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def batch_chunk() -> int:
+    from engine import batch
+    return batch.CHUNK
+
+
+def test_a_worker_killed_mid_run_leaves_well_formed_output_and_a_summary(tmp_path):
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(json.dumps(dict(GOOD_PT, session_id=f"S-{i:04d}")) + "\n" for i in range(1200)),
+                    encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-c", _WORKER_KILLER, "bill", str(path), "--format", "json",
+                           "--jobs", "2"], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, err_text(proc)[-2000:]
+    ids = [r["session_id"] for r in json.loads(out_text(proc))]
+    assert ids == [f"S-{i:04d}" for i in range(len(ids))] and len(ids) in (batch_chunk(), 2 * batch_chunk())
+    assert "worker process died" in err_text(proc)
+    assert summary(proc) == (len(ids), len(ids), 0, 0)
