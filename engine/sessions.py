@@ -362,7 +362,8 @@ def _breaks_at_a_record(head: bytes, whole: bool) -> bool:
     except RecursionError:
         return False
     except ValueError as exc:
-        if exc.pos >= len(text.rstrip()) and not whole:      # it may go on past what was read
+        # it may go on past what was read: an error at its end, or a string that runs to its end
+        if not whole and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")):
             return False
     for line in text.split("\n")[1:] if whole else text.split("\n")[1:-1]:
         try:

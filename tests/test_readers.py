@@ -736,6 +736,17 @@ def test_sniffing_standard_input_tells_jsonl_from_one_json_session(sessions, cut
     assert sniff(json.dumps(sessions[0], indent=indent).encode()) == "json"
 
 
+def test_one_json_session_longer_than_the_sniffed_head_is_not_taken_for_jsonl():
+    # the head read to sniff the format can end inside a string of a long session written over several
+    # lines, one of its services on a line of its own: that is no sign of JSONL
+    from engine.sessions import _breaks_at_a_record
+    head = b'{\n"services": [\n{"code": "97110", "minutes": 20}\n], "context": {"note": "xxxx'
+    assert not _breaks_at_a_record(head, whole=False)
+    assert not _breaks_at_a_record(head + b'x"}}', whole=False)
+    broken_first = b'{"session_id": "A", "services": [\n{"session_id": "B", "services": []}\n{"session_id": "C'
+    assert _breaks_at_a_record(broken_first, whole=False)
+
+
 def test_what_is_not_a_csv_header_is_not_sniffed_as_csv():
     from engine.sessions import _looks_like_csv
     assert _looks_like_csv(b"session_id,code,minutes\n1,97110,20\n")
