@@ -24,7 +24,7 @@ from .model import NO_CONTEXT, Service, Session
 from .schema import schema_errors
 from .yamlload import Located, format_path, load_text
 
-MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
+MAX_INPUT_BYTES = 8 * 1024 * 1024           # a YAML input, read whole (PyYAML takes ~80x its size in memory)
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
 MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
