@@ -18,6 +18,7 @@ from .errors import EvaluationError, OutputError, SessionError
 from .sessions import ParseError, RawLine
 
 CHUNK = 256                     # sessions per task sent to a worker
+CHUNK_BYTES = 1 << 20           # ... or fewer: a chunk is cut once its unparsed JSONL lines reach this size
 
 
 @dataclass
@@ -155,12 +156,14 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
                                initargs=(registry or rules, engine, job))      # forked: not pickled
     try:
         pending = collections.deque()       # (chunk, future), at most 4 per worker in flight, oldest first
-        chunk = []
+        chunk, size = [], 0
         for session in sessions:
             chunk.append(session)
-            if len(chunk) == CHUNK:
+            if type(session) is RawLine:        # memory stays flat however large the lines in flight
+                size += len(session[0])
+            if len(chunk) == CHUNK or size >= CHUNK_BYTES:
                 pending.append((chunk, pool.submit(_process_chunk, _wire(chunk))))
-                chunk = []
+                chunk, size = [], 0
                 while len(pending) >= 4 * jobs:
                     yield from _drain(pending.popleft())
         if chunk:

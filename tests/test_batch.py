@@ -643,3 +643,28 @@ def test_a_worker_killed_mid_run_leaves_well_formed_output_and_a_summary(tmp_pat
     assert ids == [f"S-{i:04d}" for i in range(len(ids))] and len(ids) in (batch_chunk(), 2 * batch_chunk())
     assert "worker process died" in err_text(proc)
     assert summary(proc) == (len(ids), len(ids), 0, 0)
+
+
+def test_jobs_memory_stays_flat_with_large_records(tmp_path):
+    # --jobs sent JSONL lines to the workers 256 at a time, up to 8 such chunks in flight, whatever their
+    # size: 300 sessions with a 1 MB context each took 807 MB in the reading process (30 MB with --jobs
+    # 1), and 16 MB lines (allowed) would take some 30 GB. A chunk is also cut at batch.CHUNK_BYTES.
+    from engine import batch
+    path = tmp_path / "fat.jsonl"
+    note = "x" * (1024 * 1024)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(100):
+            fh.write(json.dumps(dict(GOOD_PT, session_id=f"F-{i:03d}", context={"note": note})) + "\n")
+    # run under a fresh process whose children are only this run (the reading process and its workers)
+    measure = ("import resource, subprocess, sys\n"
+               "proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n"
+               "sys.stdout.buffer.write(proc.stdout)\n"
+               "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+               "sys.exit(proc.returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "engine", "bill", str(path),
+                           "--format", "jsonl", "--jobs", "2"], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0
+    assert [r["session_id"] for r in jsonl_records(proc)] == [f"F-{i:03d}" for i in range(100)]
+    peak_mb = int(proc.stderr.decode().rsplit("\n", 1)[-1]) / 1024
+    assert peak_mb < 150, f"{peak_mb:.0f} MB"         # the largest process of the run
+    assert batch.CHUNK_BYTES <= 4 * 1024 * 1024
