@@ -101,7 +101,7 @@ class SessionInput:
     def __init__(self, name: str, fmt: str = "auto", start: int = 1, defer: bool = False, chunk: int = _CHUNK):
         self.name = name
         self.chunk = chunk          # bytes read at a time (tests read with every size)
-        self.defer = defer          # JSONL: yield RawLine items, parsed where they are billed
+        self.defer = defer          # JSONL and JSON lists: yield RawLine items, parsed where they are billed
         self.display = "<stdin>" if name == "-" else name
         self.start = start
         self.count = 0
@@ -180,7 +180,7 @@ class SessionInput:
         scanner = _JsonScanner(_Prefixed(self.head, self.stream), self.display, self.chunk)
         for kind, line, raw in scanner.values():
             self.single = kind == "single"
-            item = self._json_item(line, raw)
+            item = self._json_item(line, raw, kind == "item")
             yield item
             if isinstance(item, _Unreadable):
                 if not self.single:
@@ -188,7 +188,7 @@ class SessionInput:
                                      f"line {item.line}", self.display, item.line)
                 return
 
-    def _json_item(self, line: int, raw):
+    def _json_item(self, line: int, raw, element: bool = False):
         number = self._number()
         sid = f"session-{number}"
         if raw is None:
@@ -206,6 +206,8 @@ class SessionInput:
             return _Unreadable("JSON nested too deeply", self.display, line, session_id=sid)
         if text is None:    # well-formed JSON but for bytes that are not UTF-8: where it ends is known
             return ParseError("not UTF-8 text", self.display, line, session_id=sid)
+        if element and self.defer:  # known to be JSON: parsed again where it is billed, only its bytes sent
+            return RawLine((bytes(raw), self.display, line, number))
         return parse_session(data, Located(data, {(): line}, self.display), (), number, text)
 
     # --- JSONL: one session per line ------------------------------------------------------------------

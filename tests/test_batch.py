@@ -645,16 +645,19 @@ def test_a_worker_killed_mid_run_leaves_well_formed_output_and_a_summary(tmp_pat
     assert summary(proc) == (len(ids), len(ids), 0, 0)
 
 
-def test_jobs_memory_stays_flat_with_large_records(tmp_path):
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_jobs_memory_stays_flat_with_large_records(tmp_path, fmt):
     # --jobs sent JSONL lines to the workers 256 at a time, up to 8 such chunks in flight, whatever their
     # size: 300 sessions with a 1 MB context each took 807 MB in the reading process (30 MB with --jobs
     # 1), and 16 MB lines (allowed) would take some 30 GB. A chunk is also cut at batch.CHUNK_BYTES.
     from engine import batch
-    path = tmp_path / "fat.jsonl"
+    # (a JSON list's elements, parsed in the reading process, went as sessions: 100 took 328 MB there;
+    # they go as their text now, parsed where they are billed, as JSONL lines are)
+    path = tmp_path / f"fat.{fmt}"
     note = "x" * (1024 * 1024)
     with open(path, "w", encoding="utf-8") as fh:
-        for i in range(100):
-            fh.write(json.dumps(dict(GOOD_PT, session_id=f"F-{i:03d}", context={"note": note})) + "\n")
+        lines = [json.dumps(dict(GOOD_PT, session_id=f"F-{i:03d}", context={"note": note})) for i in range(100)]
+        fh.write("\n".join(lines) + "\n" if fmt == "jsonl" else "[\n" + ",\n".join(lines) + "\n]\n")
     # run under a fresh process whose children are only this run (the reading process and its workers)
     measure = ("import resource, subprocess, sys\n"
                "proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n"
