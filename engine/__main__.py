@@ -1,5 +1,8 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:       # Ctrl-C while the program starts: the exit code of an interrupted run
+    sys.exit(130)
 
 sys.exit(main())

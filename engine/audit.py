@@ -251,7 +251,8 @@ class AuditLog:
     def __init__(self, path: str, engine: str, registry, out):
         self.path, self.stream = path, out
         self.db = open_for_writing(path, threads=True)
-        self.paths = {pfile.display: pfile.path for pfile in registry.files}
+        # each rule file's bytes as read when the run began, by sha256: a file saved since is not read again
+        self.contents = {spec.digest: spec.raw for specs in registry.versions.values() for spec in specs}
         self.out = _Held(self)
         self.pending = []
         self.sets, self.lists = {}, {}          # rules hash -> set_id; rule ids that fired -> list_id
@@ -372,14 +373,10 @@ class AuditLog:
         return set_id
 
     def _content(self, display: str, sha: str) -> bytes:
-        """A rule file's bytes, read again and checked against the hash it was billed with."""
-        path = self.paths.get(display)
-        try:
-            content = path.read_bytes() if path else None
-        except OSError:
-            content = None
-        if content is None or hashlib.sha256(content).hexdigest() != sha:
-            raise UsageError(f"rule file {display} changed or vanished while billing: its content cannot be logged",
+        """A rule file's bytes as billed with (read when the run began)."""
+        content = self.contents.get(sha)
+        if content is None:
+            raise UsageError(f"rule file {display} billed with is not one the run read: its content cannot be logged",
                              self.path)
         return content
 

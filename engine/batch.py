@@ -18,6 +18,7 @@ from .errors import EvaluationError, OutputError, SessionError
 from .sessions import ParseError, RawLine
 
 CHUNK = 256                     # sessions per task sent to a worker
+CHUNK_BYTES = 1 << 20           # ... or fewer: a chunk is cut once its unparsed JSONL lines reach this size
 
 
 @dataclass
@@ -116,9 +117,11 @@ def report_lines(session, record, payer_id: str | None = None) -> tuple:
 _worker = {}
 
 
-def _init_worker(rules, engine, job):
+def _init_worker(registry, engine, job):
+    """`registry`: the reading process's (a forked worker has it already: the rule files as read and checked
+    when the run began, not as they may be on disk by now), or the --rules trees to read."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C reaches the whole process group: the parent stops
-    _worker["biller"] = Biller(Registry(rules), engine)
+    _worker["biller"] = Biller(registry if isinstance(registry, Registry) else Registry(registry), engine)
     _worker["job"] = job
 
 
@@ -149,15 +152,18 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(rules, engine, job))
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(registry or rules, engine, job))      # forked: not pickled
     try:
         pending = collections.deque()       # (chunk, future), at most 4 per worker in flight, oldest first
-        chunk = []
+        chunk, size = [], 0
         for session in sessions:
             chunk.append(session)
-            if len(chunk) == CHUNK:
+            if type(session) is RawLine:        # memory stays flat however large the lines in flight
+                size += len(session[0])
+            if len(chunk) == CHUNK or size >= CHUNK_BYTES:
                 pending.append((chunk, pool.submit(_process_chunk, _wire(chunk))))
-                chunk = []
+                chunk, size = [], 0
                 while len(pending) >= 4 * jobs:
                     yield from _drain(pending.popleft())
         if chunk:
@@ -178,10 +184,12 @@ def _drain(item):
     yield from zip(chunk, done)
 
 
-def interruptible(stream):
+def interruptible(stream, restore: bool = True):
     """`stream`'s items, with Ctrl-C (SIGINT) held back while the caller handles one: KeyboardInterrupt is
     raised only while the next item is read or billed, so that each record is written and counted whole
-    or not at all. Main thread only (where Python runs signal handlers)."""
+    or not at all. Main thread only (where Python runs signal handlers). With `restore` false, SIGINT
+    stays held back once the stream has ended, for a caller whose clean-up must not be cut short either;
+    that caller puts the previous handler back."""
     state = {"armed": True, "pending": False}
     pid = os.getpid()
 
@@ -210,7 +218,8 @@ def interruptible(stream):
         try:
             stream.close()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if restore:
+                signal.signal(signal.SIGINT, previous)
 
 
 # --- output -------------------------------------------------------------------------------------------

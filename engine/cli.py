@@ -10,17 +10,18 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from . import render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import OutputError, PayrulesError, SessionError, UsageError, suggest
+from .errors import EvaluationError, OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
-from .sessions import FORMATS, SessionInput, load_sessions
+from .sessions import FORMATS, SessionInput, check_input, load_sessions
 
 
 def main(argv=None) -> int:
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
+        _error(f"no command given: payrules {{{','.join(parser.commands)}}} ... (see payrules --help)")
         return 2
     try:
         if sys.stdout is None:
@@ -103,8 +104,16 @@ def _error(message: str) -> None:
     _say(f"error: {render.clean(message)}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one `error:` line like any other error (argparse prints a usage block)."""
+
+    def error(self, message):
+        _error(f"{self.prog}: {message} (see {self.prog} --help)")
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
+    parser = _Parser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # options several commands share, each defined once
     rules = argparse.ArgumentParser(add_help=False)
@@ -166,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     payers = sub.add_parser("payers", parents=[rules], help="list known payers")
     payers.add_argument("--format", choices=["table", "json"], default="table")
     payers.set_defaults(run=cmd_payers)
+    parser.commands = list(sub.choices)
     return parser
 
 
@@ -216,7 +226,9 @@ def cmd_bill(args) -> int:
         raise UsageError(registry.unknown_message(args.payer))
     engine = args.engine or default_engine()
     registry.check_all(engine)              # ... and so does one the compiler or the engine refuses
-    inputs = [SessionInput(name, args.input_format, defer=args.jobs > 1) for name in args.inputs]
+    for name in args.inputs:                # every input can be read before anything is billed ...
+        check_input(name)
+    inputs = []     # ... and each is opened in its turn: a day of files may be more than can be open at once
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
     log = None
     if args.audit_db:       # records reach stdout through the log, once they are committed to it
@@ -225,12 +237,16 @@ def cmd_bill(args) -> int:
     counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
     failed = reported = 0
     interrupted = False
-    stream = interruptible(bill_stream(_numbered(inputs), args.rules, engine, job, args.jobs, registry))
+    stopped = []            # an input that could not be read further: the sessions before it are billed
+    previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C stays held back after the stream, until the output, the log and the summary are written
+    sources = _numbered(args.inputs, args.input_format, args.jobs > 1, inputs, stopped)
+    stream = interruptible(bill_stream(sources, args.rules, engine, job, args.jobs, registry), restore=False)
     try:
         try:
             for _, (category, text, report, audit) in stream:
                 counts.add(category)
-                if args.format == "json" and len(inputs) == 1 and inputs[0].single:
+                if args.format == "json" and len(args.inputs) == 1 and inputs[0].single:
                     writer.write_single(json.loads(text))
                 else:
                     writer.write(text)
@@ -244,28 +260,45 @@ def cmd_bill(args) -> int:
                 progress.update(counts)
         except KeyboardInterrupt:   # raised only between records (batch.interruptible)
             interrupted = True
+        except EvaluationError as exc:  # a worker died: the run stops, its output well-formed all the same
+            stopped.append(exc)
         finally:
             stream.close()
             progress.done()
+        if stopped and not counts.read:     # nothing read: the one error line alone, no output, no summary
+            raise stopped[0]
         writer.close()              # interrupted too: the output ends well-formed after the last record
     finally:
         if log:                     # the last batch: committed, then its output (and the `]`) written
             log.close()
     if reported >= MAX_REPORTED and failed:
         _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
+    for exc in stopped:
+        _error(str(exc))
     _say(counts.line(interrupted))
+    if signal.getsignal(signal.SIGINT) is not previous:
+        signal.signal(signal.SIGINT, previous)
     if interrupted:
         return 130
+    if stopped:
+        return 2
     return 1 if counts.with_errors or counts.failed_to_parse else 0
 
 
-def _numbered(inputs):
-    """Sessions of every input in turn, default ids numbered across inputs."""
+def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):
+    """Sessions of every input in turn, default ids numbered across inputs; each input is opened in its
+    turn and added to `opened`. An input that cannot be read further (a UsageError) ends them there, the
+    error put in `stopped`: the sessions read before it are billed and written whatever --jobs (raised
+    through bill_stream, it would drop those in flight)."""
     number = 1
-    for source in inputs:
-        source.start = number
-        yield from source
-        number += source.count
+    try:
+        for name in names:
+            source = SessionInput(name, fmt, number, defer=defer)
+            opened.append(source)
+            yield from source
+            number += source.count
+    except UsageError as exc:
+        stopped.append(exc)
 
 
 def cmd_compare(args) -> int:

@@ -45,6 +45,7 @@ class Spec:
     """One schema-valid payer file: a whole payer, a version of one, or a child (`extends`)."""
     doc: Located
     digest: str
+    raw: bytes = b""        # the file's bytes as read: what is billed with them is logged with them
 
     @property
     def data(self) -> dict:
@@ -134,7 +135,7 @@ def read_spec(pfile: PayerFile):
         if errors:
             return None, errors
         cache.store(digest, doc)
-    spec = Spec(doc, digest)
+    spec = Spec(doc, digest, raw)
     return spec, sorted(_file_errors(spec), key=lambda e: (e.line or 0, e.path))
 
 
@@ -178,6 +179,9 @@ def _file_errors(spec: Spec) -> list:
                                            "dates that do not overlap"))
                     break
             seen.setdefault(rule["id"], []).append((span, spec.line(*path, "id")))
+            if rule["id"].startswith("engine."):
+                errors.append(spec.err(path + ("id",), f"rule id {rule['id']!r} is reserved: ids starting with "
+                                                       "'engine.' are the engine's own safety nets"))
             errors.extend(_rule_errors(spec, rule, path))
     return errors
 

@@ -13,7 +13,9 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import stat
 import sys
 from operator import itemgetter
 
@@ -22,7 +24,7 @@ from .model import NO_CONTEXT, Service, Session
 from .schema import schema_errors
 from .yamlload import Located, format_path, load_text
 
-MAX_INPUT_BYTES = 64 * 1024 * 1024          # a YAML input, read whole
+MAX_INPUT_BYTES = 8 * 1024 * 1024           # a YAML input, read whole (PyYAML takes ~80x its size in memory)
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
 MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
@@ -73,6 +75,25 @@ def _depth(value, limit: int) -> int:
     return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
+def open_input(name: str):
+    """The byte stream of an input file, or of standard input for '-'; UsageError when it cannot be read."""
+    try:
+        return sys.stdin.buffer if name == "-" else open(name, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read input: {exc.strerror}", name) from None
+
+
+def check_input(name: str) -> None:
+    """UsageError now for an input file that cannot be read. A pipe (a FIFO, `<(...)`) is not opened
+    before its turn: opened and closed, it could lose its writer."""
+    try:
+        if name == "-" or stat.S_ISFIFO(os.stat(name).st_mode):
+            return
+    except OSError:
+        pass                # open_input says why
+    open_input(name).close()
+
+
 class SessionInput:
     """One input (file or '-'), iterated as Session / SessionError items. `single` is true when the
     input is one session object (then `bill --format json` writes an object, not a list)."""
@@ -80,14 +101,11 @@ class SessionInput:
     def __init__(self, name: str, fmt: str = "auto", start: int = 1, defer: bool = False, chunk: int = _CHUNK):
         self.name = name
         self.chunk = chunk          # bytes read at a time (tests read with every size)
-        self.defer = defer          # JSONL: yield RawLine items, parsed where they are billed
+        self.defer = defer          # JSONL and JSON lists: yield RawLine items, parsed where they are billed
         self.display = "<stdin>" if name == "-" else name
         self.start = start
         self.count = 0
-        try:
-            self.stream = sys.stdin.buffer if name == "-" else open(name, "rb")
-        except OSError as exc:
-            raise UsageError(f"cannot read input: {exc.strerror}", name) from None
+        self.stream = open_input(name)
         self.head = self.stream.read(chunk)
         self.format = fmt if fmt != "auto" else self._detect()
         self.single = False
@@ -101,15 +119,23 @@ class SessionInput:
         if _looks_like_csv(self.head):
             return "csv"
         text = self.head.lstrip(codecs.BOM_UTF8).lstrip()
+        if not text and len(self.head) < self.chunk:     # an input of nothing (or white space): no session
+            return "jsonl"
         if text.startswith(b"["):
             return "json"
         if text.startswith(b"{"):
+            whole = len(self.head) < self.chunk         # a read gives less only at the end of the input
+            while b"\n" not in text and not whole and len(text) <= MAX_RECORD_BYTES:    # the whole first line
+                more = self.stream.read(self.chunk)
+                whole = len(more) < self.chunk
+                self.head += more
+                text += more
             first, _, rest = text.partition(b"\n")
             try:
                 json.loads(first)
                 return "jsonl" if rest.strip() else "json"
-            except ValueError:
-                return "json"
+            except (ValueError, RecursionError):
+                return "jsonl" if _breaks_at_a_record(text, whole) else "json"
         return "yaml"
 
     def close(self):
@@ -154,7 +180,7 @@ class SessionInput:
         scanner = _JsonScanner(_Prefixed(self.head, self.stream), self.display, self.chunk)
         for kind, line, raw in scanner.values():
             self.single = kind == "single"
-            item = self._json_item(line, raw)
+            item = self._json_item(line, raw, kind == "item")
             yield item
             if isinstance(item, _Unreadable):
                 if not self.single:
@@ -162,21 +188,26 @@ class SessionInput:
                                      f"line {item.line}", self.display, item.line)
                 return
 
-    def _json_item(self, line: int, raw):
+    def _json_item(self, line: int, raw, element: bool = False):
         number = self._number()
         sid = f"session-{number}"
         if raw is None:
             return _Unreadable(f"session longer than {MAX_RECORD_BYTES} bytes", self.display, line, session_id=sid)
         try:
             text = raw.decode("utf-8")
-            data = json.loads(text)
         except UnicodeDecodeError:
-            return _Unreadable("not UTF-8 text", self.display, line, session_id=sid)
+            text = None
+        try:
+            data = json.loads(raw.decode("utf-8", "replace") if text is None else text)
         except json.JSONDecodeError as exc:
             return _Unreadable(f"malformed JSON: {exc.msg} (line {line + exc.lineno - 1})", self.display, line,
                                session_id=sid)
         except RecursionError:
             return _Unreadable("JSON nested too deeply", self.display, line, session_id=sid)
+        if text is None:    # well-formed JSON but for bytes that are not UTF-8: where it ends is known
+            return ParseError("not UTF-8 text", self.display, line, session_id=sid)
+        if element and self.defer:  # known to be JSON: parsed again where it is billed, only its bytes sent
+            return RawLine((bytes(raw), self.display, line, number))
         return parse_session(data, Located(data, {(): line}, self.display), (), number, text)
 
     # --- JSONL: one session per line ------------------------------------------------------------------
@@ -185,7 +216,7 @@ class SessionInput:
             if raw is None:
                 yield ParseError(f"line longer than {MAX_RECORD_BYTES} bytes", self.display, lineno,
                                  session_id=f"session-{self._number()}")
-            elif raw.strip():
+            elif (raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw).strip():     # not a blank line
                 record = RawLine((raw, self.display, lineno, self._number()))
                 yield record if self.defer else record.parse()
 
@@ -259,7 +290,8 @@ class SessionInput:
             if "_error" in r:
                 return ParseError(r["_error"], self.display, r["_line"], session_id=sid)
         if any("\udc80" <= ch <= "\udcff" for r in rows for v in r.values() if isinstance(v, str) for ch in v):
-            return ParseError("not UTF-8 text", self.display, line, session_id=f"session-{number}")
+            readable = not any("\udc80" <= ch <= "\udcff" for ch in sid)
+            return ParseError("not UTF-8 text", self.display, line, session_id=sid if readable else f"session-{number}")
         width = len(CSV_COLUMNS)
         for r in rows:
             if r["_width"] != len([c for c in r if not c.startswith("_")]) or r["_width"] > width:
@@ -319,6 +351,29 @@ def _looks_like_csv(head: bytes) -> bool:
     cells, error = _csv_cells(head.split(b"\n", 1)[0], first=True)
     names = {c.strip() for c in cells}
     return not error and names <= set(CSV_COLUMNS) and {"session_id", "code", "minutes"} <= names
+
+
+def _breaks_at_a_record(head: bytes, whole: bool) -> bool:
+    """Whether an input whose first line is no JSON value by itself is JSONL (with a broken first line)
+    rather than one session over several lines: it is not one JSON value (nor, when `head` is not the
+    `whole` input, the start of one) and a later line is a JSON object by itself."""
+    text = head.decode("utf-8", "replace")
+    try:
+        json.loads(text)
+        return False
+    except RecursionError:
+        return False
+    except ValueError as exc:
+        # it may go on past what was read: an error at its end, or a string that runs to its end
+        if not whole and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")):
+            return False
+    for line in text.split("\n")[1:] if whole else text.split("\n")[1:-1]:
+        try:
+            if line.startswith("{") and type(json.loads(line)) is dict:
+                return True
+        except (ValueError, RecursionError):
+            pass
+    return False
 
 
 def _csv_number(text: str):

@@ -349,3 +349,75 @@ def test_audit_on_a_file_that_is_not_a_database(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {text}")
     assert text.read_text(encoding="utf-8") == "not a database\n"      # left as it was
+
+
+def test_two_rule_trees_with_the_same_name_and_file_names_can_be_logged_and_replayed(tmp_path):
+    # --rules /a/payers --rules /b/payers, each with a payers/p.yaml (payers pa and pb): both files show
+    # as "payers/p.yaml". The log read one path per shown name and refused the other's content as
+    # "changed or vanished while billing": exit 2, nothing billed.
+    payer = ("payer: {id}\nname: {id}\nmethod: {{name: cms_8_minute}}\ncodes: {{timed_15: [97110]}}\nrules:\n"
+             "  - {{id: t, description: d, source: s, when: {{line: {{code_in: timed_15}}}}, "
+             "then: [{{timed_units: true}}]}}\n")
+    trees = []
+    for name in ("pa", "pb"):
+        tree = tmp_path / name / "payers"
+        tree.mkdir(parents=True)
+        (tree / "p.yaml").write_text(payer.format(id=name), encoding="utf-8")
+        trees += ["--rules", tree]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({"session_id": f"S-{p}", "payer": p, "services": [
+        {"code": "97110", "minutes": 20}]}) + "\n" for p in ("pa", "pb")), encoding="utf-8")
+    db = tmp_path / "log.sqlite"
+    proc = run_cli("bill", batch, *trees, "--audit-db", db, "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    # 20 min of 97110 -> 1 unit (8-22 min)
+    assert [json.loads(line)["lines"][0]["units"] for line in proc.stdout.splitlines()] == [1, 1]
+    assert [r["session_id"] for r in audit(db)] == ["S-pa", "S-pb"]
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0 and "2 sessions: 2 reproduced" in replay.stdout
+
+
+# A rule file saved while a run bills (a payer analyst's edit during the nightly batch) changes nothing in
+# that run: it bills, in every worker, with the files as read and checked at its start, and logs exactly
+# those. The log read the file again when it first logged one of its sessions (the run then stopped with
+# exit 2: "changed or vanished while billing", the json list unclosed, the last batch lost), and --jobs
+# workers read every file again when they started. Made deterministic: the file is rewritten as soon as
+# the audit log is opened, before the first session is billed.
+_EDIT_DRIVER = """
+import sys
+from pathlib import Path
+from engine import audit
+from engine.cli import main
+path, opened = Path(sys.argv[1]), audit.AuditLog.__init__
+def init(self, *args):
+    opened(self, *args)
+    path.write_text(path.read_text().replace("timed_units: true", "units: 7"))
+audit.AuditLog.__init__ = init
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_rule_file_edited_during_the_run_changes_nothing_in_it(tmp_path, jobs):
+    tree = tmp_path / "payers"
+    tree.mkdir()
+    payer = ("payer: pe\nname: PE\nmethod: {name: cms_8_minute}\ncodes: {timed_15: [97110]}\nrules:\n"
+             "  - {id: t, description: d, source: s, when: {line: {code_in: timed_15}}, then: [{timed_units: true}]}\n")
+    (tree / "p.yaml").write_text(payer, encoding="utf-8")
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({"session_id": f"S-{i}", "payer": "pe", "services": [
+        {"code": "97110", "minutes": 20}]}) + "\n" for i in range(600)), encoding="utf-8")
+    db = tmp_path / "log.sqlite"
+    proc = subprocess.run([sys.executable, "-c", _EDIT_DRIVER, tree / "p.yaml", "bill", batch, "--rules", tree,
+                           "--audit-db", db, "--format", "json", "--jobs", jobs], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert (tree / "p.yaml").read_text() != payer                   # the file was edited during the run
+    assert proc.returncode == 0, proc.stderr
+    # every session with the rules as they were: 20 min of 97110 -> 1 timed unit (8-22 min), never 7
+    assert [r["lines"][0]["units"] for r in json.loads(proc.stdout)] == [1] * 600
+    logged = audit(db, "--session", "S-599")[0]
+    content = sqlite3.connect(db).execute("SELECT content FROM rule_files WHERE sha256 = ?",
+                                          (logged["rule_files"][0]["sha256"],)).fetchone()[0]
+    assert content.decode() == payer
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0 and "600 sessions: 600 reproduced" in replay.stdout

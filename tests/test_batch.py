@@ -347,6 +347,11 @@ def test_format_json_list_and_empty_input(tmp_path):
     assert summary(proc) == (0, 0, 0, 0)
     proc = run_cli("bill", empty, "--format", "csv")
     assert out_text(proc).splitlines() == [",".join(CSV_HEADER)]
+    # the same on standard input, whose format is sniffed: nothing (or blank lines, or a BOM) is no session,
+    # not an unreadable input (`grep medicare day.jsonl | payrules bill -` finding nothing bills nothing)
+    for data in (b"", b"\n\n", b"\xef\xbb\xbf"):
+        proc = run_cli("bill", "-", "--format", "json", stdin=data)
+        assert proc.returncode == 0 and json.loads(out_text(proc)) == [] and summary(proc) == (0, 0, 0, 0)
 
 
 def test_format_jsonl_one_line_per_session():
@@ -552,3 +557,117 @@ def test_a_worker_that_dies_is_a_clear_error_not_a_hang(monkeypatch):
              for n in range(1, 4)]
     with pytest.raises(EvaluationError, match="worker process died"):
         list(batch.bill_stream(iter(lines), [], "python", batch.Job(), 2))
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_an_input_that_breaks_off_keeps_what_was_read_before_it_in_every_jobs(tmp_path, fmt):
+    # 600 good sessions (more than 2 chunks of batch.CHUNK: with --jobs 2 several are in flight when
+    # the reader meets the garbage after the list), then text that is no JSON: the 600 sessions read
+    # are billed and written in both --jobs, the output is well-formed (the json list closed), the log
+    # holds them too, and stderr says what stopped the run, then the summary; exit 2.
+    path = tmp_path / "garbage-after.json"
+    sessions = [dict(GOOD_PT, session_id=f"S-{i:04d}") for i in range(600)]
+    path.write_text(json.dumps(sessions, indent=1) + "\nthis is not JSON\n", encoding="utf-8")
+    runs = []
+    for jobs in ("1", "2"):
+        db = tmp_path / f"audit-{jobs}.sqlite"
+        proc = run_cli("bill", path, "--format", fmt, "--jobs", jobs, "--audit-db", db)
+        assert proc.returncode == 2
+        records = json.loads(out_text(proc)) if fmt == "json" else jsonl_records(proc)
+        assert [r["session_id"] for r in records] == [f"S-{i:04d}" for i in range(600)]
+        assert all(units_of(r) == GOOD_PT_UNITS for r in records)
+        assert summary(proc) == (600, 600, 0, 0)
+        assert err_text(proc).startswith("error: ") and "unexpected text after the JSON list" in err_text(proc)
+        logged = run_cli("audit", db, "--format", "json")
+        assert [r["session_id"] for r in json.loads(out_text(logged))] == [f"S-{i:04d}" for i in range(600)]
+        runs.append(proc)
+    assert runs[0].stdout == runs[1].stdout and runs[0].stderr == runs[1].stderr
+
+
+def test_more_input_files_than_may_be_open_at_once(tmp_path):
+    # `payrules bill day/*.jsonl`: every input was opened before the first was read, so more files than
+    # the open-file limit (1024 on many systems, 256 on macOS) stopped the run (exit 2, nothing billed).
+    # They are opened one at a time; one that cannot be opened still stops the run before anything is
+    # billed.
+    import resource
+    names = []
+    for i in range(150):
+        path = tmp_path / f"f{i:03d}.jsonl"
+        path.write_text(json.dumps(dict(GOOD_PT, session_id=f"F{i:03d}")) + "\n", encoding="utf-8")
+        names.append(path)
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+    proc = subprocess.run([sys.executable, "-m", "engine", "bill", *map(str, names), "--format", "jsonl"], cwd=ROOT,
+                          capture_output=True, timeout=TIMEOUT, preexec_fn=few_files)
+    assert proc.returncode == 0, err_text(proc)[-2000:]
+    records = jsonl_records(proc)
+    assert [r["session_id"] for r in records] == [f"F{i:03d}" for i in range(150)]
+    assert all(units_of(r) == GOOD_PT_UNITS for r in records)
+    proc = run_cli("bill", names[0], tmp_path / "absent.jsonl", "--format", "jsonl")
+    assert proc.returncode == 2 and proc.stdout == b"" and "absent.jsonl" in err_text(proc)
+
+
+# A worker killed mid-run (the OOM killer): the run stops with one error line and exit 2, as it did, but
+# its output is well-formed up to the last record written (the json list closed) and the summary counts
+# those records; it left the list without its ']' and printed no summary. The worker that bills the third
+# chunk (it holds S-0600) kills itself a second after it starts: the first two chunks are billed by then.
+_WORKER_KILLER = """
+import os, signal, sys, time
+from engine import batch
+from engine.cli import main
+process = batch._process_chunk
+def killed(items):
+    if any(b'"S-0600"' in (item[0] if type(item) is tuple else b"") for item in items):
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return process(items)
+batch._process_chunk = killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def batch_chunk() -> int:
+    from engine import batch
+    return batch.CHUNK
+
+
+def test_a_worker_killed_mid_run_leaves_well_formed_output_and_a_summary(tmp_path):
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(json.dumps(dict(GOOD_PT, session_id=f"S-{i:04d}")) + "\n" for i in range(1200)),
+                    encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-c", _WORKER_KILLER, "bill", str(path), "--format", "json",
+                           "--jobs", "2"], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, err_text(proc)[-2000:]
+    ids = [r["session_id"] for r in json.loads(out_text(proc))]
+    assert ids == [f"S-{i:04d}" for i in range(len(ids))] and len(ids) in (batch_chunk(), 2 * batch_chunk())
+    assert "worker process died" in err_text(proc)
+    assert summary(proc) == (len(ids), len(ids), 0, 0)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_jobs_memory_stays_flat_with_large_records(tmp_path, fmt):
+    # --jobs sent JSONL lines to the workers 256 at a time, up to 8 such chunks in flight, whatever their
+    # size: 300 sessions with a 1 MB context each took 807 MB in the reading process (30 MB with --jobs
+    # 1), and 16 MB lines (allowed) would take some 30 GB. A chunk is also cut at batch.CHUNK_BYTES.
+    from engine import batch
+    # (a JSON list's elements, parsed in the reading process, went as sessions: 100 took 328 MB there;
+    # they go as their text now, parsed where they are billed, as JSONL lines are)
+    path = tmp_path / f"fat.{fmt}"
+    note = "x" * (1024 * 1024)
+    with open(path, "w", encoding="utf-8") as fh:
+        lines = [json.dumps(dict(GOOD_PT, session_id=f"F-{i:03d}", context={"note": note})) for i in range(100)]
+        fh.write("\n".join(lines) + "\n" if fmt == "jsonl" else "[\n" + ",\n".join(lines) + "\n]\n")
+    # run under a fresh process whose children are only this run (the reading process and its workers)
+    measure = ("import resource, subprocess, sys\n"
+               "proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n"
+               "sys.stdout.buffer.write(proc.stdout)\n"
+               "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+               "sys.exit(proc.returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "engine", "bill", str(path),
+                           "--format", "jsonl", "--jobs", "2"], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0
+    assert [r["session_id"] for r in jsonl_records(proc)] == [f"F-{i:03d}" for i in range(100)]
+    peak_mb = int(proc.stderr.decode().rsplit("\n", 1)[-1]) / 1024
+    assert peak_mb < 150, f"{peak_mb:.0f} MB"         # the largest process of the run
+    assert batch.CHUNK_BYTES <= 4 * 1024 * 1024

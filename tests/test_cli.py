@@ -562,6 +562,20 @@ def test_no_command_is_a_usage_error():
     assert proc.returncode == 2
 
 
+@pytest.mark.parametrize("argv", [
+    [], ["frob"], ["bill"], ["bill", "x.jsonl", "--jobs", "0"], ["bill", "x.jsonl", "--format", "xml\x1b[2J"],
+    ["bill", "x.jsonl", "--date", "2026-13-01"], ["bill", "x.jsonl", "--no-such-option"], ["audit"],
+])
+def test_command_line_mistakes_are_one_error_line(argv):
+    # like every other error: one `error: ` line on stderr (no usage block, no argparse prefix), text
+    # from the command line escaped, exit 2
+    proc = run_cli(*argv)
+    no_traceback(proc)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "\x1b" not in proc.stderr
+
+
 def test_missing_input_file_is_a_usage_error(tmp_path):
     proc = run_cli("bill", tmp_path / "absent.yaml")
     no_traceback(proc)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.loader import MAX_RULE_FILE_BYTES
 
@@ -241,6 +242,20 @@ def test_rule_file_at_the_size_limit_is_read(tmp_path):
     rules = payer_dir(tmp_path, body)
     proc = run_cli("validate", rules / "hostile.yaml")
     assert proc.returncode == 0, proc.err
+
+
+def test_yaml_session_file_over_8_mb_is_refused_before_it_is_parsed(tmp_path):
+    # PyYAML takes about 80 times a document's size in memory (measured: 8 MB of YAML sessions, 634 MB
+    # peak and 12 s; its own CSafeLoader alone 500 MB), so the 64 MB that was allowed meant some 5 GB: an
+    # out-of-memory kill, not an error. YAML is for hand-written files: over 8 MB it is refused, unparsed.
+    from engine.sessions import MAX_INPUT_BYTES
+    assert MAX_INPUT_BYTES == 8 * 1024 * 1024
+    path = tmp_path / "big.yaml"
+    padding = "# " + "x" * 1000 + "\n"
+    path.write_text(yaml.safe_dump([GOOD_SESSION]) + padding * (MAX_INPUT_BYTES // len(padding) + 1), "utf-8")
+    proc = run_cli("bill", path, "--format", "jsonl")
+    assert_clean_error(proc, "larger than", "JSONL")
+    assert proc.stdout == b""
 
 
 def test_jsonl_line_over_the_record_limit(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.errors import SessionError
+from engine.errors import SessionError, UsageError
 from engine.model import NO_CONTEXT, Session
 from engine.sessions import ParseError, SessionInput, parse_session
 from engine.yamlload import Located
@@ -512,6 +512,28 @@ def test_json_list_errors_keep_their_lines_and_stop_cleanly(tmp_path):
     assert proc.returncode == 2 and len(jsonl(proc)) == 3
 
 
+def test_a_json_list_element_that_is_not_utf8_is_a_record_and_the_list_goes_on(tmp_path):
+    # well-formed JSON but for a byte that is not UTF-8 (a Latin-1 name): where it ends is known, so it
+    # is its error record and the rest of the list is read, as a JSONL line would be (before, the run
+    # stopped there and the sessions after it were lost). Malformed as well, it still stops the run.
+    good = json.dumps({"session_id": "G", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}]})
+    latin1 = b'{"session_id": "L", "services": [], "context": {"name": "M\xfcller"}}'
+    path = tmp_path / "list.json"
+    path.write_bytes(b"[\n" + latin1 + b",\n" + good.encode() + b',\n{"session_id": "\xff"},\n'
+                     + good.encode() + b"\n]\n")
+    items = read_all(path, chunk=16)
+    assert [type(i) for i in items] == [ParseError, Session, ParseError, Session]
+    assert [i.line for i in items] == [2, 3, 4, 5]
+    assert items[0].message == items[2].message == "not UTF-8 text"
+    proc = run_cli("bill", path, "--format", "jsonl")
+    assert proc.returncode == 1 and summary(proc) == (4, 2, 0, 2)
+    # 20 min of 97110 -> 1 unit (CMS chart: 8-22 min)
+    assert [units_of(r) for r in jsonl(proc) if "error" not in r] == [{"97110": 1}, {"97110": 1}]
+    path.write_bytes(b'[{"session_id": "\xff, "services": []},\n' + good.encode() + b"]")
+    with pytest.raises(UsageError):
+        read_all(path)
+
+
 @pytest.mark.parametrize("text, message", [
     ('[{"services": []}] x', "unexpected text after the JSON list"),
     ('{"services": []} x', "unexpected text after the JSON session"),
@@ -535,6 +557,17 @@ def test_a_single_json_object_and_a_bom(tmp_path):
     source = SessionInput(str(path), chunk=3)
     items = list(source)
     assert source.single and [i.session_id for i in items] == ["ONE"] and items[0].line == 2
+
+
+@pytest.mark.parametrize("lead", [b"\xef\xbb\xbf\n", b"\xef\xbb\xbf\r\n", b"\xef\xbb\xbf  \n"])
+def test_a_jsonl_first_line_of_only_a_bom_is_a_blank_line(tmp_path, lead):
+    # a blank line is no session, with a BOM before it too: 2 sessions, not a third "malformed JSON" one
+    path = tmp_path / "bom.jsonl"
+    good = {"session_id": "G", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}]}
+    path.write_bytes(lead + (json.dumps(good) + "\n").encode() * 2)
+    assert [type(i) for i in read_all(path)] == [Session, Session]
+    path.write_bytes(lead)
+    assert read_all(path) == []
 
 
 def test_an_over_long_json_list_element_stops_the_run(tmp_path, monkeypatch):
@@ -615,6 +648,17 @@ def test_one_session_of_many_csv_rows_is_an_error_read_in_flat_memory(tmp_path):
     assert peak < 4_000_000, peak
 
 
+def test_a_csv_session_with_a_byte_that_is_not_utf8_is_named_by_its_id(tmp_path):
+    # the error record names the session by its id when the id itself is readable (it said session-2)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"session_id,payer,code,minutes,provider\nA,medicare,97110,20,\nB,medicare,97110,2\xff,\n"
+                     b"\xffC,medicare,97110,20,\n")
+    items = read_all(path)
+    assert [(type(i), i.session_id, i.line) for i in items] == [(Session, "A", 2), (ParseError, "B", 3),
+                                                                 (ParseError, "session-3", 4)]
+    assert items[1].message == items[2].message == "not UTF-8 text"
+
+
 def test_a_repeated_csv_column_is_refused_at_the_header(tmp_path):
     path = csv_file(tmp_path, "session_id,code,minutes,minutes\nA,97110,20,30\nB,97110,20,30\n")
     proc = run_cli("bill", path, "--format", "jsonl", "--payer", "medicare")
@@ -633,6 +677,65 @@ def test_csv_on_standard_input_is_sniffed(tmp_path):
     # with a BOM and CRLF line ends, columns in another order
     crlf = "\ufeffminutes,code,session_id,payer\r\n20,97110,B,medicare\r\n"
     assert units_of(jsonl(run_cli("bill", "-", "--format", "jsonl", stdin=crlf.encode()))[0]) == {"97110": 1}
+
+
+@pytest.mark.parametrize("first", [
+    b'{"session_id": "broken", "services": [\n',                 # a malformed first line
+    json.dumps({"session_id": "long", "payer": "medicare", "services": [{"code": "97110", "minutes": 20}],
+                "context": {"note": "x" * 70_000}}).encode() + b"\n",   # a first line longer than a read
+])
+def test_jsonl_on_standard_input_is_sniffed_whatever_its_first_line(first):
+    # JSONL on standard input is JSONL, as in a .jsonl file, whatever its first line: read as one JSON
+    # session instead, the lines after it were lost (1 session read instead of 3) or refused
+    good = [{"session_id": f"G{i}", "payer": "medicare", "date_of_service": DATE, "discipline": "PT",
+             "services": [{"code": "97110", "minutes": 20}]} for i in range(2)]
+    data = first + b"".join(json.dumps(g).encode() + b"\n" for g in good)
+    proc = run_cli("bill", "-", "--format", "jsonl", stdin=data)
+    explicit = run_cli("bill", "-", "--input-format", "jsonl", "--format", "jsonl", stdin=data)
+    assert proc.stdout == explicit.stdout and summary(proc) == summary(explicit)
+    records = jsonl(proc)
+    assert len(records) == 3 and summary(proc)[0] == 3
+    # 20 min of 97110 -> 1 unit (CMS chart: 8-22 min)
+    assert [units_of(r) for r in records[1:]] == [{"97110": 1}, {"97110": 1}]
+    # one JSON session written over several lines is still one session
+    one = json.dumps(good[0], indent=2).encode()
+    assert summary(run_cli("bill", "-", "--format", "json", stdin=one)) == (1, 1, 0, 0)
+    inner = b'{"session_id": "P", "payer": "medicare",\n "services": [\n{"code": "97110", "minutes": 20}\n]}\n'
+    assert summary(run_cli("bill", "-", "--format", "json", stdin=inner)) == (1, 1, 0, 0)
+
+
+_SNIFF_SESSION = st.fixed_dictionaries({"session_id": st.text(min_size=1, max_size=8), "services": st.lists(
+    st.fixed_dictionaries({"code": st.sampled_from(["97110", "97140"]), "minutes": st.integers(0, 60)}),
+    min_size=1, max_size=3)}, optional={"context": st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sessions=st.lists(_SNIFF_SESSION, min_size=2, max_size=4), cut=st.integers(1, 30),
+       indent=st.sampled_from([None, 0, 1, 2]), monkeypatch=st.just(None))
+def test_sniffing_standard_input_tells_jsonl_from_one_json_session(sessions, cut, indent, monkeypatch):
+    # JSONL whose first line is cut short (a broken record) is JSONL; one session written over several
+    # lines, however indented, is one JSON session
+    def sniff(data: bytes) -> str:
+        stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(data))
+        try:
+            return SessionInput("-").format
+        finally:
+            sys.stdin = stdin
+    lines = [json.dumps(s) for s in sessions]
+    lines[0] = lines[0][:max(1, len(lines[0]) - cut)]
+    assert sniff(("\n".join(lines) + "\n").encode()) == "jsonl"
+    assert sniff(json.dumps(sessions[0], indent=indent).encode()) == "json"
+
+
+def test_one_json_session_longer_than_the_sniffed_head_is_not_taken_for_jsonl():
+    # the head read to sniff the format can end inside a string of a long session written over several
+    # lines, one of its services on a line of its own: that is no sign of JSONL
+    from engine.sessions import _breaks_at_a_record
+    head = b'{\n"services": [\n{"code": "97110", "minutes": 20}\n], "context": {"note": "xxxx'
+    assert not _breaks_at_a_record(head, whole=False)
+    assert not _breaks_at_a_record(head + b'x"}}', whole=False)
+    broken_first = b'{"session_id": "A", "services": [\n{"session_id": "B", "services": []}\n{"session_id": "C'
+    assert _breaks_at_a_record(broken_first, whole=False)
 
 
 def test_what_is_not_a_csv_header_is_not_sniffed_as_csv():

@@ -172,6 +172,13 @@ def test_duplicate_rule_id_gives_first_line(tmp_path):
     check(tmp_path, edit("- id: note", "- id: timed-pool"), 18, "rules[1].id", "duplicate", "line 11")
 
 
+@pytest.mark.parametrize("rule_id", ["engine.no-unit-rule", "engine.anything"])
+def test_rule_ids_starting_with_engine_are_reserved(tmp_path, rule_id):
+    # README: ids starting with `engine.` come from the engine's own safety nets, never from a payer
+    # file; a payer rule named so passed validate and its warnings read as the engine's
+    check(tmp_path, edit("- id: note", f"- id: {rule_id}"), 18, "rules[1].id", "reserved", "engine.")
+
+
 def test_unknown_code_list_suggests_nearest(tmp_path):
     check(tmp_path, edit("code_in: timed_15", "code_in: timed_16"), 15, "rules[0].when.line.code_in",
           "timed_16", "timed_15")

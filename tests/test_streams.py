@@ -186,6 +186,39 @@ def test_sigint_jsonl_and_csv_end_on_a_whole_line(huge, jobs):
     check_prefix([row[0] for row in rows[1:]], read, failed)
 
 
+# Ctrl-C pressed again (or first) while the run is closing: the output is written out, the log is closed
+# and the summary printed all the same. It raised KeyboardInterrupt in the middle of that clean-up: the
+# json list was left without its ']', no summary, exit -2 (killed by SIGINT), and, inside the audit log's
+# close, a segmentation fault (the database closed under its writer thread). Made deterministic: the
+# signal is sent from the clean-up itself, at the start of the log's close and of the output's.
+_CLEANUP_DRIVER = """
+import os, signal, sys
+from engine import audit, batch
+from engine.cli import main
+for cls in (audit.AuditLog, batch.Writer):
+    def close(self, _close=cls.close):
+        os.kill(os.getpid(), signal.SIGINT)
+        return _close(self)
+    cls.close = close
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_during_the_clean_up_does_not_cut_it_short(small, tmp_path, jobs):
+    db = tmp_path / "log.sqlite"
+    proc = subprocess.run([sys.executable, "-c", _CLEANUP_DRIVER, "bill", str(small), "--format", "json",
+                           "--jobs", str(jobs), "--audit-db", str(db)], cwd=ROOT, capture_output=True,
+                          timeout=TIMEOUT)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert [r["session_id"] for r in json.loads(proc.stdout)] == ["S-0", "S-1", "S-2"]
+    assert err.splitlines() == ["payrules: 3 sessions read: 3 billed, 0 with errors, 0 failed to parse"]
+    logged = subprocess.run([*PY, "audit", str(db), "--format", "json"], cwd=ROOT, capture_output=True,
+                            timeout=TIMEOUT)
+    assert [r["session_id"] for r in json.loads(logged.stdout)] == ["S-0", "S-1", "S-2"]
+
+
 def test_workers_ignore_sigint():
     from engine import batch
     handlers = []
@@ -237,6 +270,23 @@ def test_interruptible_outside_the_main_thread_passes_items_through():
     thread.join()
     assert got == [0, 1, 2, 3, 4]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_the_program_starts_is_exit_130_without_a_traceback(tmp_path, small):
+    # Ctrl-C while the modules are still being imported (the first ~0.1 s of every run) reached the
+    # import as a KeyboardInterrupt traceback. Made deterministic: a sitecustomize raises it on `import
+    # yaml`, which engine.cli's imports make.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n_real = builtins.__import__\n"
+        "def _import(name, *args, **kwargs):\n"
+        "    if name == 'yaml':\n"
+        "        builtins.__import__ = _real\n"
+        "        raise KeyboardInterrupt\n"
+        "    return _real(name, *args, **kwargs)\n"
+        "builtins.__import__ = _import\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([*PY, "bill", str(small)], cwd=ROOT, capture_output=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
 
 
 # --- text from a session: control characters and spreadsheet formulas -----------------------------------
