@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import resource
 import signal
@@ -310,10 +309,10 @@ def replay_log(tmp_path):
 def test_the_log_holds_the_billing_input_and_a_hash_of_the_whole_session(replay_log):
     db, _, records = replay_log
     rows = json.loads(run_cli("audit", db, "--format", "json").stdout)
-    for row, given, record in zip(rows, REPLAY, records):
-        assert row["input"] == {k: v for k, v in given.items() if k != "context"}
+    for row, session, record in zip(rows, REPLAY, records):
+        assert row["input"] == {k: v for k, v in session.items() if k != "context"}
         # sha256 of the session as given, context included: sorted keys, no spaces, UTF-8
-        canonical = json.dumps(given, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        canonical = json.dumps(session, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert row["input_sha256"] == hashlib.sha256(canonical).hexdigest()
         assert row["result"] == record
         assert row["version"] == VERSION == engine.__version__ and row["engine"] in ("durable", "python")

@@ -12,6 +12,7 @@ import io
 import json
 import pickle
 import random
+import sys
 from pathlib import Path
 
 import pytest
