@@ -160,11 +160,15 @@ def _check(app, version, tables, path: str) -> None:
     raise UsageError("not a payrules audit log (another application's SQLite database; left as it is)", path)
 
 
-def _sqlite_error(exc: sqlite3.Error, path: str, doing: str) -> UsageError:
+class LogWriteError(UsageError):
+    """A batch could not be committed (a full disk, ...): the run stops after the records already logged."""
+
+
+def _sqlite_error(exc: sqlite3.Error, path: str, doing: str, kind=UsageError) -> UsageError:
     text = str(exc)
     if "not a database" in text:
         return UsageError("not a payrules audit log (not an SQLite database, or a damaged one)", path)
-    return UsageError(f"cannot {doing} the audit log: {text}", path)
+    return kind(f"cannot {doing} the audit log: {text}", path)
 
 
 def open_for_writing(path: str, threads: bool = False) -> sqlite3.Connection:
@@ -257,6 +261,8 @@ class AuditLog:
         self.pending = []
         self.sets, self.lists = {}, {}          # rules hash -> set_id; rule ids that fired -> list_id
         self.failure = None
+        self.written = 0                        # records whose output was written out (after their commit)
+        self.closed = False
         self.last = time.monotonic()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         try:
@@ -283,7 +289,10 @@ class AuditLog:
         self.last = time.monotonic()
 
     def close(self) -> None:
-        """Commits what is pending (and writes out its output), then closes the log."""
+        """Commits what is pending (and writes out its output), then closes the log (once)."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             if self.failure is None:
                 self.batches.put((self.pending, self.out.chunks))
@@ -321,6 +330,7 @@ class AuditLog:
                     raise
                 except OSError as exc:      # stdout closed or full: `bill`'s own error for it
                     raise OutputError(exc) from None
+                self.written += len(pending)
             except BaseException as exc:    # noqa: B036 - handed over to the main thread
                 self.failure = exc
 
@@ -338,7 +348,7 @@ class AuditLog:
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise _sqlite_error(exc, self.path, "write") from None
+            raise _sqlite_error(exc, self.path, "write", LogWriteError) from None
 
     def _insert(self, data: bytes, pending: list) -> None:
         batch_id = self.db.execute("INSERT INTO batches (data) VALUES (?)", (data,)).lastrowid

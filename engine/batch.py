@@ -257,6 +257,14 @@ class Writer:
             self._put(_CSV_HEADER)
         self._put(b"", flush=True)
 
+    def close_after(self, written: int, out) -> None:
+        """Closes the output on the first `written` records, which reached `out` (the audit log stopped
+        the run: the records after them were neither logged nor written)."""
+        self.out = out
+        if self.count >= 0:
+            self.count = written
+        self.close()
+
     def _put(self, data: bytes, flush: bool = False) -> None:
         try:
             self.out.write(data)

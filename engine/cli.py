@@ -230,10 +230,11 @@ def cmd_bill(args) -> int:
         check_input(name)
     inputs = []     # ... and each is opened in its turn: a day of files may be more than can be open at once
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
-    log = None
+    log = log_failed = None
     if args.audit_db:       # records reach stdout through the log, once they are committed to it
-        from .audit import AuditLog
+        from .audit import AuditLog, LogWriteError
         log = AuditLog(args.audit_db, engine, registry, sys.stdout.buffer)
+        categories = bytearray()        # of each record, for the summary of those written if the log fails
     counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
     failed = reported = 0
     interrupted = False
@@ -256,21 +257,43 @@ def cmd_bill(args) -> int:
                         _error(line)
                         reported += 1
                 if log:
+                    categories.append(_CATEGORY_CODES[category])
                     log.record(counts.read, audit)
                 progress.update(counts)
         except KeyboardInterrupt:   # raised only between records (batch.interruptible)
             interrupted = True
         except EvaluationError as exc:  # a worker died: the run stops, its output well-formed all the same
             stopped.append(exc)
+        except PayrulesError as exc:    # the audit log could not commit a batch: the run stops there
+            if not (log and isinstance(exc, LogWriteError)):
+                raise
+            log_failed = exc
         finally:
             stream.close()
             progress.done()
         if stopped and not counts.read:     # nothing read: the one error line alone, no output, no summary
             raise stopped[0]
-        writer.close()              # interrupted too: the output ends well-formed after the last record
+        if log_failed is None:
+            try:
+                writer.close()      # interrupted too: the output ends well-formed after the last record
+                if log:             # the last batch: committed, then its output (and the `]`) written
+                    log.close()
+            except PayrulesError as exc:
+                if not (log and isinstance(exc, LogWriteError)):
+                    raise
+                log_failed = exc
     finally:
-        if log:                     # the last batch: committed, then its output (and the `]`) written
+        if log:
             log.close()
+    if log_failed is not None:
+        if not log.written:         # nothing was written out: the one error line alone
+            raise log_failed
+        # what was written out is what was logged: the output is closed on it and the summary counts it
+        writer.close_after(log.written, sys.stdout.buffer)
+        counts = Counts()
+        for code in categories[:log.written]:
+            counts.add(_CATEGORIES[code])
+        stopped.append(log_failed)
     if reported >= MAX_REPORTED and failed:
         _error(f"more errors than the first {MAX_REPORTED} lines shown: see the output records")
     for exc in stopped:
@@ -283,6 +306,10 @@ def cmd_bill(args) -> int:
     if stopped:
         return 2
     return 1 if counts.with_errors or counts.failed_to_parse else 0
+
+
+_CATEGORIES = ("billed", "error", "parse")
+_CATEGORY_CODES = {name: code for code, name in enumerate(_CATEGORIES)}
 
 
 def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):

@@ -7,7 +7,9 @@ the only `error:` line a run may print is the audit log's own.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import random
 import resource
@@ -132,22 +134,38 @@ def _small_disk(limit: int):
     return limit_files
 
 
-def test_a_full_disk_is_one_error_and_the_log_stays_consistent(tmp_path):
+def output_ids(text: str, fmt: str) -> list:
+    """Session ids of a whole output: json must parse as one list, csv as rows under its header."""
+    if fmt == "json":
+        return [record["session_id"] for record in json.loads(text)]
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows[0][0] == "session_id"
+        return list(dict.fromkeys(row[0] for row in rows[1:]))    # a row per billed line, in session order
+    assert text.endswith("\n")
+    return stdout_ids(text)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_a_full_disk_is_one_error_and_the_log_stays_consistent(tmp_path, fmt):
     source = sessions_file(tmp_path / "s.jsonl", 12000, "F")
     db = tmp_path / "full.sqlite"
     # 400 KB: the log is created and a few batches fit (about 250 bytes a session), 12,000 sessions do not
-    proc = subprocess.run(command("bill", source, "--audit-db", db, "--format", "jsonl"), cwd=ROOT,
+    proc = subprocess.run(command("bill", source, "--audit-db", db, "--format", fmt), cwd=ROOT,
                           capture_output=True, text=True, timeout=300, preexec_fn=_small_disk(400_000))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(db) in errors[0] and "full" in errors[0], proc.stderr
     assert integrity(db) == "ok"
-    logged, shown = logged_ids(db), stdout_ids(proc.stdout)
+    logged = logged_ids(db)
     assert 0 < len(logged) < 12000
-    # what was written out was committed first; what was committed stays (in input order)
-    assert shown == logged[:len(shown)]
+    # what was committed stays (in input order); what was written out is exactly what was committed, and the
+    # output is whole (a json list closed with its ']'), with a summary that counts those records
     assert logged == [f"F{k}" for k in range(len(logged))]
+    assert output_ids(proc.stdout, fmt) == logged
+    assert proc.stderr.splitlines()[-1] == (f"payrules: {len(logged)} sessions read: {len(logged)} billed, "
+                                            "0 with errors, 0 failed to parse")
     # the log is still a good log: another run appends to it and a query reads it
     small = sessions_file(tmp_path / "t.jsonl", 3, "G")
     assert run_cli("bill", small, "--audit-db", db).returncode == 0
