@@ -26,6 +26,9 @@ from .yamlload import Located, format_path, load_text
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024           # a YAML input, read whole (PyYAML takes ~80x its size in memory)
 MAX_RECORD_BYTES = 16 * 1024 * 1024         # one JSONL line, JSON list element or CSV session
+# a CSV cell may be as long as a record (the csv module's own limit, 128 KB, would make each row of a session
+# with a long cell an error of its own)
+csv.field_size_limit(MAX_RECORD_BYTES)
 MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")

@@ -618,6 +618,16 @@ def test_a_broken_row_makes_its_whole_session_an_error(tmp_path):
     assert items[0].line == 3
 
 
+def test_a_cell_longer_than_the_csv_modules_limit_spoils_only_its_own_session(tmp_path):
+    # the csv module refuses a cell over 128 KB by default: each of A's three rows became an error record
+    # of its own (session-1, session-2, ...). A long cell is the schema's business, in one record for A.
+    long = "x" * 200_000
+    text = (HEADER + "\n" + f"A,medicare,{DATE},PT,97110,10,\n" + f"A,medicare,{DATE},PT,97112,10,{long}\n"
+            + f"A,medicare,{DATE},PT,97140,10,\n" + f"B,medicare,{DATE},PT,97110,20,\n")
+    items = read_all(csv_file(tmp_path, text))
+    assert [(type(i), i.session_id) for i in items] == [(SessionError, "A"), (Session, "B")]
+
+
 def test_a_row_without_session_id_is_an_error_of_its_own(tmp_path):
     # issue 10: rows with an empty session_id were merged into one session, pooling different patients'
     # minutes (two 10-minute services of different patients billed as 20 minutes -> 1 unit)
