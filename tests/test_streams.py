@@ -289,6 +289,28 @@ def test_ctrl_c_while_the_program_starts_is_exit_130_without_a_traceback(tmp_pat
     assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
 
 
+def test_ctrl_c_while_the_installed_command_starts_is_exit_130_without_a_traceback(tmp_path, small):
+    # the installed `payrules` is a script pip writes from pyproject's entry point: `from MODULE import FUNC`,
+    # then `sys.exit(FUNC())`. With engine.cli as the module, the script's own import (before any of our
+    # code runs) took the KeyboardInterrupt as a traceback; the entry point must import little and catch it.
+    import tomllib
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["payrules"]
+    module, func = entry.split(":")
+    (tmp_path / "payrules_script.py").write_text(f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n_real = builtins.__import__\n"
+        "def _import(name, *args, **kwargs):\n"
+        "    if name == 'yaml':\n"
+        "        builtins.__import__ = _real\n"
+        "        raise KeyboardInterrupt\n"
+        "    return _real(name, *args, **kwargs)\n"
+        "builtins.__import__ = _import\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    proc = subprocess.run([sys.executable, str(tmp_path / "payrules_script.py"), "bill", str(small)], cwd=tmp_path,
+                          capture_output=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
+
+
 # --- text from a session: control characters and spreadsheet formulas -----------------------------------
 
 NASTY = ["x\npayrules: 999 sessions read: 999 billed, 0 with errors, 0 failed to parse",
