@@ -29,7 +29,7 @@ import orjson
 from pathlib import Path, PurePosixPath
 
 from . import __version__
-from .errors import OutputError, PayrulesError, UsageError
+from .errors import LogWriteError, OutputError, PayrulesError, UsageError
 from .model import NO_CONTEXT, Service, Session
 
 APPLICATION_ID = 0x50524C47         # "PRLG" in the SQLite header: a payrules audit log
@@ -158,10 +158,6 @@ def _check(app, version, tables, path: str) -> None:
     if not tables:
         raise UsageError("not a payrules audit log (an empty database)", path)
     raise UsageError("not a payrules audit log (another application's SQLite database; left as it is)", path)
-
-
-class LogWriteError(UsageError):
-    """A batch could not be committed (a full disk, ...): the run stops after the records already logged."""
 
 
 def _sqlite_error(exc: sqlite3.Error, path: str, doing: str, kind=UsageError) -> UsageError:

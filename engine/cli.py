@@ -17,7 +17,7 @@ from pathlib import Path
 from . import render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import EvaluationError, OutputError, PayrulesError, SessionError, UsageError, suggest
+from .errors import EvaluationError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR
@@ -232,7 +232,7 @@ def cmd_bill(args) -> int:
     job = Job(args.payer, args.date, args.format, audit=bool(args.audit_db))
     log = log_failed = None
     if args.audit_db:       # records reach stdout through the log, once they are committed to it
-        from .audit import AuditLog, LogWriteError
+        from .audit import AuditLog
         log = AuditLog(args.audit_db, engine, registry, sys.stdout.buffer)
         categories = bytearray()        # of each record, for the summary of those written if the log fails
     counts, progress, writer = Counts(), Progress(), Writer(args.format, log.out if log else None)
@@ -264,9 +264,7 @@ def cmd_bill(args) -> int:
             interrupted = True
         except EvaluationError as exc:  # a worker died: the run stops, its output well-formed all the same
             stopped.append(exc)
-        except PayrulesError as exc:    # the audit log could not commit a batch: the run stops there
-            if not (log and isinstance(exc, LogWriteError)):
-                raise
+        except LogWriteError as exc:    # the audit log could not commit a batch: the run stops there
             log_failed = exc
         finally:
             stream.close()
@@ -278,9 +276,7 @@ def cmd_bill(args) -> int:
                 writer.close()      # interrupted too: the output ends well-formed after the last record
                 if log:             # the last batch: committed, then its output (and the `]`) written
                     log.close()
-            except PayrulesError as exc:
-                if not (log and isinstance(exc, LogWriteError)):
-                    raise
+            except LogWriteError as exc:
                 log_failed = exc
     finally:
         if log:
@@ -361,7 +357,7 @@ def cmd_audit(args) -> int:
         raise UsageError("no such audit database", args.database)
     if args.replay or args.current_rules or args.rules:
         from .audit import replay_command
-        return replay_command(args, sys.stdout.write)
+        return replay_command(args, _out)
     rows = query(args.database, args.session, args.rule, args.payer, args.date_from, args.date_to)
     if args.format == "json":
         _out(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")

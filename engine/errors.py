@@ -50,6 +50,10 @@ class UsageError(InputError):
     """A command-line mistake or an input file that cannot be parsed at all (exit code 2)."""
 
 
+class LogWriteError(UsageError):
+    """The audit log could not commit a batch (a full disk, ...): the run stops after the records logged."""
+
+
 class OutputError(PayrulesError):
     """Standard output cannot be written: closed, or a full disk (exit code 2)."""
 

@@ -272,18 +272,25 @@ def test_interruptible_outside_the_main_thread_passes_items_through():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+# a sitecustomize that raises KeyboardInterrupt on `import yaml`, which engine.cli's imports make: a Ctrl-C
+# while the modules load, made deterministic
+CTRL_C_ON_IMPORT_YAML = """\
+import builtins
+_real = builtins.__import__
+def _import(name, *args, **kwargs):
+    if name == 'yaml':
+        builtins.__import__ = _real
+        raise KeyboardInterrupt
+    return _real(name, *args, **kwargs)
+builtins.__import__ = _import
+"""
+
+
 def test_ctrl_c_while_the_program_starts_is_exit_130_without_a_traceback(tmp_path, small):
     # Ctrl-C while the modules are still being imported (the first ~0.1 s of every run) reached the
     # import as a KeyboardInterrupt traceback. Made deterministic: a sitecustomize raises it on `import
     # yaml`, which engine.cli's imports make.
-    (tmp_path / "sitecustomize.py").write_text(
-        "import builtins\n_real = builtins.__import__\n"
-        "def _import(name, *args, **kwargs):\n"
-        "    if name == 'yaml':\n"
-        "        builtins.__import__ = _real\n"
-        "        raise KeyboardInterrupt\n"
-        "    return _real(name, *args, **kwargs)\n"
-        "builtins.__import__ = _import\n")
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_ON_IMPORT_YAML)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     proc = subprocess.run([*PY, "bill", str(small)], cwd=ROOT, capture_output=True, timeout=TIMEOUT, env=env)
     assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
@@ -297,14 +304,7 @@ def test_ctrl_c_while_the_installed_command_starts_is_exit_130_without_a_traceba
     entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["payrules"]
     module, func = entry.split(":")
     (tmp_path / "payrules_script.py").write_text(f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n")
-    (tmp_path / "sitecustomize.py").write_text(
-        "import builtins\n_real = builtins.__import__\n"
-        "def _import(name, *args, **kwargs):\n"
-        "    if name == 'yaml':\n"
-        "        builtins.__import__ = _real\n"
-        "        raise KeyboardInterrupt\n"
-        "    return _real(name, *args, **kwargs)\n"
-        "builtins.__import__ = _import\n")
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_ON_IMPORT_YAML)
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     proc = subprocess.run([sys.executable, str(tmp_path / "payrules_script.py"), "bill", str(small)], cwd=tmp_path,
                           capture_output=True, timeout=TIMEOUT, env=env)
