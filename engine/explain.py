@@ -210,7 +210,7 @@ def why_not_text(outcome: Outcome, rule_id: str) -> list:
     if not info["in_effect"]:
         return [f"Why not {rule_id}: {info['reason']}"]
     out = [f"Why not {rule_id} ({info['location']}): "
-           + (f"it fired {info['fired']} time(s)." if info["fired"] else "it did not fire.")]
+           + (f"it fired {plural(info['fired'], 'time')}." if info["fired"] else "it did not fire.")]
     if not info["candidates"]:
         out.append("  (it has no conditions to test)")
     for cand in info["candidates"]:

@@ -448,7 +448,7 @@ def test_why_not_on_a_rule_that_fired_says_so(tmp_path):
     path = write_session(tmp_path, "WHYF", [svc("97150", 45, group_size=3), svc("97110", 25)])
     out = explain(path, "--why-not", "timed-pool").stdout
     head = next(line for line in out.splitlines() if line.startswith("Why not timed-pool"))
-    assert "fired 1 time" in head
+    assert head.endswith(": it fired 1 time.")
     section = [line.strip() for line in out[out.index(head):].splitlines()]
     assert "97110: all conditions hold" in section
 
