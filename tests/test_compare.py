@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -598,3 +599,27 @@ def test_base_not_among_the_compared_payers_is_a_usage_error(tmp_path, base):
         assert proc.returncode == 2, (proc.returncode, proc.stderr)
         assert proc.stdout == ""
         assert proc.stderr.startswith("error: ") and base in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_readme_guide_compare_output_is_what_the_program_prints(tmp_path):
+    # README "Adding a payer" step 3 shows the command and its output; the output must be exactly what
+    # the command prints to a pipe (100 columns, COLUMNS unset), whatever prefix the command is shown with.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    payer = re.search(r"```yaml\n(\s*# my-rules/acme-health\.yaml\n.*?)```", text, re.S).group(1)
+    # the session of step 3: 97112 24 min, 97110 23 min, 97140 40 min, the id the block shows
+    session = {"session_id": "T-1", "date_of_service": "2026-03-02", "discipline": "PT",
+               "services": [{"code": "97112", "minutes": 24}, {"code": "97110", "minutes": 23},
+                            {"code": "97140", "minutes": 40}]}
+    found = re.search(r"```\n   \$ \S*payrules compare session\.yaml ([^\n]*)\n(.*?)   ```", text, re.S)
+    assert found, "the guide's compare example is missing from README.md"
+    args, shown = found.group(1).split(), found.group(2)
+    assert args == ["--payers", "medicare,acme-health", "--rules", "my-rules"], args
+    (tmp_path / "my-rules").mkdir()
+    (tmp_path / "my-rules" / "acme-health.yaml").write_text(textwrap.dedent(payer), encoding="utf-8")
+    write_yaml(tmp_path / "session.yaml", session)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "engine", "compare", "session.yaml", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "".join(l[3:] + "\n" for l in shown.splitlines()) == proc.stdout
