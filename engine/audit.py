@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from . import __version__
 from .errors import LogWriteError, OutputError, PayrulesError, UsageError
 from .model import NO_CONTEXT, Service, Session
+from .render import plural
 
 APPLICATION_ID = 0x50524C47         # "PRLG" in the SQLite header: a payrules audit log
 FORMAT = 2                          # PRAGMA user_version of the layout below (0.1.0 wrote an unmarked format 1)
@@ -556,16 +557,16 @@ def differences(old: dict, new: dict) -> list:
         return []
     if "error" in old or "error" in new:
         def said(r):
-            return f"not billed ({r['error']})" if "error" in r else f"billed, {r.get('total_units')} units"
+            return f"not billed ({r['error']})" if "error" in r else f"billed, {plural(r.get('total_units'), 'unit')}"
         return [f"{said(old)} -> {said(new)}"]
     out = []
     was, now = ({line["code"]: line for line in r.get("lines", [])} for r in (old, new))
     for code in list(was) + [c for c in now if c not in was]:
         a, b = was.get(code), now.get(code)
         if b is None:
-            out.append(f"{code} no longer billed (was {a['units']} units)")
+            out.append(f"{code} no longer billed (was {plural(a['units'], 'unit')})")
         elif a is None:
-            out.append(f"{code} now billed: {b['units']} units")
+            out.append(f"{code} now billed: {plural(b['units'], 'unit')}")
         else:
             if a["units"] != b["units"]:
                 out.append(f"{code} units {a['units']} -> {b['units']}")
@@ -610,10 +611,10 @@ def replay_command(args, write) -> int:
                 write(f"{entry['session_id']}: {text}\n")
     skipped = len(results) - len(done)
     if current_rules is None:
-        summary = f"replay: {len(done)} sessions: {len(done) - changed} reproduced, {changed} differ"
+        summary = f"replay: {plural(len(done), 'session')}: {len(done) - changed} reproduced, {changed} differ"
         why = "not billed when logged, so no rule files to bill with"
     else:
-        summary = f"replay with current rules: {len(done)} sessions: {len(done) - changed} unchanged, " \
+        summary = f"replay with current rules: {plural(len(done), 'session')}: {len(done) - changed} unchanged, " \
                   f"{changed} would change"
         why = "no billing input logged: not readable as a session"
     write(summary + (f" ({skipped} not replayed: {why})" if skipped else "") + "\n")

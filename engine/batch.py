@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import render
 from .billing import Biller
@@ -38,7 +38,8 @@ class Counts:
             self.billed += 1
 
     def line(self, interrupted: bool = False) -> str:
-        return (f"payrules: {'interrupted: ' if interrupted else ''}{self.read} sessions read: {self.billed} billed, {self.with_errors} with errors, "
+        return (f"payrules: {'interrupted: ' if interrupted else ''}{render.plural(self.read, 'session')} read: "
+                f"{self.billed} billed, {self.with_errors} with errors, "
                 f"{self.failed_to_parse} failed to parse")
 
 
@@ -51,6 +52,7 @@ class Job:
     date: str | None = None
     fmt: str = "jsonl"
     audit: bool = False
+    width: int = field(default_factory=render.text_width)   # for table: decided here, not in a worker
 
 
 def process(biller, session, job: Job) -> tuple:
@@ -64,7 +66,7 @@ def process(biller, session, job: Job) -> tuple:
     record = outcome if isinstance(outcome, dict) else outcome.result
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
-    text = render_one(record, job.fmt)
+    text = render_one(record, job.fmt, job.width)
     audit = None
     if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
         from .audit import entry
@@ -73,7 +75,7 @@ def process(biller, session, job: Job) -> tuple:
     return category, text, report_lines(session, record) if failed else (), audit
 
 
-def render_one(record: dict, fmt: str) -> bytes:
+def render_one(record: dict, fmt: str, width: int = render.DEFAULT_WIDTH) -> bytes:
     """The record as written out: UTF-8 bytes, made where it was billed so that the reading process,
     which writes them, does not encode a record's text again."""
     if fmt == "jsonl":
@@ -83,7 +85,7 @@ def render_one(record: dict, fmt: str) -> bytes:
     elif fmt == "csv":
         text = render.csv_lines(record)
     else:
-        text = render.to_table([record])
+        text = render.to_table([record], width)
     return encode_text(text)
 
 
@@ -292,7 +294,7 @@ class Progress:
             self.last = now
             rate = counts.read / max(now - self.start, 1e-9)
             errors = counts.with_errors + counts.failed_to_parse
-            self._write(f"\r{counts.read} sessions, {rate:,.0f}/s, {errors} with errors ")
+            self._write(f"\r{render.plural(counts.read, 'session')}, {rate:,.0f}/s, {errors} with errors ")
 
     def done(self) -> None:
         if self.on:

@@ -137,8 +137,10 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", parents=[sessions], help="the same session(s) under several payers, side by side")
     which = compare.add_mutually_exclusive_group(required=True)
-    which.add_argument("--payers", type=_ids, help="comma-separated payer ids; the first is the baseline")
+    which.add_argument("--payers", type=_ids, help="comma-separated payer ids")
     which.add_argument("--all-payers", action="store_true", help="every known payer")
+    compare.add_argument("--base", metavar="ID", help="measure the others against this payer (default: medicare "
+                         "when compared, else the first payer)")
     compare.add_argument("--format", choices=["table", "json"], default="table")
     compare.set_defaults(run=cmd_compare)
 
@@ -325,17 +327,18 @@ def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_session, to_table as compare_table
+    from .compare import choose_base, compare_session, to_table as compare_table
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
     payer_ids = registry.ids() if args.all_payers else args.payers
     for pid in payer_ids:
         if not registry.has(pid):
             raise UsageError(registry.unknown_message(pid))
+    base = choose_base(payer_ids, args.base)
     sessions, single = _load_all(args.inputs)
     biller = Biller(registry, args.engine or default_engine())
     try:
-        comparisons = [compare_session(s, payer_ids, biller, args.date) for s in sessions]
+        comparisons = [compare_session(s, payer_ids, biller, args.date, base) for s in sessions]
     finally:
         biller.close()
     for session, c in zip(sessions, comparisons):
@@ -347,7 +350,7 @@ def cmd_compare(args) -> int:
     if args.format == "json":
         _out(render.to_json(comparisons, single))
     else:
-        _out(compare_table(comparisons))
+        _out(compare_table(comparisons, render.text_width()))
     return 1 if _failed([r for c in comparisons for r in c["results"].values()]) else 0
 
 

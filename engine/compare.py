@@ -1,11 +1,26 @@
 """One session under several payers, side by side (design.md §3, §5 `compare`)."""
 from __future__ import annotations
 
-from .render import clean, table
+from .errors import UsageError
+from .render import DEFAULT_WIDTH, plural, table, wrap
+
+BASE_DEFAULT = "medicare"
 
 
-def compare_session(session, payer_ids: list, biller, date=None) -> dict:
-    """{"session_id", "payers", "results", "rows", "totals", "differs"} for one session."""
+def choose_base(payer_ids: list, base: str | None = None) -> str:
+    """The payer the others are measured against: `base` if given (it must be one of `payer_ids`), else
+    medicare when compared, else the first of `payer_ids`."""
+    if base is not None:
+        if base not in payer_ids:
+            raise UsageError(f"base payer {base!r} is not one of the compared payers: {', '.join(payer_ids)}")
+        return base
+    return BASE_DEFAULT if BASE_DEFAULT in payer_ids else payer_ids[0]
+
+
+def compare_session(session, payer_ids: list, biller, date=None, base: str | None = None) -> dict:
+    """{"session_id", "payers", "base", "results", "rows", "totals", "differs"} for one session; `base` as
+    choose_base picks it."""
+    base = choose_base(payer_ids, base)
     results = {pid: biller.bill(session, pid, date) for pid in payer_ids}
     session_id = next(iter(results.values()))["session_id"]
     codes = _row_codes(session, results)
@@ -20,7 +35,7 @@ def compare_session(session, payer_ids: list, biller, date=None) -> dict:
         rows.append({"code": code, "minutes": minutes, "units": units})
     totals = {pid: (None if "error" in r else r["total_units"]) for pid, r in results.items()}
     differs = [row["code"] for row in rows if len(set(row["units"].values())) > 1]
-    return {"session_id": session_id, "payers": list(payer_ids), "results": results, "rows": rows,
+    return {"session_id": session_id, "payers": list(payer_ids), "base": base, "results": results, "rows": rows,
             "totals": totals, "differs": differs}
 
 
@@ -48,27 +63,29 @@ def _cell(value, base) -> str:
     return f"{value} ({value - base:+d})"
 
 
-def to_table(comparisons: list) -> str:
-    """Rows: codes with minutes; columns: payers; cells: units, with the difference from the first payer."""
+def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
+    """Rows: codes with minutes; columns: payers, the base marked; cells: units, with the difference from
+    the base payer. Warnings wrapped to `width` columns."""
     blocks = []
     for c in comparisons:
-        payers = c["payers"]
-        base = payers[0]
+        payers, base = c["payers"], c["base"]
         rows = [[r["code"], r["minutes"]] + [_cell(r["units"][p], r["units"][base]) for p in payers]
                 for r in c["rows"]]
         rows.append(["Total", ""] + [_cell(c["totals"][p], c["totals"][base]) for p in payers])
-        lines = [f"Session {clean(c['session_id'])}"]
-        lines += ["  " + l for l in table(rows, ["Code", "Min"] + payers, "lr" + "r" * len(payers))]
+        headers = ["Code", "Min"] + [f"{p} (base)" if p == base else p for p in payers]
+        lines = wrap(f"Session {c['session_id']}", width, "", "  ")
+        lines += ["  " + l for l in table(rows, headers, "lr" + "r" * len(payers))]
         if c["differs"]:
-            lines.append(f"  Payers differ on {', '.join(c['differs'])}; (+n)/(-n) = units more/fewer than {base}")
+            lines += wrap(f"Payers differ on {', '.join(c['differs'])}; (+n)/(-n) = units more/fewer than {base}",
+                          width, "  ", "    ")
         for pid in payers:
             result = c["results"][pid]
             if "error" in result:
-                lines.append(f"  {pid}: not billed: {clean(result['error'])}")
+                lines += wrap(f"{pid}: not billed: {result['error']}", width, "  ", "    ")
                 continue
             for w in result["warnings"]:
                 if w["severity"] != "info":
-                    lines.append(f"  {pid}: {w['severity']}: {clean(w['message'])}")
+                    lines += wrap(f"{pid}: {w['severity']}: {w['message']}", width, "  ", "    ")
         blocks.append("\n".join(lines))
     if len(comparisons) > 1:
         blocks.append(summary(comparisons))
@@ -76,12 +93,13 @@ def to_table(comparisons: list) -> str:
 
 
 def summary(comparisons: list) -> str:
-    """Where payers differ across sessions, each payer against the first."""
-    payers = comparisons[0]["payers"]
-    base = payers[0]
+    """Where payers differ across sessions, each payer against the base."""
+    payers, base = comparisons[0]["payers"], comparisons[0]["base"]
     differ = sum(1 for c in comparisons if len({v for v in c["totals"].values()}) > 1 or c["differs"])
-    lines = [f"Summary: {len(comparisons)} sessions, payers differ on {differ}"]
-    for pid in payers[1:]:
+    lines = [f"Summary: {plural(len(comparisons), 'session')}, payers differ on {differ}"]
+    for pid in payers:
+        if pid == base:
+            continue
         more = fewer = same = errors = 0
         delta = 0
         for c in comparisons:
@@ -94,6 +112,7 @@ def summary(comparisons: list) -> str:
                 fewer, delta = fewer + 1, delta + b - a
             else:
                 same += 1
-        text = f"  {pid} vs {base}: more units in {more}, fewer in {fewer}, same in {same} (net {delta:+d} units)"
+        text = (f"  {pid} vs {base}: more units in {more}, fewer in {fewer}, same in {same} "
+                f"(net {delta:+d} {'unit' if abs(delta) == 1 else 'units'})")
         lines.append(text + (f", {errors} not comparable (error)" if errors else ""))
     return "\n".join(lines)

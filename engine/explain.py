@@ -8,7 +8,7 @@ from .compiler import Derived, condition_tests
 from .errors import suggest
 from .facts import derive
 from .network import predicate
-from .render import clean
+from .render import clean, plural
 
 
 def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
@@ -97,7 +97,7 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
     lines = result["lines"]
     out += ["", "Billed: " + (", ".join(f"{l['code']} x{l['units']}" + (f" {' '.join(l['modifiers'])}"
                                                                        if l["modifiers"] else "") for l in lines)
-                              or "nothing") + f" (total {result['total_units']} units)"]
+                              or "nothing") + f" (total {plural(result['total_units'], 'unit')})"]
     if result["unbilled"]:
         out.append("Not billed:")
         out += [f"  {u['code']} ({u['minutes']} min): {clean(u['reason'])}"
@@ -130,15 +130,17 @@ def method_text(outcome: Outcome) -> list:
         else:
             parts = " + ".join(f"{names[k]} {a.full_units[k] * u + a.leftover[k]}" for k in timed)
             out.append(f"  1. Total timed minutes: {parts} = {a.total_minutes} min")
-            out.append(f"  2. Chart: {a.total_minutes} min is in the band {band(a.total_units, u, first)} "
-                       f"-> {a.total_units} unit(s)")
+            out.append(f"  2. Chart: {a.total_minutes} min is in the band {band(a.total_units, u, first)}, "
+                       f"which gives {plural(a.total_units, 'unit')}")
             full = "; ".join(f"{names[k]} {a.full_units[k]} full ({a.leftover[k]} min left over)" for k in timed)
-            out.append(f"  3. Full {u}-minute units first: {full} -> {sum(a.full_units.values())} unit(s)")
+            out.append(f"  3. Full {u}-minute units first: {full}: "
+                       f"{plural(sum(a.full_units.values()), 'full unit')} in all")
             ranked = sorted((k for k in timed if a.leftover[k] > 0), key=lambda k: -a.leftover[k])
             if a.remaining > 0:
                 winners = ", ".join(f"{names[k]} ({a.leftover[k]} min)" for k in a.extra)
                 losers = [k for k in ranked if k not in a.extra]
-                out.append(f"  4. Remaining {a.total_units} - {sum(a.full_units.values())} = {a.remaining} unit(s), "
+                out.append(f"  4. Remaining {a.total_units} - {sum(a.full_units.values())} = "
+                           f"{plural(a.remaining, 'unit')}, "
                            f"one each to the largest leftover minutes: {winners}")
                 if losers:
                     out.append("     Not reached: " + ", ".join(f"{names[k]} ({a.leftover[k]} min)" for k in losers))
@@ -147,7 +149,7 @@ def method_text(outcome: Outcome) -> list:
             if a.tie:
                 tied, wins, winners = a.tie
                 out.append(f"  5. Tie: {', '.join(names[k] for k in tied)} have equal leftover minutes; CMS accepts "
-                           f"the unit(s) on any {wins}; the tie-break ({', '.join(method.tie_break)}) chose "
+                           f"the {'unit' if wins == 1 else 'units'} on any {wins}; the tie-break ({', '.join(method.tie_break)}) chose "
                            f"{', '.join(names[k] for k in winners)}")
             out.append("  Timed units: " + ", ".join(f"{names[k]} x{a.units[k]}" for k in timed)
                        + f" (total {a.total_units})")
@@ -156,7 +158,8 @@ def method_text(outcome: Outcome) -> list:
                    f"the first needs {first} min.")
         for k in timed:
             minutes = a.full_units[k] * u + a.leftover[k]
-            out.append(f"  {names[k]} {minutes} min: band {band(a.units[k], u, first)} -> {a.units[k]} unit(s)")
+            out.append(f"  {names[k]} {minutes} min is in the band {band(a.units[k], u, first)}, which gives "
+                       f"{plural(a.units[k], 'unit')}")
         if not timed:
             out.append("  No timed minutes.")
     for key, note in outcome.notes.items():
@@ -165,14 +168,15 @@ def method_text(outcome: Outcome) -> list:
             extra = max(0, minutes - v["first_minutes"])
             whole, part = divmod(extra, v["next_minutes"])
             out.append(f"  {names.get(key, key)} {minutes} min by blocks: the first {v['first_minutes']} min "
-                       f"(from {v['first_min_minutes']}) -> {1 if n else 0}; {extra} min beyond = {whole} whole "
-                       f"block(s) of {v['next_minutes']} + {part} min ({'counts' if part >= v['next_min_minutes'] else 'under'} "
-                       f"{v['next_min_minutes']}) -> {n} unit(s)")
+                       f"(from {v['first_min_minutes']}): {plural(1 if n else 0, 'unit')}; {extra} min beyond = "
+                       f"{plural(whole, 'whole block')} of {v['next_minutes']} + {part} min "
+                       f"({'counts' if part >= v['next_min_minutes'] else 'under'} {v['next_min_minutes']}); "
+                       f"{plural(n, 'unit')} in all")
     for state in outcome.states:
         if outcome.notes.get(state.line.code) is None and state.plan.decisions and not state.holds:
             rule, action = state.plan.decisions[0]
             if action.kind == "units":
-                out.append(f"  {state.line.code}: {action.value} unit(s) whatever the minutes ({rule.id})")
+                out.append(f"  {state.line.code}: {plural(action.value, 'unit')} whatever the minutes ({rule.id})")
     return out
 
 
@@ -206,7 +210,7 @@ def why_not_text(outcome: Outcome, rule_id: str) -> list:
     if not info["in_effect"]:
         return [f"Why not {rule_id}: {info['reason']}"]
     out = [f"Why not {rule_id} ({info['location']}): "
-           + (f"it fired {info['fired']} time(s)." if info["fired"] else "it did not fire.")]
+           + (f"it fired {plural(info['fired'], 'time')}." if info["fired"] else "it did not fire.")]
     if not info["candidates"]:
         out.append("  (it has no conditions to test)")
     for cand in info["candidates"]:

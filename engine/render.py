@@ -72,33 +72,81 @@ def clean(text) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def table(rows: list, headers: list, align: str) -> list:
-    """Plain text table; `align` has one 'l' or 'r' per column; every cell clean()ed."""
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 session', '0 sessions', '2 sessions'; `words` for a plural that is not word + 's'."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+DEFAULT_WIDTH = 100     # text written to a pipe or a file, when COLUMNS is not set
+MIN_WIDTH = 40
+
+
+def text_width() -> int:
+    """Columns to wrap table text to: the terminal's width (COLUMNS first, as shutil reads it); for a
+    pipe or a file, COLUMNS if set, else DEFAULT_WIDTH, so that piped output is the same on every run."""
+    import shutil
+    return max(MIN_WIDTH, shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns)
+
+
+def wrap(text: str, width: int, indent: str = "", more: str | None = None) -> list:
+    """`text` (clean()ed) in lines of at most `width` characters, the first starting with `indent`, the
+    others with `more` (default: `indent`). Breaks only at spaces: a word longer than a line stays whole."""
+    import textwrap
+    more = indent if more is None else more
+    return textwrap.wrap(clean(text), width, initial_indent=indent, subsequent_indent=more,
+                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
+
+
+def table(rows: list, headers: list, align: str, width: int | None = None) -> list:
+    """Plain text table; `align` has one 'l' or 'r' per column; every cell clean()ed. With `width`, the
+    last column's text is wrapped onto continuation rows so that a line fits in `width` characters
+    (a single word longer than the room left stays whole)."""
     cells = [[clean(c) for c in row] for row in rows]
+    if width is not None and cells:
+        room = width - sum(max([len(headers[i])] + [len(r[i]) for r in cells]) + 2 for i in range(len(headers) - 1))
+        room = max(room, len(headers[-1]), 12)
+        wrapped = []
+        for row in cells:
+            parts = wrap(row[-1], room)
+            wrapped.append(row[:-1] + [parts[0]])
+            wrapped += [[""] * (len(row) - 1) + [part] for part in parts[1:]]
+        cells = wrapped
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    if width is not None and cells:
+        widths[-1] = min(widths[-1], room)      # a longer single word overflows; the rule under it does not
 
     def fmt(row):
         return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)).rstrip()
     return [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells]
 
 
-def to_table(records: list) -> str:
-    """Text from the session (its id; messages and reasons that may quote it) is clean()ed."""
+def to_table(records: list, width: int = DEFAULT_WIDTH) -> str:
+    """Each session: its billed lines, then the lines not billed with their reasons, the totals and the
+    warnings; text wrapped to `width` columns. Text from the session (its id; messages and reasons that
+    may quote it) is clean()ed."""
     blocks = []
     for r in records:
         if "error" in r:
-            blocks.append(f"Session {clean(r['session_id'])}: NOT BILLED\n  error: {clean(r['error'])}")
+            out = wrap(f"Session {r['session_id']}: NOT BILLED", width, "", "  ")
+            out += wrap(f"error: {r['error']}", width, "  ", "    ")
+            blocks.append("\n".join(out))
             continue
-        out = [f"Session {clean(r['session_id'])}  payer {r['payer']}  method {r['method']}"]
-        rows = [(l["code"], l["minutes"], l["units"], " ".join(l["modifiers"]) or "-", ", ".join(l["rules"]))
-                for l in r["lines"]]
-        rows += [(u["code"], u["minutes"], 0, "-", "not billed: " + clean(u["reason"])) for u in r["unbilled"]]
-        out += ["  " + line for line in table(rows, ["Code", "Min", "Units", "Modifiers", "Rules"], "lrrll")]
-        out.append(f"  Timed minutes {r['total_timed_minutes']} -> {r['total_timed_units']} timed units; "
-                   f"total units {r['total_units']}")
+        out = wrap(f"Session {r['session_id']}  payer {r['payer']}  method {r['method']}", width, "", "  ")
+        if r["lines"]:
+            rows = [(l["code"], l["minutes"], l["units"], " ".join(l["modifiers"]) or "-", ", ".join(l["rules"]))
+                    for l in r["lines"]]
+            out += ["  " + line for line in table(rows, ["Code", "Min", "Units", "Modifiers", "Rules"], "lrrll",
+                                                  width - 2)]
+        else:
+            out.append("  No line billed.")
+        if r["unbilled"]:
+            rows = [(u["code"], u["minutes"], u["reason"]) for u in r["unbilled"]]
+            out += ["  " + line for line in table(rows, ["Not billed", "Min", "Reason"], "lrl", width - 2)]
+        out += wrap(f"Timed: {r['total_timed_minutes']} min billed as {plural(r['total_timed_units'], 'unit')}; "
+                    f"total {plural(r['total_units'], 'unit')}", width, "  ", "    ")
         for w in r["warnings"]:
             codes = f" [{', '.join(w['codes'])}]" if w["codes"] else ""
-            out.append(f"  {w['severity'].upper():7} {w['rule']}{codes}: {clean(w['message'])}")
+            out += wrap(f"{w['severity'].upper():7} {w['rule']}{codes}: {w['message']}", width, "  ", "          ")
         blocks.append("\n".join(out))
     return "\n\n".join(blocks) + "\n"
 
@@ -114,8 +162,8 @@ def audit_table(rows: list, rule: str | None = None) -> str:
     for r in rows:
         result = r["result"]
         units = "-" if "error" in result else str(result["total_units"])
-        touched = f"{len(r['firings'])} firing(s)" if rule else ""
+        touched = plural(len(r["firings"]), "firing") if rule else ""
         body.append((r["billed_at"], r["run_id"], r["session_id"], r["payer"] or "-", r["date_of_service"] or "-",
                      r["status"], units, (r["rules_hash"] or "-")[:12], touched))
     headers = ["Billed at", "Run", "Session", "Payer", "Date", "Status", "Units", "Rules hash", rule or ""]
-    return "\n".join(table(body, headers, "lrllllrll")) + f"\n{len(rows)} session(s)\n"
+    return "\n".join(table(body, headers, "lrllllrll")) + f"\n{plural(len(rows), 'session')}\n"

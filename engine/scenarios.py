@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RuleFileError, UsageError
+from .render import plural
 from .schema import schema_errors
 from .sessions import parse_session
 from .yamlload import load_text
@@ -85,8 +86,9 @@ def run_scenario(scenario: Scenario, biller) -> list:
         for code in list(wanted) + [c for c in got if c not in wanted]:
             want, have = wanted.get(code), got[code]["units"] if code in got else None
             if want != have:
-                why = f" (not billed: {reasons[code]})" if code in reasons else ""
-                diffs.append(f"lines.{code}: expected {_units(want)}, got {_units(have)}{why}")
+                why = f" (not billed: {reasons[code]})" if code in reasons else " (no such line)"
+                diffs.append(f"lines.{code}: expected {_units(want, 'no billed line')}, "
+                             f"got {_units(have, 'none' + why)}")
     for code, mods in expect.get("modifiers", {}).items():
         have = got.get(str(code), {}).get("modifiers")
         if have != mods:
@@ -102,7 +104,7 @@ def run_scenario(scenario: Scenario, biller) -> list:
     for want in expect.get("warnings", []):
         hit = next((i for i, w in enumerate(result["warnings"]) if i not in matched and _matches(w, want)), None)
         if hit is None:
-            diffs.append(f"warnings: expected {_describe(want)}, got none such; warnings were: "
+            diffs.append(f"warnings: expected {_describe(want)}, found none such; the warnings were: "
                          + ("; ".join(f"{w['severity']} {w['rule']}: {w['message']}" for w in result["warnings"])
                             or "none"))
         else:
@@ -114,8 +116,8 @@ def run_scenario(scenario: Scenario, biller) -> list:
     return diffs
 
 
-def _units(n) -> str:
-    return "not billed" if n is None else f"{n} unit{'s' if n != 1 else ''}"
+def _units(n, absent: str) -> str:
+    return absent if n is None else plural(n, "unit")
 
 
 def _matches(warning: dict, want: dict) -> bool:

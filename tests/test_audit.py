@@ -152,10 +152,12 @@ def test_table_format(logged):
     db, _ = logged
     proc = run_cli("audit", db, "--payer", "medicare")
     assert proc.returncode == 0
-    assert proc.stdout.rstrip().endswith("3 session(s)")
+    assert proc.stdout.rstrip().endswith("\n3 sessions")
     for sid in ("A1", "A2", "A6"):
         assert re.search(rf"\b{sid}\b", proc.stdout)
     assert not re.search(r"\bA4\b", proc.stdout)
+    one = run_cli("audit", db, "--session", "A1")
+    assert one.returncode == 0 and one.stdout.rstrip().endswith("\n1 session"), one.stdout
 
 
 # --- sources ---------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_replay_reproduces_every_decision_from_the_log_alone(replay_log):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == "replay: 4 sessions: 4 reproduced, 0 differ\n"
     proc = run_cli("audit", db, "--replay", "--session", "R2")
-    assert (proc.returncode, proc.stdout) == (0, "replay: 1 sessions: 1 reproduced, 0 differ\n")
+    assert (proc.returncode, proc.stdout) == (0, "replay: 1 session: 1 reproduced, 0 differ\n")
 
 
 def _doctor(db: Path, session_id: str, change) -> None:

@@ -17,9 +17,11 @@ files in tmp_path. Expected units are worked by hand in comments from shared/dom
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from jsonschema import Draft202012Validator
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_VALIDATOR = Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text("utf-8")))
 CONTRACT_KEYS = {"session_id", "payers", "results", "rows", "totals"}
-OPTIONAL_KEYS = {"differs"}
+OPTIONAL_KEYS = {"differs", "base"}
 EX_PAYERS = ["medicare", "example-midpoint", "example-full-unit"]
 
 
@@ -41,10 +43,10 @@ def durable_available() -> bool:
     return True
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """`python -m engine ARGS...` from the repository root."""
+def run_cli(*args, columns: int = 120) -> subprocess.CompletedProcess:
+    """`python -m engine ARGS...` from the repository root; table text wrapped to `columns`."""
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env={**os.environ, "COLUMNS": str(columns)})
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -296,8 +298,8 @@ def test_table_single_session(tmp_path):
     lines = proc.stdout.splitlines()
     assert any("EX1" in l for l in lines[:2]), lines[:2]
     header = next(l for l in lines if l.split() and l.split()[0] == "Code")
-    # the payer ids are the columns, in the order given, after code and minutes
-    assert header.split()[2:] == EX_PAYERS, header
+    # the payer ids are the columns, in the order given, after code and minutes; medicare, the base, marked
+    assert cells(header)[2:] == ["medicare (base)", "example-midpoint", "example-full-unit"], header
     body = {cells(l)[0]: cells(l) for l in lines if l.split() and l.split()[0] in ("97112", "97110", "Total")}
     # EX1 worked above: medicare 2/1 = 3, midpoint 2/2 = 4, full-unit 1/1 = 2; differences against medicare
     assert body["97112"] == ["97112", "24", "2", "2", "1 (-1)"]
@@ -353,7 +355,7 @@ def test_table_several_sessions_with_summary(tmp_path):
         found = re.search(r"more\D*(\d+).*fewer\D*(\d+).*same\D*(\d+)", line)
         assert found, line
         assert tuple(int(g) for g in found.groups()) == (more, fewer, same), line
-    # the first payer is the baseline, not compared with itself
+    # medicare is the base, not compared with itself
     assert not any(l.split() and l.split()[0] == "medicare" for l in summary[1:]), summary
 
 
@@ -523,3 +525,101 @@ def test_python_and_durable_engines_agree(tmp_path, fmt):
     no_traceback(du)
     assert py.returncode == du.returncode == 1
     assert py.stdout and py.stdout == du.stdout
+
+
+# ------------------------------------------------------------------------------------------- the base
+
+
+def test_all_payers_are_measured_against_medicare(tmp_path):
+    # --all-payers lists the payers alphabetically: example-full-unit comes first, medicare last, and
+    # medicare is the base all the same.
+    proc, c, path = compare(tmp_path, EX1, None)
+    assert proc.returncode == 0, proc.stderr
+    assert c["payers"][0] == "example-full-unit" and c["base"] == "medicare"
+    table = run_cli("compare", path, "--all-payers")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = next(l for l in lines if l.split() and l.split()[0] == "Code")
+    assert [h for h in cells(header) if h.endswith("(base)")] == ["medicare (base)"], header
+    # EX1 totals (worked at EX1): full-unit 2, midpoint 4, unit-limits 3, medicare 3 → against medicare
+    # 2 (-1), 4 (+1), 3, 3; columns in the order example-full-unit, example-midpoint, example-unit-limits,
+    # medicare
+    total = next(cells(l) for l in lines if l.split() and l.split()[0] == "Total")
+    assert total == ["Total", "2 (-1)", "4 (+1)", "3", "3"], total
+    assert any(l.strip().endswith("units more/fewer than medicare") for l in lines), table.stdout
+
+
+def test_medicare_is_the_base_wherever_it_is_listed(tmp_path):
+    proc, c, _ = compare(tmp_path, EX1, ["example-midpoint", "medicare"])
+    assert proc.returncode == 0, proc.stderr
+    assert c["base"] == "medicare"
+
+
+def test_without_medicare_the_first_listed_payer_is_the_base(tmp_path):
+    proc, c, _ = compare(tmp_path, EX1, ["example-midpoint", "example-full-unit"])
+    assert proc.returncode == 0, proc.stderr
+    assert c["base"] == "example-midpoint"
+
+
+def test_base_option_picks_another_payer(tmp_path):
+    payers = ["medicare", "example-midpoint", "example-full-unit"]
+    proc, c, path = compare(tmp_path, [EX1, EX5], payers, "--base", "example-full-unit")
+    assert proc.returncode == 0, proc.stderr
+    assert [x["base"] for x in c] == ["example-full-unit"] * 2
+    check_contract(c[0], payers)
+    table = run_cli("compare", path, "--payers", ",".join(payers), "--base", "example-full-unit")
+    assert table.returncode == 0, table.stderr
+    blocks = blocks_of(table.stdout)
+    lines = blocks[0].splitlines()
+    header = next(l for l in lines if l.split() and l.split()[0] == "Code")
+    assert cells(header)[2:] == ["medicare", "example-midpoint", "example-full-unit (base)"], header
+    # EX1 against full-unit (97112 1, 97110 1, total 2): medicare 2/1/3, midpoint 2/2/4
+    rows = {cells(l)[0]: cells(l) for l in lines if l.split() and l.split()[0] in ("97112", "97110", "Total")}
+    assert rows["97112"] == ["97112", "24", "2 (+1)", "2 (+1)", "1"]
+    assert rows["97110"] == ["97110", "23", "1", "2 (+1)", "1"]
+    assert rows["Total"] == ["Total", "3 (+1)", "4 (+2)", "2"]
+    assert any("units more/fewer than example-full-unit" in l for l in lines), blocks[0]
+    # summary: EX1 totals 3/4/2, EX5 1/0/0 (worked at EX5) against full-unit:
+    #   medicare: more in EX1 and EX5 (2), net +1 +1 = +2; midpoint: more in EX1 (+2), same in EX5, net +2
+    summary = blocks[-1].splitlines()
+    assert summary[0] == "Summary: 2 sessions, payers differ on 2"
+    assert summary[1:] == [
+        "  medicare vs example-full-unit: more units in 2, fewer in 0, same in 0 (net +2 units)",
+        "  example-midpoint vs example-full-unit: more units in 1, fewer in 0, same in 1 (net +2 units)",
+    ]
+
+
+@pytest.mark.parametrize("base", ["no-such-payer", "example-unit-limits"])
+def test_base_not_among_the_compared_payers_is_a_usage_error(tmp_path, base):
+    # example-unit-limits is a known payer, but not one of those compared
+    path = write_yaml(tmp_path / "s.yaml", EX1)
+    for fmt in ("json", "table"):
+        proc = run_cli("compare", path, "--payers", "medicare,example-midpoint", "--base", base, "--format", fmt)
+        no_traceback(proc)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr)
+        assert proc.stdout == ""
+        assert proc.stderr.startswith("error: ") and base in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_readme_guide_compare_output_is_what_the_program_prints(tmp_path):
+    # README "Adding a payer" step 3 shows the command and its output; the output must be exactly what
+    # the command prints to a pipe (100 columns, COLUMNS unset), whatever prefix the command is shown with.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    payer = re.search(r"```yaml\n(\s*# my-rules/acme-health\.yaml\n.*?)```", text, re.S).group(1)
+    # the session of step 3: 97112 24 min, 97110 23 min, 97140 40 min, the id the block shows
+    session = {"session_id": "T-1", "date_of_service": "2026-03-02", "discipline": "PT",
+               "services": [{"code": "97112", "minutes": 24}, {"code": "97110", "minutes": 23},
+                            {"code": "97140", "minutes": 40}]}
+    found = re.search(r"```\n   \$ \S*payrules compare session\.yaml ([^\n]*)\n(.*?)   ```", text, re.S)
+    assert found, "the guide's compare example is missing from README.md"
+    args, shown = found.group(1).split(), found.group(2)
+    assert args == ["--payers", "medicare,acme-health", "--rules", "my-rules"], args
+    (tmp_path / "my-rules").mkdir()
+    (tmp_path / "my-rules" / "acme-health.yaml").write_text(textwrap.dedent(payer), encoding="utf-8")
+    write_yaml(tmp_path / "session.yaml", session)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "engine", "compare", "session.yaml", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "".join(l[3:] + "\n" for l in shown.splitlines()) == proc.stdout

@@ -92,13 +92,13 @@ def test_example_1_more_units_to_the_larger_leftover(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert step(out, "1. Total timed minutes:").endswith("97112 24 + 97110 23 = 47 min")
-    assert "47 min is in the band 38-52 -> 3 unit(s)" in step(out, "2. Chart:")
+    assert "47 min is in the band 38-52, which gives 3 units" in step(out, "2. Chart:")
     full = step(out, "3. Full")
     assert "97112 1 full (9 min left over)" in full
     assert "97110 1 full (8 min left over)" in full
-    assert full.endswith("-> 2 unit(s)")
+    assert full.endswith(": 2 full units in all")
     remaining = step(out, "4. Remaining")
-    assert remaining.startswith("4. Remaining 3 - 2 = 1 unit(s)")
+    assert remaining.startswith("4. Remaining 3 - 2 = 1 unit,")
     assert remaining.endswith(": 97112 (9 min)")
     assert step(out, "Not reached:") == "Not reached: 97110 (8 min)"
     assert not any(line.startswith("5. Tie") for line in method_lines(out))     # 9 != 8: no tie
@@ -115,10 +115,10 @@ def test_example_2_tie_and_the_accepted_alternatives(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert step(out, "1. Total timed minutes:").endswith("97112 20 + 97110 20 = 40 min")
-    assert "40 min is in the band 38-52 -> 3 unit(s)" in step(out, "2. Chart:")
+    assert "40 min is in the band 38-52, which gives 3 units" in step(out, "2. Chart:")
     full = step(out, "3. Full")
     assert "97112 1 full (5 min left over)" in full and "97110 1 full (5 min left over)" in full
-    assert step(out, "4. Remaining").startswith("4. Remaining 3 - 2 = 1 unit(s)")
+    assert step(out, "4. Remaining").startswith("4. Remaining 3 - 2 = 1 unit,")
     assert step(out, "4. Remaining").endswith(": 97112 (5 min)")
     tie = step(out, "5. Tie:")
     assert "97112, 97110" in tie and "equal leftover minutes" in tie
@@ -138,11 +138,11 @@ def test_example_3_leftover_minutes_not_totals(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert step(out, "1. Total timed minutes:").endswith("97110 33 + 97140 7 = 40 min")
-    assert "40 min is in the band 38-52 -> 3 unit(s)" in step(out, "2. Chart:")
+    assert "40 min is in the band 38-52, which gives 3 units" in step(out, "2. Chart:")
     full = step(out, "3. Full")
     assert "97110 2 full (3 min left over)" in full and "97140 0 full (7 min left over)" in full
-    assert full.endswith("-> 2 unit(s)")
-    assert step(out, "4. Remaining").startswith("4. Remaining 3 - 2 = 1 unit(s)")
+    assert full.endswith(": 2 full units in all")
+    assert step(out, "4. Remaining").startswith("4. Remaining 3 - 2 = 1 unit,")
     assert step(out, "4. Remaining").endswith(": 97140 (7 min)")
     assert step(out, "Not reached:") == "Not reached: 97110 (3 min)"
     assert billed_line(out) == "Billed: 97110 x2 GP, 97140 x1 GP (total 3 units)"
@@ -158,14 +158,14 @@ def test_example_4_four_codes_one_not_billed(tmp_path):
     out = proc.stdout
     assert step(out, "1. Total timed minutes:") == \
         "1. Total timed minutes: 97110 18 + 97140 13 + 97116 10 + 97035 8 = 49 min"
-    assert step(out, "2. Chart:") == "2. Chart: 49 min is in the band 38-52 -> 3 unit(s)"
+    assert step(out, "2. Chart:") == "2. Chart: 49 min is in the band 38-52, which gives 3 units"
     full = step(out, "3. Full")
     for part in ("97110 1 full (3 min left over)", "97140 0 full (13 min left over)",
                  "97116 0 full (10 min left over)", "97035 0 full (8 min left over)"):
         assert part in full
-    assert full.endswith("-> 1 unit(s)")
+    assert full.endswith(": 1 full unit in all")
     remaining = step(out, "4. Remaining")
-    assert remaining.startswith("4. Remaining 3 - 1 = 2 unit(s)")
+    assert remaining.startswith("4. Remaining 3 - 1 = 2 units,")
     assert remaining.endswith(": 97140 (13 min), 97116 (10 min)")
     assert step(out, "Not reached:") == "Not reached: 97035 (8 min), 97110 (3 min)"
     assert not any(line.startswith("5. Tie") for line in method_lines(out))
@@ -184,12 +184,12 @@ def test_example_5_three_small_pieces_add_up(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert step(out, "1. Total timed minutes:").endswith("97112 7 + 97110 7 + 97140 7 = 21 min")
-    assert "21 min is in the band 8-22 -> 1 unit(s)" in step(out, "2. Chart:")
+    assert step(out, "2. Chart:") == "2. Chart: 21 min is in the band 8-22, which gives 1 unit"
     full = step(out, "3. Full")
     for code in ("97112", "97110", "97140"):
         assert f"{code} 0 full (7 min left over)" in full
-    assert full.endswith("-> 0 unit(s)")
-    assert step(out, "4. Remaining").startswith("4. Remaining 1 - 0 = 1 unit(s)")
+    assert full.endswith(": 0 full units in all")
+    assert step(out, "4. Remaining").startswith("4. Remaining 1 - 0 = 1 unit,")
     assert step(out, "4. Remaining").endswith(": 97112 (7 min)")
     assert step(out, "Not reached:") == "Not reached: 97110 (7 min), 97140 (7 min)"
     tie = step(out, "5. Tie:")
@@ -222,9 +222,9 @@ def test_midpoint_payer_shows_a_band_per_code(tmp_path):
     out = proc.stdout
     lines = method_lines(out)
     assert lines[0].startswith("Unit method midpoint_per_code")
-    assert "97112 24 min: band 23-37 -> 2 unit(s)" in lines
-    assert "97110 23 min: band 23-37 -> 2 unit(s)" in lines
-    assert "97140 7 min: band 0-7 -> 0 unit(s)" in lines
+    assert "97112 24 min is in the band 23-37, which gives 2 units" in lines
+    assert "97110 23 min is in the band 23-37, which gives 2 units" in lines
+    assert "97140 7 min is in the band 0-7, which gives 0 units" in lines
     assert not any("Total timed minutes" in line or "Remaining" in line for line in lines)   # no pool
     assert billed_line(out) == "Billed: 97112 x2 GP, 97110 x2 GP (total 4 units)"
     reasons = not_billed(out)
@@ -238,8 +238,8 @@ def test_work_hardening_shows_the_block_arithmetic(tmp_path):
     assert proc.returncode == 0, proc.stderr       # a warning (status R) only, no error
     out = proc.stdout
     block = step(out, "97545 210 min by blocks")
-    for part in ("the first 120 min (from 61) -> 1", "90 min beyond = 1 whole block(s) of 60",
-                 "+ 30 min (under 31)", "-> 2 unit(s)"):
+    for part in ("the first 120 min (from 61): 1 unit;", "90 min beyond = 1 whole block of 60",
+                 "+ 30 min (under 31); 2 units in all"):
         assert part in block, block
     assert billed_line(out) == "Billed: 97545 x1 GP, 97546 x1 GP (total 2 units)"
     assert "No timed minutes." in method_lines(out)     # nothing in the 15-minute pool
@@ -448,7 +448,7 @@ def test_why_not_on_a_rule_that_fired_says_so(tmp_path):
     path = write_session(tmp_path, "WHYF", [svc("97150", 45, group_size=3), svc("97110", 25)])
     out = explain(path, "--why-not", "timed-pool").stdout
     head = next(line for line in out.splitlines() if line.startswith("Why not timed-pool"))
-    assert "fired 1 time" in head
+    assert head.endswith(": it fired 1 time.")
     section = [line.strip() for line in out[out.index(head):].splitlines()]
     assert "97110: all conditions hold" in section
 

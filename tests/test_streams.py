@@ -26,7 +26,7 @@ from engine import render
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 DATE = "2026-03-02"
-SUMMARY = re.compile(r"^payrules: (interrupted: )?(\d+) sessions read: (\d+) billed, (\d+) with errors, "
+SUMMARY = re.compile(r"^payrules: (interrupted: )?(\d+) sessions? read: (\d+) billed, (\d+) with errors, "
                      r"(\d+) failed to parse$")
 GOOD = {"session_id": "S-1", "payer": "medicare", "date_of_service": DATE, "discipline": "PT",
         "services": [{"code": "97110", "minutes": 33}]}
