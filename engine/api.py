@@ -11,6 +11,8 @@ PayrulesError, whose str() is the message the command prints after `error: `.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import threading
 import weakref
@@ -25,7 +27,7 @@ from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
 from .network import ENGINES, default_engine
-from .sessions import parse_session
+from .sessions import ParseError, parse_session
 from .yamlload import Located
 
 __all__ = ["RuleBook", "bill", "PayrulesError"]
@@ -187,11 +189,32 @@ def _rule_dirs(rules: Any) -> tuple[str, ...]:
 
 
 def _parse(data: Any, number: int):
-    """A session as JSON gives it → Session, or the SessionError its record reports (without a FILE:LINE:
-    the command's message has, since it comes from no file)."""
-    if isinstance(data, Mapping) and not isinstance(data, dict):
-        data = dict(data)
-    return parse_session(data, Located(data, {}, None), (), number)
+    """A session → Session, or the SessionError its error record reports. It is billed as the command
+    bills the JSON text json.dumps(session) (a date is its ISO text, as an unquoted date in YAML; a
+    mapping, its dict), so that the result is the command's; a value JSON cannot write (a set, bytes,
+    a key that is no text or number) is an error record. Messages have no FILE:LINE: (no file)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, default=_json_default)
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        return ParseError(f"not JSON data: {exc}", session_id=_id_of(data, number))
+    except RecursionError:
+        return ParseError("JSON nested too deeply", session_id=_id_of(data, number))
+    return parse_session(data, Located(data, {}, None), (), number, text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _id_of(data: Any, number: int) -> str:
+    """The session id of a session that is not JSON data: its own when that is plain text."""
+    sid = data.get("session_id") if isinstance(data, Mapping) else None
+    return sid if type(sid) is str and 1 <= len(sid) <= 128 and sid.isprintable() else f"session-{number}"
 
 
 @lru_cache(maxsize=8)
