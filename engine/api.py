@@ -26,13 +26,15 @@ from .compare import compare_session
 from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
+from .model import Session
 from .network import ENGINES, default_engine
 from .sessions import ParseError, parse_session
 from .yamlload import Located
 
 __all__ = ["RuleBook", "bill", "PayrulesError"]
 
-RulesPath = Union[str, "os.PathLike[str]"]
+RulesPath = Union[str, "os.PathLike[str]"]   # a rules directory, as --rules takes it
+Record = dict[str, Any]                     # a result (design.md §5) or an error record
 
 
 class RuleBook:
@@ -57,7 +59,7 @@ class RuleBook:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._biller.close)
 
-    def bill(self, session: Any, *, payer: str | None = None, date: str | None = None) -> dict:
+    def bill(self, session: Any, *, payer: str | None = None, date: str | None = None) -> Record:
         """The result of one session (design.md §5), or its error record `{"session_id", "error"}`.
 
         `session` is a session as JSON gives it (design.md §4); `payer` bills it under that payer whatever
@@ -67,7 +69,7 @@ class RuleBook:
         return self._bill(session, 1, payer, date)
 
     def bill_many(self, sessions: Iterable[Any], *, payer: str | None = None,
-                  date: str | None = None) -> Iterator[dict]:
+                  date: str | None = None) -> Iterator[Record]:
         """The result or error record of each session, in input order, one per session, billed as the
         iterator is read (a generator input is read one session at a time). An element that is not a
         session (not a mapping, or one the schema refuses) is an error record in its place. A session
@@ -83,7 +85,7 @@ class RuleBook:
         payer, date = self._options(payer, date)
         return (self._bill(item, number, payer, date) for number, item in enumerate(items, 1))
 
-    def compare(self, session: Any, payers: Iterable[str] | str, *, date: str | None = None) -> dict:
+    def compare(self, session: Any, payers: Iterable[str] | str, *, date: str | None = None) -> dict[str, Any]:
         """One session under several payers (`payrules compare --payers A,B --format json` for one
         session): {"session_id", "payers", "results": {id: result}, "rows", "totals", "differs"}.
         `payers`: payer ids (or one comma-separated text), the first the baseline; repeats are dropped."""
@@ -100,7 +102,7 @@ class RuleBook:
             return compare_session(parsed, ids, self._biller, date)
 
     def explain(self, session: Any, *, payer: str | None = None, date: str | None = None,
-                why_not: Iterable[str] | str = ()) -> dict:
+                why_not: Iterable[str] | str = ()) -> dict[str, Any]:
         """How one session was billed (`payrules explain --format json` for one session): every rule that
         fired with its source and facts, the unit arithmetic, why each unbilled code got nothing, the
         result, and for each id in `why_not` which condition of that rule failed. A session that cannot
@@ -109,13 +111,13 @@ class RuleBook:
         rule_ids = _texts(why_not, "why_not", "rule ids")
         parsed = _parse(session, 1)
         with self._lock:
-            own = set() if payer or isinstance(parsed, SessionError) or not self._registry.has(parsed.payer) \
-                else {parsed.payer}
+            own = set() if payer or isinstance(parsed, SessionError) or not parsed.payer \
+                or not self._registry.has(parsed.payer) else {parsed.payer}
             _check_why_not(self._registry, rule_ids, {payer} if payer else own)
             outcome = self._biller.evaluate(parsed, payer, date)
             return outcome if isinstance(outcome, dict) else explain_json(outcome, rule_ids)
 
-    def payers(self) -> list[dict]:
+    def payers(self) -> list[dict[str, Any]]:
         """Every version of every known payer (`payrules payers --format json`): id, name, method, file,
         extends, effective_from, effective_to."""
         with self._lock:
@@ -136,7 +138,7 @@ class RuleBook:
         return f"RuleBook(rules={self.rules!r}, engine={self.engine!r})"
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _bill(self, data: Any, number: int, payer: str | None, date: str | None) -> dict:
+    def _bill(self, data: Any, number: int, payer: str | None, date: str | None) -> Record:
         session = _parse(data, number)
         with self._lock:
             return self._biller.bill(session, payer, date)
@@ -188,7 +190,7 @@ def _rule_dirs(rules: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse(data: Any, number: int):
+def _parse(data: Any, number: int) -> Session | SessionError:
     """A session → Session, or the SessionError its error record reports. It is billed as the command
     bills the JSON text json.dumps(session) (a date is its ISO text, as an unquoted date in YAML; a
     mapping, its dict), so that the result is the command's; a value JSON cannot write (a set, bytes,
@@ -200,7 +202,7 @@ def _parse(data: Any, number: int):
         return ParseError(f"not JSON data: {exc}", session_id=_id_of(data, number))
     except RecursionError:
         return ParseError("JSON nested too deeply", session_id=_id_of(data, number))
-    return parse_session(data, Located(data, {}, None), (), number, text)
+    return parse_session(data, Located(data, {}, ""), (), number, text)    # "": from no file
 
 
 def _json_default(value: Any) -> Any:
@@ -223,7 +225,7 @@ def _book(rules: tuple[str, ...], engine: str | None) -> RuleBook:
 
 
 def bill(session: Any, *, rules: RulesPath | Iterable[RulesPath] = (), engine: str | None = None,
-         payer: str | None = None, date: str | None = None) -> dict:
+         payer: str | None = None, date: str | None = None) -> Record:
     """Bill one session: `RuleBook(rules, engine).bill(session, payer=..., date=...)`, with the RuleBook
     made at the first call for these `rules` and `engine` and kept for the next (rule files edited after
     it are not seen: make a RuleBook to choose when they are read)."""
