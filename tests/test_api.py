@@ -509,7 +509,8 @@ def test_any_json_like_value_gives_a_record_or_a_payrules_error(books, value):
     session = {"payer": "medicare", "services": [{"code": "97110", "minutes": 30}]}
     for call in (lambda: book.bill(session, payer=value), lambda: book.bill(session, date=value),
                  lambda: list(book.bill_many(value)), lambda: book.compare(session, value),
-                 lambda: book.explain(session, why_not=value), lambda: book.explain(session, payer=value)):
+                 lambda: book.explain(session, why_not=value), lambda: book.explain(session, payer=value),
+                 lambda: payer_rules.RuleBook(engine=value), lambda: payer_rules.bill(value, engine=value)):
         try:
             call()
         except payer_rules.PayrulesError as exc:
