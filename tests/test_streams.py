@@ -305,7 +305,9 @@ def test_ctrl_c_while_the_installed_command_starts_is_exit_130_without_a_traceba
     module, func = entry.split(":")
     (tmp_path / "payrules_script.py").write_text(f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n")
     (tmp_path / "sitecustomize.py").write_text(CTRL_C_ON_IMPORT_YAML)
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    # installed, the source folder engine/ is the package the entry point names (payer_rules)
+    (tmp_path / module.split(".")[0]).symlink_to(ROOT / "engine", target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
     proc = subprocess.run([sys.executable, str(tmp_path / "payrules_script.py"), "bill", str(small)], cwd=tmp_path,
                           capture_output=True, timeout=TIMEOUT, env=env)
     assert proc.returncode == 130 and proc.stdout == b"" and proc.stderr == b"", proc.stderr.decode()[-2000:]
