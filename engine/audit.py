@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from . import __version__
 from .errors import LogWriteError, OutputError, PayrulesError, UsageError
 from .model import NO_CONTEXT, Service, Session
+from .paths import env_rules
 
 APPLICATION_ID = 0x50524C47         # "PRLG" in the SQLite header: a payrules audit log
 FORMAT = 2                          # PRAGMA user_version of the layout below (0.1.0 wrote an unmarked format 1)
@@ -599,7 +600,7 @@ def replay_command(args, write) -> int:
     others = [f"--{name}" for name in ("rule", "payer", "date_from", "date_to") if getattr(args, name)]
     if others:
         raise UsageError(f"--replay takes --session, not {', '.join(o.replace('date_', '') for o in others)}")
-    current_rules = args.rules if args.current_rules else None
+    current_rules = [*env_rules(), *args.rules] if args.current_rules else None     # as bill finds them
     results = replay(args.database, args.session, current_rules)
     done = [(e, r, d) for e, r, d in results if r is not None]
     changed = 0
