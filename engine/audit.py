@@ -523,9 +523,9 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
 def _logged_registry(reader, set_id: int, root: Path):
     """A registry of exactly the rule files of a logged rule set, written under `root` with the display
     paths they were billed with (so a trace's file:line comes out the same)."""
-    from .loader import Registry
+    from .loader import PayerFile, Registry
     _, files = reader.rule_set(set_id)
-    trees = []
+    written = []
     for display, sha in files:
         parts = PurePosixPath(display).parts
         if len(parts) < 2 or PurePosixPath(display).is_absolute() or ".." in parts:
@@ -536,9 +536,8 @@ def _logged_registry(reader, set_id: int, root: Path):
         target = root.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(row[0])
-        if root / parts[0] not in trees:
-            trees.append(root / parts[0])
-    return Registry(trees, include_bundled=False)
+        written.append(PayerFile(target, display, display))     # messages too name it as it was logged
+    return Registry(include_bundled=False, extra_files=written)
 
 
 def _session(entry: dict) -> Session:

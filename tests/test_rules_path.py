@@ -371,3 +371,29 @@ def test_python_m_engine_finds_the_same_payers_from_any_directory(tmp_path):
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "acme-health.yaml").write_text(ACME, encoding="utf-8")
     assert json.loads(run("payers", "--format", "json", cwd=tmp_path).stdout) == listing
+
+
+def test_a_logged_rule_file_that_cannot_be_loaded_is_named_as_it_was_logged(tmp_path):
+    # audit --replay recreates the logged files in a temporary directory that is gone when the message is
+    # read: the message names the file as the log does (relative to its tree's parent), not that directory
+    import hashlib
+    from engine.audit import _logged_registry
+    from engine.errors import RuleFileError
+    content = BAD.encode()
+    sha = hashlib.sha256(content).hexdigest()
+
+    class Reader:
+        class db:
+            @staticmethod
+            def execute(sql, args):
+                class Rows:
+                    def fetchone(self):
+                        return (content,) if args == (sha,) else None
+                return Rows()
+
+        def rule_set(self, set_id):
+            return None, [("my-rules/acme-health.yaml", sha)]
+
+    with pytest.raises(RuleFileError) as caught:
+        _logged_registry(Reader(), 1, tmp_path / "replay")
+    assert str(caught.value).startswith("my-rules/acme-health.yaml:13: rules[0].then[0].max_unit: ")
