@@ -21,10 +21,9 @@ RULES_ENV = "PAYRULES_RULES"
 
 def env_rules(environ=os.environ) -> list:
     """The rules trees PAYRULES_RULES names: directories separated by os.pathsep, in their order; an empty
-    entry is ignored. A directory that is missing or cannot be read is a usage error naming the variable
-    (raised as UsageError by the caller's check_tree)."""
-    from .loader import check_tree
+    entry is ignored. One that is missing or cannot be read is a UsageError naming the variable."""
     from .errors import UsageError
+    from .loader import check_tree      # (loader imports this module)
     trees = []
     for entry in environ.get(RULES_ENV, "").split(os.pathsep):
         if entry:

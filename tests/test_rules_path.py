@@ -253,6 +253,16 @@ def test_a_copy_of_a_bundled_payer_in_a_tree_named_rules_names_the_bundled_file_
         "overlap; give the versions effective_from/effective_to ranges that do not overlap\n"), proc.stderr
 
 
+def test_the_same_tree_named_in_payrules_rules_and_by_rules_is_read_once(acme):
+    # README's guide passes --rules my-rules; a user who also exported PAYRULES_RULES=my-rules has one
+    # file found twice, not two definitions of acme-health
+    rules, session = acme
+    proc = run("bill", session.name, "--payer", "acme-health", "--rules", "my-rules", "--rules", f"./{rules.name}/",
+               "--rules", rules, "--format", "json", cwd=rules.parent, rules_env=rules.name)
+    assert proc.returncode == 0, proc.stderr
+    assert units(json.loads(proc.stdout)) == ACME_UNITS
+
+
 # --- paths the user can open -----------------------------------------------------------------------------
 
 BAD = ACME.replace("    then:\n      - max_units: 2\n", "    then:\n      - max_unit: 2\n")    # line 13
