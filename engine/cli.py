@@ -460,14 +460,16 @@ def cmd_validate(args) -> int:
         if pfile.shown not in bad:
             _out(f"ok   {pfile.shown}\n")
     _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
-    # what validate checked, bill and compare find only in the rules path: say so when a valid file is not in it
+    # bill and compare find payers only in the rules path: say so when a valid file checked is not in it
     trees = [Path(t).resolve() for t in [RULES_DIR, *args.rules]]
-    outside = [Path(name) if Path(name).is_dir() else Path(name).parent for name in args.paths
-               if not any(Path(name).resolve().is_relative_to(t) for t in trees)]
-    if outside and any(p.shown not in bad and not any(p.path.resolve().is_relative_to(t) for t in trees)
-                       for p in checked):
-        names = ", ".join(dict.fromkeys(d.as_posix() for d in outside))
-        _say(f"note: bill and compare will not see the payers in {names} unless "
+
+    def in_path(path) -> bool:
+        return any(Path(path).resolve().is_relative_to(tree) for tree in trees)
+
+    outside = list(dict.fromkeys((Path(name) if Path(name).is_dir() else Path(name).parent).as_posix()
+                                 for name in args.paths if not in_path(name)))
+    if outside and any(p.shown not in bad and not in_path(p.path) for p in checked):
+        _say(f"note: bill and compare will not see the payers in {', '.join(outside)} unless "
              f"{'the directory is' if len(outside) == 1 else 'each directory is'} passed with --rules or listed in "
              f"{RULES_ENV}")
     return 2 if bad else 0

@@ -352,9 +352,21 @@ def test_validate_outside_the_rules_path_says_how_bill_will_see_it(tmp_path):
     proc = run("validate", "my-rules", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout == "ok   my-rules/acme-health.yaml\n"
     assert proc.stderr.splitlines() == ["1 valid, 0 invalid", NOTE.format("my-rules")]
-    # a file: the directory to pass is its own
+    # a file: the directory to pass is its own; two files of one directory name it once
     proc = run("validate", "my-rules/acme-health.yaml", cwd=tmp_path)
     assert proc.stderr.splitlines()[-1] == NOTE.format("my-rules")
+    (tmp_path / "my-rules" / "other.yaml").write_text(ACME.replace("acme-health", "other"), encoding="utf-8")
+    tree(tmp_path, "more-rules", ACME.replace("acme-health", "more-health"))
+    proc = run("validate", "my-rules/acme-health.yaml", "my-rules/other.yaml", "more-rules", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == NOTE.format("my-rules, more-rules").replace(
+        "the directory is", "each directory is")
+    (tmp_path / "my-rules" / "other.yaml").unlink()
+    # only invalid files outside: they cannot be billed anyway, the errors say what to do
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "acme-health.yaml").write_text(BAD, encoding="utf-8")
+    proc = run("validate", "broken", cwd=tmp_path)
+    assert proc.returncode == 2 and "note:" not in proc.stderr
     # in the rules path, by either means: nothing to say
     for proc in (run("validate", "my-rules", "--rules", "my-rules", cwd=tmp_path),
                  run("validate", "my-rules/acme-health.yaml", cwd=tmp_path, rules_env="my-rules"),
