@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from . import __version__
 from .errors import LogWriteError, OutputError, PayrulesError, UsageError
 from .model import NO_CONTEXT, Service, Session
+from .paths import env_rules
 from .render import plural
 
 APPLICATION_ID = 0x50524C47         # "PRLG" in the SQLite header: a payrules audit log
@@ -523,9 +524,9 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
 def _logged_registry(reader, set_id: int, root: Path):
     """A registry of exactly the rule files of a logged rule set, written under `root` with the display
     paths they were billed with (so a trace's file:line comes out the same)."""
-    from .loader import Registry
+    from .loader import PayerFile, Registry
     _, files = reader.rule_set(set_id)
-    trees = []
+    written = []
     for display, sha in files:
         parts = PurePosixPath(display).parts
         if len(parts) < 2 or PurePosixPath(display).is_absolute() or ".." in parts:
@@ -536,9 +537,8 @@ def _logged_registry(reader, set_id: int, root: Path):
         target = root.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(row[0])
-        if root / parts[0] not in trees:
-            trees.append(root / parts[0])
-    return Registry(trees, include_bundled=False)
+        written.append(PayerFile(target, display, display))     # messages too name it as it was logged
+    return Registry(include_bundled=False, extra_files=written)
 
 
 def _session(entry: dict) -> Session:
@@ -600,7 +600,7 @@ def replay_command(args, write) -> int:
     others = [f"--{name}" for name in ("rule", "payer", "date_from", "date_to") if getattr(args, name)]
     if others:
         raise UsageError(f"--replay takes --session, not {', '.join(o.replace('date_', '') for o in others)}")
-    current_rules = args.rules if args.current_rules else None
+    current_rules = [*env_rules(), *args.rules] if args.current_rules else None     # as bill finds them
     results = replay(args.database, args.session, current_rules)
     done = [(e, r, d) for e, r, d in results if r is not None]
     changed = 0

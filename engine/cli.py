@@ -14,13 +14,13 @@ import signal
 import sys
 from pathlib import Path
 
-from . import render
+from . import __version__, render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
 from .errors import EvaluationError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError, suggest
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
-from .paths import RULES_DIR
+from .paths import RULES_DIR, RULES_ENV, env_rules
 from .sessions import FORMATS, SessionInput, check_input, load_sessions
 
 
@@ -37,6 +37,8 @@ def main(argv=None) -> int:
             raise OutputError("it is closed")
         if sys.stdin is None and "-" in getattr(args, "inputs", ()):
             raise UsageError("cannot read input: standard input is closed", "<stdin>")
+        if hasattr(args, "rules") and args.command != "audit":     # audit: with --current-rules only
+            args.rules = [*env_rules(), *args.rules]    # bundled, then PAYRULES_RULES, then --rules
         code = args.run(args)
         _flush_stdout()
         return code
@@ -113,11 +115,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="payrules", description="Payer rules engine for outpatient therapy billing.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="payrules", description="Payer rules engine for outpatient therapy billing.",
+                     epilog=f"Payers are found in the bundled rules, then in the directories of {RULES_ENV} "
+                            f"(separated by {os.pathsep!r}), then in each --rules DIR. "
+                            "`payrules COMMAND --help` describes a command.")
+    parser.add_argument("--version", action="version", version=f"payrules {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     # options several commands share, each defined once
     rules = argparse.ArgumentParser(add_help=False)
-    rules.add_argument("--rules", action="append", default=[], metavar="DIR", help="extra rules tree (repeatable)")
+    rules.add_argument("--rules", action="append", default=[], metavar="DIR",
+                       help=f"also find payers in this rules tree, after the bundled rules and {RULES_ENV} "
+                            "(repeatable)")
     engine = argparse.ArgumentParser(add_help=False)
     engine.add_argument("--engine", choices=ENGINES, default=None, help=f"rule network (default: {default_engine()})")
     sessions = argparse.ArgumentParser(add_help=False, parents=[rules, engine])
@@ -125,9 +134,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="YAML/JSON file (one session or a list), .jsonl or .csv file, or - for standard input")
     sessions.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
 
-    bill = sub.add_parser("bill", parents=[sessions], help="bill each session of the input(s)")
+    bill = sub.add_parser("bill", parents=[sessions], help="bill each session of the input(s)",
+                          description="Bill each session of the input(s): claim lines with units and modifiers, "
+                                      "warnings, and the rule (file:line) behind each decision.")
     bill.add_argument("--payer", help="bill every session under this payer (overrides the session's payer)")
-    bill.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="json")
+    bill.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="json",
+                      help="output format (default: json)")
     bill.add_argument("--audit-db", metavar="PATH", help="append every session's result and trace to this SQLite log")
     bill.add_argument("--jobs", type=_positive, default=1, metavar="N",
                       help="bill in N worker processes (output stays in input order)")
@@ -135,47 +147,61 @@ def _parser() -> argparse.ArgumentParser:
                       help="input format (default: from the file name, or sniffed)")
     bill.set_defaults(run=cmd_bill)
 
-    compare = sub.add_parser("compare", parents=[sessions], help="the same session(s) under several payers, side by side")
+    compare = sub.add_parser("compare", parents=[sessions], help="the same session(s) under several payers, side by side",
+                             description="Bill the same session(s) under several payers and show the units "
+                                         "side by side.")
     which = compare.add_mutually_exclusive_group(required=True)
     which.add_argument("--payers", type=_ids, help="comma-separated payer ids")
     which.add_argument("--all-payers", action="store_true", help="every known payer")
     compare.add_argument("--base", metavar="ID", help="measure the others against this payer (default: medicare "
                          "when compared, else the first payer)")
-    compare.add_argument("--format", choices=["table", "json"], default="table")
+    compare.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     compare.set_defaults(run=cmd_compare)
 
     explain = sub.add_parser("explain", parents=[sessions],
-                             help="every rule that fired and why each unit went where it went")
+                             help="every rule that fired and why each unit went where it went",
+                             description="Explain each session's billing: every rule that fired and why, the "
+                                         "unit arithmetic step by step, why each unbilled code got nothing.")
     explain.add_argument("--payer", help="payer id (default: the session's payer)")
     explain.add_argument("--why-not", action="append", default=[], metavar="RULE_ID",
                          help="also say, fact by fact, which condition of this rule failed (repeatable)")
-    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
     explain.set_defaults(run=cmd_explain)
 
-    audit = sub.add_parser("audit", parents=[rules], help="query or replay an audit log written by bill --audit-db")
-    audit.add_argument("database", metavar="PATH")
+    audit = sub.add_parser("audit", parents=[rules], help="query or replay an audit log written by bill --audit-db",
+                           description="Query an audit log written by bill --audit-db, or replay its sessions "
+                                       "and say which bill differently.")
+    audit.add_argument("database", metavar="PATH", help="the SQLite audit log")
     audit.add_argument("--session", help="a session id")
     audit.add_argument("--rule", help="sessions this rule touched (fired on)")
     audit.add_argument("--payer", help="a payer id")
     audit.add_argument("--from", dest="date_from", type=_date, help="date of service from (YYYY-MM-DD)")
     audit.add_argument("--to", dest="date_to", type=_date, help="date of service up to (YYYY-MM-DD)")
-    audit.add_argument("--format", choices=["table", "json"], default="table")
+    audit.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     audit.add_argument("--replay", action="store_true",
                        help="bill the logged sessions again from the logged input and rule files; say which differ")
     audit.add_argument("--current-rules", action="store_true",
-                       help="with --replay: bill them with today's rule files (bundled + --rules) instead")
+                       help=f"with --replay: bill them with today's rule files (bundled, {RULES_ENV}, --rules) "
+                            "instead")
     audit.set_defaults(run=cmd_audit)
 
-    validate = sub.add_parser("validate", parents=[rules], help="check payer rule files")
-    validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="default: every known payer file")
+    validate = sub.add_parser("validate", parents=[rules], help="check payer rule files",
+                              description="Check payer rule files, each with what it extends; one line per "
+                                          "mistake, with its file and line.")
+    validate.add_argument("paths", nargs="*", metavar="FILE_OR_DIR",
+                          help="payer files or rules trees to check (default: every known payer file)")
     validate.set_defaults(run=cmd_validate)
 
-    test = sub.add_parser("test", parents=[rules, engine], help="run payer scenario tests (*.tests.yaml)")
+    test = sub.add_parser("test", parents=[rules, engine], help="run payer scenario tests (*.tests.yaml)",
+                          description="Run payer scenario tests (*.tests.yaml): bill each scenario's session and "
+                                      "compare with what it expects.")
     test.add_argument("paths", nargs="*", metavar="PATH", help="scenario files or directories (default: every rules tree)")
     test.set_defaults(run=cmd_test)
 
-    payers = sub.add_parser("payers", parents=[rules], help="list known payers")
-    payers.add_argument("--format", choices=["table", "json"], default="table")
+    payers = sub.add_parser("payers", parents=[rules], help="list known payers",
+                            description="List the known payers: id, name, unit method, file, what each extends "
+                                        "and its effective dates.")
+    payers.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     payers.set_defaults(run=cmd_payers)
     parser.commands = list(sub.choices)
     return parser
@@ -428,15 +454,27 @@ def cmd_validate(args) -> int:
     named = {p.path.resolve() for d in dirs[len(args.rules):] for p in rule_files(d)} | \
             {p.path.resolve() for p in files}
     checked = [p for p in registry.files if not args.paths or p.path.resolve() in named]
-    shown = {p.display for p in checked}
+    shown = {p.shown for p in checked}      # paths the user can open, as messages name them
     errors = [e for e in registry.errors() if e.file in shown]
     for error in errors:
         _error(str(error))
     bad = {e.file for e in errors}
     for pfile in checked:
-        if pfile.display not in bad:
-            _out(f"ok   {pfile.display}\n")
+        if pfile.shown not in bad:
+            _out(f"ok   {pfile.shown}\n")
     _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
+    # bill and compare find payers only in the rules path: say so when a valid file checked is not in it
+    trees = [Path(t).resolve() for t in [RULES_DIR, *args.rules]]
+
+    def in_path(path) -> bool:
+        return any(Path(path).resolve().is_relative_to(tree) for tree in trees)
+
+    outside = list(dict.fromkeys((Path(name) if Path(name).is_dir() else Path(name).parent).as_posix()
+                                 for name in args.paths if not in_path(name)))
+    if outside and any(p.shown not in bad and not in_path(p.path) for p in checked):
+        _say(f"note: bill and compare will not see the payers in {', '.join(outside)} unless "
+             f"{'the directory is' if len(outside) == 1 else 'each directory is'} passed with --rules or listed in "
+             f"{RULES_ENV}")
     return 2 if bad else 0
 
 

@@ -18,7 +18,7 @@ from . import cache
 from .compiler import compile_payer
 from .errors import EvaluationError, RuleFileError, SessionError, UsageError, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
-from .paths import RULES_DIR
+from .paths import RULES_DIR, shown
 from .schema import schema_errors
 from .yamlload import Located, format_path, load_text
 
@@ -37,15 +37,21 @@ METHOD_DEFAULTS = {"unit_minutes": 15, "first_unit_minutes": 8, "tie_break": ["m
 class PayerFile:
     """A rule file as found on disk: where it is and how it is named in messages."""
     path: Path
-    display: str            # relative to the rules tree's parent, e.g. rules/medicare.yaml
+    display: str            # relative to the rules tree's parent, e.g. rules/medicare.yaml (results, listings)
+    shown: str = ""         # how messages name it: a path the user can open (paths.shown); default: display
+
+    def __post_init__(self):
+        if not self.shown:
+            object.__setattr__(self, "shown", self.display)
 
 
 @dataclass(frozen=True)
 class Spec:
     """One schema-valid payer file: a whole payer, a version of one, or a child (`extends`)."""
-    doc: Located
+    doc: Located            # its file is the name messages give (PayerFile.shown)
     digest: str
     raw: bytes = b""        # the file's bytes as read: what is billed with them is logged with them
+    display: str = ""       # PayerFile.display: what results and listings name
 
     @property
     def data(self) -> dict:
@@ -57,6 +63,10 @@ class Spec:
 
     @property
     def file(self) -> str:
+        return self.display or self.doc.file
+
+    @property
+    def shown(self) -> str:
         return self.doc.file
 
     @property
@@ -71,7 +81,7 @@ class Spec:
         return self.doc.line_of(path)
 
     def err(self, path, message) -> RuleFileError:
-        return RuleFileError(message, self.file, self.doc.line_of(path), format_path(path))
+        return RuleFileError(message, self.shown, self.doc.line_of(path), format_path(path))
 
 
 def in_range(date, span) -> bool:
@@ -87,13 +97,23 @@ def overlaps(a, b) -> bool:
     return (a[0] is None or b[1] is None or a[0] <= b[1]) and (b[0] is None or a[1] is None or b[0] <= a[1])
 
 
+def check_tree(directory: Path) -> None:
+    """UsageError unless `directory` is a directory that can be read (rglob would skip it silently)."""
+    if not directory.is_dir():
+        raise UsageError(f"rules directory not found: {directory}")
+    try:
+        with os.scandir(directory):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot read rules directory {directory}: {exc.strerror}") from None
+
+
 def rule_files(directory: Path) -> list:
     """Every *.yaml / *.yml file below a rules tree, in a stable order."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise UsageError(f"rules directory not found: {directory}")
+    check_tree(directory)
     base = directory.resolve().parent
-    return [PayerFile(path, _display(path, base)) for path in sorted(directory.rglob("*"))
+    return [PayerFile(path, _display(path, base), shown(path)) for path in sorted(directory.rglob("*"))
             if path.suffix in (".yaml", ".yml") and path.is_file() and not path.name.endswith(".tests.yaml")]
 
 
@@ -113,29 +133,29 @@ def read_spec(pfile: PayerFile):
             raw = fh.read(MAX_RULE_FILE_BYTES + 1)      # never more: the file may be huge
             size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
-        return None, [RuleFileError(f"cannot read: {exc.strerror}", pfile.display)]
+        return None, [RuleFileError(f"cannot read: {exc.strerror}", pfile.shown)]
     if len(raw) > MAX_RULE_FILE_BYTES:
         return None, [RuleFileError(f"file too large ({max(size, len(raw))} bytes; at most {MAX_RULE_FILE_BYTES})",
-                                    pfile.display)]
+                                    pfile.shown)]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, [RuleFileError("not UTF-8 text", pfile.display, raw[:exc.start].count(b"\n") + 1)]
+        return None, [RuleFileError("not UTF-8 text", pfile.shown, raw[:exc.start].count(b"\n") + 1)]
     digest = hashlib.sha256(raw).hexdigest()
-    doc = cache.load(digest, pfile.display)
+    doc = cache.load(digest, pfile.shown)
     if doc is None:
         try:
-            doc = load_text(text, pfile.display, RuleFileError)
+            doc = load_text(text, pfile.shown, RuleFileError)
         except RuleFileError as exc:
             return None, [exc]
         if not isinstance(doc.data, dict):
             return None, [RuleFileError("a payer file must be a mapping with payer, name, method and rules",
-                                        pfile.display, doc.line_of(()))]
+                                        pfile.shown, doc.line_of(()))]
         errors = schema_errors("payer", doc, RuleFileError)
         if errors:
             return None, errors
         cache.store(digest, doc)
-    spec = Spec(doc, digest, raw)
+    spec = Spec(doc, digest, raw, pfile.display)
     return spec, sorted(_file_errors(spec), key=lambda e: (e.line or 0, e.path))
 
 
@@ -273,7 +293,7 @@ class Registry:
         for pfile in self.files:
             spec, errors = read_spec(pfile)
             if errors:
-                self.file_errors[pfile.display] = errors
+                self.file_errors[pfile.shown] = errors
             if spec is not None:
                 self.versions.setdefault(spec.id, []).append(spec)
         for specs in self.versions.values():
@@ -297,18 +317,18 @@ class Registry:
                     try:
                         merged_with = self._merge(spec, date, ())
                         payer = self._build(merged_with, date, check=True)
-                        if not any(s.file in self.file_errors for s in merged_with.specs):
-                            _compile(payer)     # (a file's own errors, e.g. 15.0, would fail it again)
+                        if not any(s.shown in self.file_errors for s in merged_with.specs):
+                            self._compile(payer)    # (a file's own errors, e.g. 15.0, would fail it again)
                     except RuleFileError as exc:
                         found.append(exc)
                     except _Errors as exc:
                         found.extend(exc.errors)
-                merged[spec.file] = (spec, found)
+                merged[spec.shown] = (spec, found)
         key = lambda e: (e.file, e.line, e.path, e.message)     # noqa: E731
         own = {file: {key(e) for e in found} for file, (_, found) in merged.items()}
         for spec, found in merged.values():
             for e in found:
-                if e.file == spec.file or key(e) in own.get(e.file, ()):
+                if e.file == spec.shown or key(e) in own.get(e.file, ()):
                     errors.append(e)
                 else:   # the parent is fine alone: this file's changes (a list, a method key) broke it
                     errors.append(spec.err(("extends",), f"with this file's changes, {e.file}:{e.line}: "
@@ -337,14 +357,32 @@ class Registry:
                     continue
                 if id(payer) not in done:
                     done.add(id(payer))
-                    compiled = _compile(payer)
+                    compiled = self._compile(payer)
                     try:
                         make_network(compiled, engine).close()
                     except EvaluationError:
                         raise
                     except Exception as exc:    # noqa: BLE001 - the engine's own errors name no file
                         raise RuleFileError(f"the {engine} engine cannot build this payer's rule network: "
-                                            f"{type(exc).__name__}: {exc}", payer.file, payer.line) from None
+                                            f"{type(exc).__name__}: {exc}", self._shown(payer.file, payer.files), payer.line) from None
+
+    def _compile(self, payer: Payer):
+        """The payer compiled for the engines; a compiler error that names no rule is the payer's file's.
+        Its message names the file as messages do (Spec.shown), not as the payer's results do."""
+        try:
+            return compile_payer(payer)
+        except RuleFileError as exc:
+            file, line = (exc.file, exc.line) if exc.file else (payer.file, payer.line)
+            raise RuleFileError(exc.message, self._shown(file, payer.files), line, exc.path) from None
+
+    def _shown(self, display: str, files: tuple) -> str:
+        """How messages name the file of a payer's `files` ((display, sha256), ...) that `display` names."""
+        digests = {digest for file, digest in files if file == display}
+        for specs in self.versions.values():
+            for spec in specs:
+                if spec.file == display and spec.digest in digests:
+                    return spec.shown
+        return display
 
     def _version_errors(self, specs) -> list:
         """Versions of one payer whose dates overlap: an error in each of the two files."""
@@ -353,7 +391,7 @@ class Registry:
             for earlier in specs[:i]:
                 if overlaps(earlier.effective, later.effective):
                     for this, other in ((later, earlier), (earlier, later)):
-                        errors.append(this.err(("payer",), f"payer {this.id!r} is also defined in {other.file} for "
+                        errors.append(this.err(("payer",), f"payer {this.id!r} is also defined in {other.shown} for "
                                                            "dates that overlap; give the versions effective_from/"
                                                            "effective_to ranges that do not overlap"))
         return errors
@@ -558,14 +596,6 @@ class Registry:
                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
 
 
-def _compile(payer: Payer):
-    """The payer compiled for the engines; a compiler error that names no rule is the payer's file's."""
-    try:
-        return compile_payer(payer)
-    except RuleFileError as exc:
-        if exc.file:
-            raise
-        raise RuleFileError(exc.message, payer.file, payer.line, exc.path) from None
 
 
 def _next_day(text: str) -> str | None:
@@ -609,7 +639,7 @@ def _merged_errors(merged: _Merged) -> list:
             if later:
                 _, name = max(later)
                 errors.append(merged.codes_from[name].err(("codes", name), f"code {code}, the {role} of family "
-                              f"{fid} ({spec.file}:{spec.line(*path, role)}), is in none of the code lists now; "
+                              f"{fid} ({spec.shown}:{spec.line(*path, role)}), is in none of the code lists now; "
                               "keep it in this list or in another"))
             else:
                 errors.append(spec.err(path + (role,), f"code {code} is in none of the code lists"

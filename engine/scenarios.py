@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RuleFileError, UsageError
+from .paths import shown
 from .render import plural
 from .schema import schema_errors
 from .sessions import parse_session
@@ -27,24 +28,17 @@ class Scenario:
 
 
 def scenario_files(paths) -> list:
-    """(path, display) of every *.tests.yaml among the given files and below the given directories."""
+    """(path, display) of every *.tests.yaml among the given files and below the given directories; the
+    display is a path the user can open from the working directory (paths.shown)."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            base = path.resolve().parent
-            found += [(p, _display(p, base)) for p in sorted(path.rglob("*" + SUFFIX))]
+            found += [(p, shown(p)) for p in sorted(path.rglob("*" + SUFFIX))]
         elif path.is_file():
-            found.append((path, path.as_posix()))
+            found.append((path, shown(path)))
         else:
             raise UsageError(f"no such file or directory: {path}")
     return found
-
-
-def _display(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def load_scenarios(path: Path, display: str) -> list:

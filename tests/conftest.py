@@ -13,6 +13,9 @@ import pytest
 # engine module can read it.
 _CACHE = tempfile.mkdtemp(prefix="payrules-test-cache-")
 os.environ["PAYRULES_CACHE"] = _CACHE
+# The payers the tests expect are the bundled ones (and the --rules trees they name): not the trees a
+# developer's own PAYRULES_RULES adds.
+os.environ.pop("PAYRULES_RULES", None)
 
 
 def pytest_unconfigure(config):

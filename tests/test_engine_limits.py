@@ -208,7 +208,7 @@ def test_validate_refuses_what_the_compiler_refuses_with_the_rules_file_and_line
                                        encoding="utf-8")
     errors = Registry([tmp_path], include_bundled=False, strict=False).errors()
     # lines: payer, name, method, codes:, the list, rules:, 5 of the timed rule; r1's id is line 12
-    assert [(e.file, e.line, e.path) for e in errors] == [(f"{tmp_path.name}/big.yaml", 12, "rules[1]")]
+    assert [(e.file, e.line, e.path) for e in errors] == [((tmp_path / "big.yaml").as_posix(), 12, "rules[1]")]
     assert "more than 1 fields tested in one durable ruleset" in errors[0].message
 
 

@@ -282,7 +282,7 @@ def test_cli_validate_tmp_child_dir_and_file(clinic_tree):
     proc = run_cli("validate", tree)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
-    assert "ok   extra/clinic.yaml" in proc.stdout.splitlines()
+    assert f"ok   {(tree / 'clinic.yaml').as_posix()}" in proc.stdout.splitlines()
     proc = run_cli("validate", tree / "clinic.yaml")
     assert proc.returncode == 0, proc.stderr
     assert f"ok   {(tree / 'clinic.yaml').as_posix()}" in proc.stdout.splitlines()
@@ -862,10 +862,10 @@ def check_both(tmp_path, files: dict, bad: str, line: int, path: str | None, *fr
         proc = run_cli("validate", tree / bad)
         check_refused(proc, (tree / bad).as_posix(), line, path, *fragments)
     proc = run_cli("validate", tree)
-    check_refused(proc, f"extra/{bad}", line, path, *fragments)
+    check_refused(proc, (tree / bad).as_posix(), line, path, *fragments)
     args = ["bill", "examples/ot-session.yaml", "--rules", tree] + (["--payer", payer] if payer else [])
     proc = run_cli(*args)
-    check_refused(proc, f"extra/{bad}", line, path, *fragments)
+    check_refused(proc, (tree / bad).as_posix(), line, path, *fragments)
     assert proc.stdout == ""
 
 
@@ -978,7 +978,7 @@ def test_extends_cycle(tmp_path):
     check_both(tmp_path, files, "a.yaml", 3, "extends", "cycle", payer="tmp-a", validate_file=False)
     # validate names both files of the cycle, each at its own extends: line
     proc = run_cli("validate", tmp_path / "extra")
-    check_refused(proc, "extra/b.yaml", 4, "extends", "cycle")
+    check_refused(proc, (tmp_path / "extra/b.yaml").as_posix(), 4, "extends", "cycle")
 
 
 def test_extends_itself(tmp_path):
@@ -999,7 +999,7 @@ def test_overlapping_versions(tmp_path):
     check_both(tmp_path, files, "v1.yaml", 1, "payer", "tmp-versioned", "overlap", payer="tmp-versioned",
                validate_file=False)
     proc = run_cli("validate", tmp_path / "extra")
-    assert error_lines(proc.stderr, "extra/v2.yaml", 2, "payer"), proc.stderr
+    assert error_lines(proc.stderr, (tmp_path / "extra/v2.yaml").as_posix(), 2, "payer"), proc.stderr
 
 
 def test_versions_that_touch_do_not_overlap(tmp_path):
@@ -1041,8 +1041,8 @@ override:
         no_traceback(proc)
         assert proc.returncode in (0, 2), (proc.args, proc.returncode, proc.stderr)
         if proc.returncode == 2:
-            assert error_lines(proc.stderr, "extra/both.yaml", 5, "disable[0]") or \
-                error_lines(proc.stderr, "extra/both.yaml", 7, "override[0].id"), proc.stderr
+            assert error_lines(proc.stderr, (tree / "both.yaml").as_posix(), 5, "disable[0]") or \
+                error_lines(proc.stderr, (tree / "both.yaml").as_posix(), 7, "override[0].id"), proc.stderr
 
 
 def test_child_method_key_error_is_reported_in_the_child(tmp_path):
@@ -1078,7 +1078,8 @@ codes:
     no_traceback(validate_proc)
     assert validate_proc.returncode == 2, validate_proc.stdout + validate_proc.stderr
     for proc in (validate_proc, bill_proc):
-        assert re.search(r"^error: extra/bad\.yaml:5: codes\.cognitive: .*97130", proc.stderr, re.M), proc.stderr
+        assert re.search(rf"^error: {re.escape((tree / 'bad.yaml').as_posix())}:5: codes\.cognitive: .*97130", proc.stderr,
+                         re.M), proc.stderr
 
 
 def test_tmp_version_overlapping_a_bundled_payer_fails_validate_as_it_fails_bill(tmp_path):
@@ -1142,10 +1143,10 @@ def test_too_long_extends_chain_blames_the_file_that_made_it_too_long(tmp_path):
         files[f"c{i:02d}.yaml"] = f"payer: tmp-c{i}\nname: C{i}\nextends: tmp-c{i - 1}\n"
     tree = write_tree(tmp_path, files)
     proc = run_cli("validate", tree)
-    check_refused(proc, "extra/c16.yaml", 3, "extends", "longer than 16")
+    check_refused(proc, (tree / "c16.yaml").as_posix(), 3, "extends", "longer than 16")
     assert "c00.yaml" not in proc.stderr, proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == \
-        [line for line in proc.stderr.splitlines() if line.startswith("error: extra/c16.yaml:3: extends: ")]
+        [line for line in proc.stderr.splitlines() if line.startswith(f"error: {(tree / 'c16.yaml').as_posix()}:3: extends: ")]
     proc = run_cli("bill", "examples/ot-session.yaml", "--rules", tree)
-    check_refused(proc, "extra/c16.yaml", 3, "extends", "longer than 16")
+    check_refused(proc, (tree / "c16.yaml").as_posix(), 3, "extends", "longer than 16")
     assert "c00.yaml" not in proc.stderr, proc.stderr

@@ -1,8 +1,8 @@
 """Broken payer files: exit 2, `error: FILE:LINE: PATH: message` on stderr, no traceback (design.md §3).
 
 Each test writes a broken copy of GOOD (a small valid payer) into tmp_path and runs it two ways:
-`validate FILE` (FILE shown as given) and `bill examples/ot-session.yaml --rules DIR --payer testpayer`
-(FILE shown relative to the rules tree's parent, i.e. `extra/testpayer.yaml`). The expected LINE is
+`validate FILE` and `bill examples/ot-session.yaml --rules DIR --payer testpayer`; both name FILE as a
+path the user can open (here absolute, as tmp_path is). The expected LINE is
 counted by hand in the text written; GOOD's line numbers are in the comment beside it.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def check(tmp_path: Path, content, line: int, field: str | None, *fragments: str
     runs = [
         (run_cli("validate", path), path.as_posix()),
         (run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer"),
-         "extra/testpayer.yaml"),
+         path.as_posix()),
     ]
     found = []
     for proc, display in runs:
@@ -195,7 +195,7 @@ def test_yaml_anchor_and_alias_refused(tmp_path):
     path = write(tmp_path, text)
     for proc, display in [(run_cli("validate", path), path.as_posix()),
                           (run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer"),
-                           "extra/testpayer.yaml")]:
+                           path.as_posix())]:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert re.search(rf"^error: {re.escape(display)}:(9|10): .*(anchor|alias)", proc.stderr, re.M | re.I), \
             proc.stderr
@@ -288,10 +288,10 @@ def test_invalid_file_among_valid_ones_fails_validate(tmp_path):
 
 def test_duplicate_payer_id_across_trees(tmp_path):
     # a second file claiming `payer: medicare` (line 1)
-    write(tmp_path, edit("payer: testpayer", "payer: medicare"))
+    path = write(tmp_path, edit("payer: testpayer", "payer: medicare"))
     proc = run_cli("bill", "examples/ot-session.yaml", "--rules", tmp_path / "extra")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert re.search(r"^error: extra/testpayer\.yaml:1: payer: .*medicare", proc.stderr, re.M), proc.stderr
+    assert re.search(rf"^error: {re.escape(path.as_posix())}:1: payer: .*medicare", proc.stderr, re.M), proc.stderr
 
 
 def test_huge_file_is_refused_without_reading_it(tmp_path):

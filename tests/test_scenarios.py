@@ -244,8 +244,9 @@ scenarios:
     proc = run_cli("test", rules)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines == ["ok   my-rules/acme-health.tests.yaml:3: acme-health: Per code, manual therapy capped",
-                     "ok   my-rules/acme-health.tests.yaml:13: acme-health: Still Medicare underneath: a group of one",
+    shown = (rules / "acme-health.tests.yaml").as_posix()     # as the directory was given: absolute
+    assert lines == [f"ok   {shown}:3: acme-health: Per code, manual therapy capped",
+                     f"ok   {shown}:13: acme-health: Still Medicare underneath: a group of one",
                      "scenarios: 2 passed, 0 failed"]
     # and a wrong expectation for the same payer fails: the payer really is the one in the directory
     (rules / "acme-health.tests.yaml").write_text("""\
@@ -261,5 +262,5 @@ scenarios:
 """, encoding="utf-8")
     proc = run_cli("test", rules)
     assert proc.returncode == 1
-    diffs = report(proc.stdout)["FAIL my-rules/acme-health.tests.yaml:3: acme-health: Medicare's answer is not acme's"]
+    diffs = report(proc.stdout)[f"FAIL {shown}:3: acme-health: Medicare's answer is not acme's"]
     assert sorted(diffs) == ["lines.97110: expected 1 unit, got 2 units", "lines.97140: expected 3 units, got 2 units"]
