@@ -1,0 +1,220 @@
+"""CMS tables benchmark (issue 12 item 6): prints its figures; it asserts nothing.
+
+    python benchmarks/tables_bench.py                     # 2,000,000 PTP rows, 15,000 MUE rows
+    python benchmarks/tables_bench.py --rows 200000       # a quicker look
+
+It writes SYNTHETIC tables in the CMS practitioner layouts into a temporary folder (random codes, dates,
+indicators and rationales; not CMS data): a PTP .txt with a preamble, the header, CRLF line ends and
+`*` deletion dates, and an MUE .csv with its quoted multi-line notice and a line break in the header's
+first cell. Each phase runs in its own process with its own cache folder inside the temporary folder,
+so peak RSS is that phase's:
+
+- first load (parse, index, write the cache entry) and a cached load in a new process (target < 0.5 s);
+- per-session cost of the edits: a typical therapy session's 4-6 codes (every ordered pair, one date of
+  service) on the index, against a plain dict {(column 1, column 2): rows} of the whole file built in
+  the same process, first touch (groups not yet decoded) and warm; the two must find the same edits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+THERAPY = ["97110", "97112", "97116", "97140", "97150", "97161", "97162", "97164", "97530", "97535",
+           "97542", "97750", "97012", "97035", "92507", "92526", "97129", "97124", "97113"]
+SESSIONS = [["97110", "97140", "97530", "97112"], ["97161", "97110", "97530", "97140", "97116"],
+            ["97164", "97530", "97150", "97110", "97112", "97140"], ["92507", "92526", "97129", "97535"],
+            ["97110", "97113", "97140", "97124", "97012"], ["97162", "97110", "97116", "97530", "97035"]]
+RATIONALES = ["Standards of medical / surgical practice", "Mutually exclusive procedures",
+              "CPT Manual or CMS manual coding instructions", "Misuse of column two code with column one code",
+              "More extensive procedure", "HCPCS/CPT procedure code definition", "Sequential procedure",
+              "Gender-specific procedures", "Standard preparation / monitoring services for anesthesia",
+              "Anesthesia service included in surgical procedure", "Laboratory panel", "CMS policy"]
+QUARTERS = [f"{y}{m:02d}01" for y in range(1996, 2027) for m in (1, 4, 7, 10)]
+
+
+def generate(folder: Path, rows: int, mue_rows: int) -> tuple[Path, Path]:
+    rng = random.Random(12)
+    universe = sorted({f"{rng.randrange(10000, 99999)}" for _ in range(20000)} | set(THERAPY))[:12000]
+    universe = sorted(set(universe) | set(THERAPY))
+    ptp = folder / "ptp-practitioner-SYNTHETIC.txt"
+    with open(ptp, "w", encoding="cp1252", newline="") as fh:
+        fh.write("SYNTHETIC benchmark table in the CMS practitioner PTP layout: random codes, not CMS data.\r\n"
+                 "CPT codes, descriptions and other data only are copyright American Medical Association.\xae\r\n"
+                 "Column1/Column2 Edits\r\n"
+                 "Column 1\tColumn 2\t*=in existence prior to 1996\tEffective Date\tDeletion Date *=no data\t"
+                 "Modifier 0=not allowed 1=allowed 9=not applicable\tPTP Edit Rationale\r\n")
+        # a third of the ordered pairs of therapy codes have an edit, some a deleted one before it
+        pairs = [(one, two) for one in THERAPY for two in THERAPY if one != two and rng.random() < 0.3]
+        pairs += [pair for pair in pairs if rng.random() < 0.2]
+        batch = []
+        for n in range(rows):
+            effective = rng.randrange(len(QUARTERS) - 1)
+            deletion = "*" if rng.random() < 0.8 else QUARTERS[rng.randrange(effective, len(QUARTERS))]
+            one, two = pairs[n] if n < len(pairs) else (rng.choice(universe), rng.choice(universe))
+            batch.append(f"{one}\t{two}\t{'*' if effective < 1 else ''}\t"
+                         f"{QUARTERS[effective]}\t{deletion}\t{rng.choice('0119')}\t{rng.choice(RATIONALES)}\r\n")
+            if len(batch) == 100000:
+                fh.write("".join(batch))
+                batch = []
+        fh.write("".join(batch) + "\r\n")
+    mue = folder / "mue-practitioner-SYNTHETIC.csv"
+    mais = ['"1 Line Edit"', '"2 Date of Service Edit: Policy"', '"3 Date of Service Edit: Clinical"']
+    codes = sorted(set(universe[:mue_rows]) | {f"{rng.randrange(10000, 99999)}" for _ in range(mue_rows * 2)})
+    with open(mue, "w", encoding="utf-8", newline="") as fh:
+        fh.write('"SYNTHETIC benchmark table in the CMS practitioner MUE layout: not CMS data.\r\n'
+                 'CPT codes, descriptions and other data only are copyright American Medical Association.",,,\r\n'
+                 '"HCPCS/\r\nCPT Code","Practitioner Services MUE Values","MUE Adjudication Indicator","MUE Rationale"\r\n')
+        for code in codes[:mue_rows]:
+            fh.write(f'{code},{rng.randrange(0, 10)},{rng.choice(mais)},"Clinical: Data"\r\n')
+    return ptp, mue
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_load(ptp: str, mue: str) -> dict:
+    from engine import tables
+    start = time.perf_counter()
+    table = tables.load_ptp(ptp)
+    ptp_s = time.perf_counter() - start
+    start = time.perf_counter()
+    mue_table = tables.load_mue(mue)
+    return {"ptp_s": ptp_s, "mue_s": time.perf_counter() - start, "rows": table.rows, "mue_rows": mue_table.rows,
+            "rss_mb": rss_mb()}
+
+
+def plain_dict(ptp: str) -> dict:
+    """The baseline: every row of the file in a dict by (column 1, column 2)."""
+    from engine.tables import IN_FORCE
+    rows: dict = {}
+    with open(ptp, encoding="cp1252", newline="") as fh:
+        for number, line in enumerate(fh, 1):
+            cells = line.rstrip("\r\n").split("\t")
+            if number <= 4 or len(cells) < 7:
+                continue
+            deletion = IN_FORCE if cells[4] == "*" else int(cells[4])
+            rows.setdefault((cells[0], cells[1]), []).append((int(cells[3]), number, deletion, int(cells[5]),
+                                                               cells[6]))
+    for found in rows.values():
+        found.sort()
+    return rows
+
+
+def phase_lookup(ptp: str, mue: str, count: int) -> dict:
+    from engine import tables
+    from engine.tables import PtpEdit, _iso, IN_FORCE
+    table = tables.load_ptp(ptp)
+    mue_table = tables.load_mue(mue)
+    rng = random.Random(5)
+    days = [f"{y}-{m:02d}-{d:02d}" for y in range(2019, 2027) for m in (1, 3, 6, 9, 12) for d in (1, 15)]
+    work = [(rng.choice(SESSIONS)[:rng.randrange(4, 7)], rng.choice(days)) for _ in range(count)]
+
+    def index_run():
+        return [table.edits(codes, day) for codes, day in work]
+
+    start = time.perf_counter()
+    first = [table.edits(codes, "2024-01-01") for codes in SESSIONS]
+    first_touch = (time.perf_counter() - start) / len(SESSIONS)
+    start = time.perf_counter()
+    found = index_run()
+    warm = (time.perf_counter() - start) / count
+
+    start = time.perf_counter()
+    rows = plain_dict(ptp)
+    dict_build = time.perf_counter() - start
+
+    def dict_run():
+        out = []
+        for codes, day in work:
+            number = int(day[:4] + day[5:7] + day[8:])
+            codes = sorted(set(codes))
+            edits = []
+            for one in codes:
+                for two in codes:
+                    for effective, line, deletion, modifier, rationale in rows.get((one, two), ()):
+                        if effective <= number < deletion and one != two:
+                            edits.append(PtpEdit(one, two, _iso(effective),
+                                                 None if deletion == IN_FORCE else _iso(deletion), modifier,
+                                                 rationale, ptp, line))
+            out.append(edits)
+        return out
+
+    start = time.perf_counter()
+    expected = dict_run()
+    baseline = (time.perf_counter() - start) / count
+    mue_codes = [code for codes, _ in work for code in codes]
+    start = time.perf_counter()
+    for code in mue_codes:
+        mue_table.lookup(code)
+    mue_each = (time.perf_counter() - start) / len(mue_codes)
+    plain = {code: (1, 3) for code in THERAPY}
+    start = time.perf_counter()
+    for code in mue_codes:
+        plain.get(code)
+    mue_plain = (time.perf_counter() - start) / len(mue_codes)
+    return {"first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
+            "dict_build_s": dict_build, "same": found == expected, "edits_found": sum(map(len, found)),
+            "first_edits": sum(map(len, first)), "mue_us": mue_each * 1e6, "mue_dict_us": mue_plain * 1e6,
+            "rss_mb": rss_mb()}
+
+
+def run_phase(name: str, cache: Path, *args) -> dict:
+    env = dict(os.environ, PAYRULES_CACHE=str(cache))
+    out = subprocess.run([sys.executable, __file__, "--phase", name, *map(str, args)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--mue-rows", type=int, default=15_000)
+    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument("--phase", nargs="*")
+    args = parser.parse_args()
+    if args.phase:
+        name, *rest = args.phase
+        result = phase_load(*rest) if name == "load" else phase_lookup(rest[0], rest[1], int(rest[2]))
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="payrules-tables-bench-") as folder:
+        folder = Path(folder)
+        cache = folder / "cache"
+        cache.mkdir(mode=0o700)
+        start = time.perf_counter()
+        ptp, mue = generate(folder, args.rows, args.mue_rows)
+        print(f"SYNTHETIC tables written in {time.perf_counter() - start:.1f} s: PTP {args.rows:,} rows "
+              f"({ptp.stat().st_size / 1e6:.0f} MB), MUE {args.mue_rows:,} rows ({mue.stat().st_size / 1e6:.1f} MB)")
+        cold = run_phase("load", cache, ptp, mue)
+        print(f"first load:  PTP {cold['ptp_s']:.2f} s ({cold['rows']:,} rows), MUE {cold['mue_s']:.3f} s "
+              f"({cold['mue_rows']:,} rows); peak RSS {cold['rss_mb']:.0f} MB")
+        entry = sum(p.stat().st_size for p in cache.iterdir())
+        print(f"cache entries: {entry / 1e6:.0f} MB ({entry / max(cold['rows'], 1):.1f} bytes per PTP row)")
+        warm = min((run_phase("load", cache, ptp, mue) for _ in range(3)), key=lambda r: r["ptp_s"])
+        print(f"cached load (new process, best of 3): PTP {warm['ptp_s']:.3f} s (target < 0.5 s), "
+              f"MUE {warm['mue_s']:.4f} s; peak RSS {warm['rss_mb']:.0f} MB")
+        look = run_phase("lookup", cache, ptp, mue, args.sessions)
+        print(f"edits per session ({args.sessions:,} sessions of 4-6 therapy codes, all ordered pairs): "
+              f"index {look['warm_us']:.1f} us warm, {look['first_touch_us']:.0f} us on first touch of its codes; "
+              f"plain dict of the whole file {look['dict_us']:.1f} us (built in {look['dict_build_s']:.1f} s); "
+              f"ratio {look['warm_us'] / look['dict_us']:.2f}x; same edits: {look['same']} "
+              f"({look['edits_found']:,} found)")
+        print(f"MUE per code: index {look['mue_us']:.2f} us, plain dict {look['mue_dict_us']:.2f} us "
+              f"(ratio {look['mue_us'] / look['mue_dict_us']:.1f}x); lookup process peak RSS {look['rss_mb']:.0f} MB "
+              f"(includes the plain dict)")
+
+
+if __name__ == "__main__":
+    main()

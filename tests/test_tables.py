@@ -1,0 +1,241 @@
+"""CMS NCCI tables (engine/tables.py; issue 12 item 6; design.md §6, domain.md §10 and §17.3).
+
+Every table here is SYNTHETIC: written in the CMS practitioner layouts with pairs and values made up for
+the test (the therapy codes are real codes; the edits, dates and MUE values are not CMS data). Expected
+lines and edits are worked by hand from the text written, in the comments beside them.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import cache, tables
+from engine.errors import RuleFileError
+from engine.tables import TableError, load_mue, load_ptp
+
+PTP_HEADER = ("Column 1\tColumn 2\t*=in existence prior to 1996\tEffective Date\tDeletion Date *=no data\t"
+              "Modifier 0=not allowed 1=allowed 9=not applicable\tPTP Edit Rationale")
+MUE_HEADER = '"HCPCS/\nCPT Code","Practitioner Services MUE Values","MUE Adjudication Indicator","MUE Rationale"'
+NOTICE = "SYNTHETIC test table, not CMS data. CPT codes, descriptions and other data only are copyright AMA."
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A private cache folder for the test (cache._directory reads PAYRULES_CACHE once per process)."""
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("PAYRULES_CACHE", str(folder))
+    cache._directory.cache_clear()
+    yield folder
+    cache._directory.cache_clear()
+
+
+def write(path: Path, lines: list[str], newline: str = "\n", bom: bool = False, encoding: str = "utf-8") -> Path:
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + newline.join(lines).encode(encoding))
+    return path
+
+
+def found(table, codes, date):
+    """The edits as (column 1, column 2, modifier, line) for short comparisons."""
+    return [(e.column1, e.column2, e.modifier, e.line) for e in table.edits(codes, date)]
+
+
+# ---------------------------------------------------------------- PTP layout
+
+def test_ptp_preamble_crlf_windows_1252_and_a_header_that_goes_on(tmp_path, cache_dir):
+    path = write(tmp_path / "ptp.txt", [
+        "CPT only copyright 2025 American Medical Association.\xae All rights reserved.",   # line 1
+        "Column1/Column2 Edits",                                                           # line 2
+        "Column 1\tColumn 2\t*=in existence\tEffective\tDeletion\tModifier\tPTP Edit",      # line 3: header
+        "\t\tprior to 1996\tDate\tDate *=no data\t0=not allowed 1=allowed 9=n/a\tRationale",  # line 4: goes on
+        "97140\t97530\t\t20200101\t*\t1\tMisuse of column two code with column one code",   # line 5
+        "97161\t97140\t*\t19960101\t20210101\t0\tMutually exclusive procedures",           # line 6
+        "", "", ""], newline="\r\n", encoding="cp1252")
+    table = load_ptp(path, "rules/ncci/ptp.txt")
+    assert table.rows == 2 and (table.first, table.last) == ("1996-01-01", "2020-01-01")
+    # 2020-06-01: both rows in force; sorted by column 1: 97140 < 97161
+    edits = table.edits(["97530", "97161", "97140"], "2020-06-01")
+    assert [(e.column1, e.column2, e.modifier, e.effective, e.deletion, e.where) for e in edits] == [
+        ("97140", "97530", 1, "2020-01-01", None, "rules/ncci/ptp.txt:5"),
+        ("97161", "97140", 0, "1996-01-01", "2021-01-01", "rules/ncci/ptp.txt:6")]
+    assert edits[0].rationale == "Misuse of column two code with column one code"
+
+
+def test_ptp_utf8_bom_lf_and_the_contract_header(tmp_path, cache_dir):
+    path = write(tmp_path / "ptp.txt", [NOTICE, "", PTP_HEADER,                 # lines 1-3
+                                        "97530\t97116\t\t20190101\t*\t9\tStandards of medical / surgical practice"],
+                 bom=True)
+    assert found(load_ptp(path), ["97116", "97530"], "2019-01-01") == [("97530", "97116", 9, 4)]
+
+
+@pytest.mark.parametrize("header", [
+    PTP_HEADER,
+    "COLUMN 1\tCOLUMN 2\tIN EXISTENCE PRIOR TO 1996\tEFFECTIVE DATE\tDELETION DATE\tMODIFIER\tPTP EDIT RATIONALE",
+    "Column1\tColumn2\t* = in existence prior to 1996\tEffective  Date\tDeletion Date (*=no data)\tModifier\tRationale",
+    # the rationale column is absent (older files): rows without it load with an empty rationale
+    "Column 1\tColumn 2\t*=in existence prior to 1996\tEffective Date\tDeletion Date\tModifier",
+])
+def test_ptp_header_names_vary_between_quarters(tmp_path, cache_dir, header):
+    width = header.count("\t") + 1
+    row = "\t".join(["97140", "97530", "", "20200101", "*", "1", "Mutually exclusive procedures"][:width])
+    table = load_ptp(write(tmp_path / "ptp.txt", [NOTICE, header, row]))
+    edits = table.edits(["97140", "97530"], "2024-01-01")
+    assert [(e.column1, e.column2, e.line) for e in edits] == [("97140", "97530", 3)]
+    assert edits[0].rationale == ("Mutually exclusive procedures" if width == 7 else "")
+
+
+def test_ptp_header_with_a_required_column_missing_is_an_error(tmp_path, cache_dir):
+    path = write(tmp_path / "ptp.txt", [NOTICE, "Column 1\tColumn 2\tEffective Date\tDeletion Date\tPTP Edit Rationale",
+                                        "97140\t97530\t20200101\t*\tx"])
+    with pytest.raises(TableError) as caught:
+        load_ptp(path, "ptp.txt")
+    assert str(caught.value) == ("ptp.txt:2: header: no 'Modifier' column in the header (found 'Column 1', "
+                                 "'Column 2', 'Effective Date', 'Deletion Date', 'PTP Edit Rationale')")
+    assert isinstance(caught.value, RuleFileError)     # a broken table stops the run like a broken rule file
+
+
+@pytest.mark.parametrize("lines", [[], [NOTICE], [NOTICE, "97140,97530,,20200101,*,1,x"]])
+def test_a_file_without_the_ptp_header_is_an_error(tmp_path, cache_dir, lines):
+    with pytest.raises(TableError, match=r"^ptp\.txt: no PTP header \(a line 'Column 1<TAB>Column 2<TAB>\.\.\.'\)"):
+        load_ptp(write(tmp_path / "ptp.txt", lines), "ptp.txt")
+
+
+@pytest.mark.parametrize("row, message", [
+    ("9714\t97530\t\t20200101\t*\t1\tx", "Column 1: '9714' is not a HCPCS/CPT code"),
+    ("97140\t97-30\t\t20200101\t*\t1\tx", "Column 2: '97-30' is not a HCPCS/CPT code"),
+    ("97140\t97530\t\t20200230\t*\t1\tx", "Effective Date: '20200230' is not a date YYYYMMDD"),   # no 30 Feb
+    ("97140\t97530\t\t2020-01-01\t*\t1\tx", "Effective Date: '2020-01-01' is not a date YYYYMMDD"),
+    ("97140\t97530\t\t*\t*\t1\tx", "Effective Date: '*' is not a date YYYYMMDD"),
+    ("97140\t97530\t\t20200101\t\t1\tx", "Deletion Date: '' is not a date YYYYMMDD or * (in force)"),
+    ("97140\t97530\t\t20200101\t20191231\t1\tx", "Deletion Date: 2019-12-31 is before the effective date 2020-01-01"),
+    ("97140\t97530\t\t20200101\t*\t2\tx", "Modifier: '2' is not 0 (not allowed), 1 (allowed) or 9 (not applicable)"),
+    ("97140\t97530\t\t20200101\t*", "row: expected 6 tab-separated columns, found 5"),
+    ("97140 97530  20200101 * 1 x", "row: expected 6 tab-separated columns, found 1"),
+])
+def test_a_malformed_ptp_row_is_one_error_naming_file_line_and_column(tmp_path, cache_dir, row, message):
+    # NOTICE line 1, header 2, a good row 3, a blank line 4, the bad row 5
+    path = write(tmp_path / "ptp.txt", [NOTICE, PTP_HEADER, "97110\t97112\t\t20200101\t*\t0\tx", "", row])
+    with pytest.raises(TableError) as caught:
+        load_ptp(path, "ncci/ptp.txt")
+    assert str(caught.value) == f"ncci/ptp.txt:5: {message}"
+    assert not list(cache_dir.iterdir())               # nothing cached for a table that did not load
+
+
+# ---------------------------------------------------------------- PTP lookup
+
+@pytest.fixture
+def windows(tmp_path, cache_dir):
+    return load_ptp(write(tmp_path / "ptp.txt", [
+        NOTICE, PTP_HEADER,
+        "97140\t97530\t\t20200101\t20210101\t1\tMutually exclusive procedures",     # line 3
+        "97140\t97530\t\t20210101\t*\t0\tMutually exclusive procedures",            # line 4: replaces line 3
+        "97110\t97112\t\t20220101\t20220101\t9\tDeleted the day it took effect",    # line 5: never in force
+        "97164\t97530\t\t20200101\t*\t9\tStandards of medical / surgical practice",  # line 6
+    ]))
+
+
+@pytest.mark.parametrize("date, expected", [
+    ("2019-12-31", []),                                  # before the effective day
+    ("2020-01-01", [("97140", "97530", 1, 3)]),          # the effective day is included
+    ("2020-12-31", [("97140", "97530", 1, 3)]),          # the last day before the deletion
+    ("2021-01-01", [("97140", "97530", 0, 4)]),          # the deletion day is excluded; line 4 starts that day
+    (datetime.date(2099, 12, 31), [("97140", "97530", 0, 4)]),   # `*`: in force with no end
+])
+def test_ptp_date_window_effective_included_deletion_excluded(windows, date, expected):
+    assert found(windows, ["97530", "97140"], date) == expected
+
+
+def test_ptp_modifier_indicators_and_direction(windows):
+    assert found(windows, ["97110", "97112"], "2022-01-01") == []      # deletion == effective: never in force
+    # 0, 1 and 9 are all reported (9 is "no edit" for the billing code to decide); column 1 is the row's
+    assert found(windows, ["97164", "97530", "97140"], "2020-06-01") == [("97140", "97530", 1, 3),
+                                                                         ("97164", "97530", 9, 6)]
+    assert found(windows, ["97530"], "2020-06-01") == []               # a pair needs both codes
+    assert found(windows, ["97530", "97530", "97140"], "2021-06-01") == [("97140", "97530", 0, 4)]
+
+
+def test_ptp_lookup_decodes_only_the_sessions_codes(windows):
+    windows.edits(["97140", "97530"], "2020-06-01")
+    assert set(windows._groups) <= {"97140", "97530"}
+
+
+# ---------------------------------------------------------------- MUE
+
+def test_mue_notice_cell_and_header_cell_with_line_breaks_crlf_bom(tmp_path, cache_dir):
+    path = write(tmp_path / "mue.csv", [
+        f'"{NOTICE}',                                                             # line 1: the notice cell...
+        'All rights reserved.",,,',                                               # line 2: ...ends here
+        MUE_HEADER,                                                               # lines 3-4 (break in cell 1)
+        '97110,6,"3 Date of Service Edit: Clinical","Clinical: Data"',            # line 5
+        '97546,2,"2 Date of Service Edit: Policy",Nature of Service',             # line 6
+        '',                                                                       # line 7
+        'G0283,1,1 Line Edit,"Code Descriptor / CPT Instruction"',                # line 8
+        '', ''], newline="\r\n", bom=True)
+    table = load_mue(path, "ncci/mue.csv")
+    assert table.rows == 3
+    got = {code: (m.value, m.mai, m.rationale, m.where) for code in ("97110", "97546", "G0283")
+           for m in [table.lookup(code)]}
+    assert got == {"97110": (6, 3, "Clinical: Data", "ncci/mue.csv:5"),
+                   "97546": (2, 2, "Nature of Service", "ncci/mue.csv:6"),
+                   "G0283": (1, 1, "Code Descriptor / CPT Instruction", "ncci/mue.csv:8")}
+    assert table.lookup("97112") is None
+
+
+@pytest.mark.parametrize("header", [
+    MUE_HEADER,
+    '"HCPCS/CPT Code","Practitioner MUE Values","Practitioner Services MUE Adjudication Indicator","MUE Rationale"',
+    'HCPCS Code,MUE Values,MUE Adjudication Indicator',                       # no rationale column
+    '"HCPCS/CPT Code","MUE Rationale","MUE Adjudication Indicator","Practitioner Services MUE Values"',  # reordered
+])
+def test_mue_header_names_vary_between_quarters(tmp_path, cache_dir, header):
+    columns = [c.strip('"') for c in header.split(",")]
+    cells = {"HCPCS": "97110", "Rationale": '"Clinical: Data"', "Indicator": '"3 Date of Service Edit: Clinical"',
+             "Values": "6"}
+    row = ",".join(next(v for k, v in cells.items() if k in c) for c in columns)
+    table = load_mue(write(tmp_path / "mue.csv", [f'"{NOTICE}",,,', header, row]))
+    value = table.lookup("97110")
+    lines = 2 + header.count("\n") + 1                  # notice 1, header 2 (and 3 when it holds a break)
+    assert (value.value, value.mai, value.line) == (6, 3, lines)
+
+
+@pytest.mark.parametrize("text, mai", [("1 Line Edit", 1), ("2 Date of Service Edit: Policy", 2),
+                                       ("3 Date of Service Edit: Clinical", 3), ("3", 3), (" 2 ", 2)])
+def test_mue_adjudication_indicator_is_read_from_its_text(tmp_path, cache_dir, text, mai):
+    table = load_mue(write(tmp_path / "mue.csv", [MUE_HEADER, f'97110,6,"{text}",x']))
+    assert table.lookup("97110").mai == mai
+
+
+@pytest.mark.parametrize("row, message", [
+    ('97110,6,"4 Something",x', "MUE Adjudication Indicator: '4 Something' is not '1 Line Edit', "
+                                "'2 Date of Service Edit: Policy' or '3 Date of Service Edit: Clinical'"),
+    ('97110,6,"12 Line Edit",x', "MUE Adjudication Indicator: '12 Line Edit' is not '1 Line Edit', "
+                                 "'2 Date of Service Edit: Policy' or '3 Date of Service Edit: Clinical'"),
+    ('97110,six,"1 Line Edit",x', "MUE Values: 'six' is not a number of units"),
+    ('97110,-1,"1 Line Edit",x', "MUE Values: '-1' is not a number of units"),
+    ('971100,1,"1 Line Edit",x', "HCPCS/CPT Code: '971100' is not a HCPCS/CPT code"),
+    ('97112,1,"1 Line Edit",x', "HCPCS/CPT Code: 97112 is also on line 4"),
+    ('97110,1', "row: expected 3 comma-separated columns, found 2"),
+])
+def test_a_malformed_mue_row_is_one_error_naming_file_line_and_column(tmp_path, cache_dir, row, message):
+    # notice 1, header 2-3, good row 4, bad row 5
+    path = write(tmp_path / "mue.csv", [f'"{NOTICE}",,,', MUE_HEADER, '97112,1,"1 Line Edit",x', row])
+    with pytest.raises(TableError) as caught:
+        load_mue(path, "mue.csv")
+    assert str(caught.value) == f"mue.csv:5: {message}"
+
+
+def test_mue_header_without_the_indicator_column_is_an_error(tmp_path, cache_dir):
+    path = write(tmp_path / "mue.csv", [f'"{NOTICE}",,,', '"HCPCS/CPT Code","Practitioner Services MUE Values"'])
+    with pytest.raises(TableError, match=r"^mue\.csv:2: header: no 'MUE Adjudication Indicator' column"):
+        load_mue(path, "mue.csv")
+
+
+def test_a_missing_table_file_is_an_error(tmp_path, cache_dir):
+    with pytest.raises(TableError, match=r"^ncci/none\.csv: cannot read: No such file or directory$"):
+        load_mue(tmp_path / "none.csv", "ncci/none.csv")
