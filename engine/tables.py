@@ -20,7 +20,7 @@ file. The first bad row is reported (a table of a million rows with a systematic
 print a million lines).
 
 The index: rows grouped by code (PTP: column 1; MUE: the code), each group's rows packed as fixed-size
-big-endian records sorted by (column 2, effective date, line), behind a directory of the codes. Opening
+records in file order, behind a directory of the codes. Opening
 it builds one small object per code, never one per row; a lookup decodes the group of a code the first
 time it is asked for and keeps it (a batch meets the same few therapy codes again and again), so its cost
 does not grow with the file.
@@ -156,6 +156,7 @@ def _iso(day: int) -> str:
     return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
 
 
+@lru_cache(maxsize=4096)
 def _day(date) -> int:
     """A date of service (datetime.date or YYYY-MM-DD) as the number YYYYMMDD."""
     if isinstance(date, datetime.date):
@@ -180,78 +181,83 @@ def _lines(fh, hasher):
 
 
 def _read_ptp(fh, display: str):
-    """(index body, sha256 of the bytes read) of a CMS practitioner PTP file."""
+    """(index body, sha256 of the bytes read) of a CMS practitioner PTP file. The loop looks each cell up
+    in a dict of the values already seen (codes, dates, indicators, rationales repeat over a million rows)
+    and checks a value only the first time."""
     hasher = hashlib.sha256()
-    columns = started = None
+    columns = None
+    started = False
     groups: dict[bytes, bytearray] = defaultdict(bytearray)
-    rationales: dict[bytes, int] = {}
     codes: set[bytes] = set()
-    dates: dict[bytes, int] = {b"*": IN_FORCE}
-    rows, first, last = 0, IN_FORCE, 0
+    effectives: dict[bytes, int] = {}
+    deletions: dict[bytes, int] = {}
+    modifiers = {b"0": 0, b"1": 1, b"9": 9}
+    rationales: dict[bytes, int] = {}                   # a cell as written -> index of its text
+    texts: dict[bytes, int] = {}                        # a text (spaces collapsed) -> its index
     pack = PTP_RECORD.pack
     for number, line in _lines(fh, hasher):
-        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-            line = line[3:]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        cells = line.split(b"\t")
         if columns is None:
             if number > HEADER_WITHIN:
                 break
-            columns = _header([c.decode("latin-1") for c in cells], PTP_COLUMNS, display, number)
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            columns = _header([c.decode("latin-1") for c in line.split(b"\t")], PTP_COLUMNS, display, number)
             if columns is not None:
                 i1, i2, ie, idel, im, ir = columns
                 width = max(i1, i2, ie, idel, im) + 1         # the rationale may be left off a row
             continue
-        if not line.strip(b" \t"):
-            continue                                        # a blank line
+        cells = line.split(b"\t")
         if len(cells) < width:
+            if not line.strip():
+                continue                                    # a blank line
             raise TableError(f"expected {width} tab-separated columns, found {len(cells)}", display, number, "row")
-        c1, c2 = cells[i1].strip(), cells[i2].strip()
-        if not started:
-            if not c1 and not c2:
-                continue                                    # the header goes on
+        c1, c2 = cells[i1], cells[i2]
+        if c1 not in codes or c2 not in codes:
+            if not line.strip() or not started and not c1.strip() and not c2.strip():
+                continue                                    # a blank line, or the header goes on
+            for name, code in (("Column 1", c1), ("Column 2", c2)):
+                if not CODE.fullmatch(code.decode("latin-1").strip()):
+                    raise TableError(f"{_shown(code.strip())} is not a HCPCS/CPT code", display, number, name)
+            codes.update((c1, c2))
             started = True
-        for name, code in (("Column 1", c1), ("Column 2", c2)):
-            if code not in codes:
-                if not CODE.fullmatch(code.decode("latin-1")):
-                    raise TableError(f"{_shown(code)} is not a HCPCS/CPT code", display, number, name)
-                codes.add(code)
-        raw = cells[ie].strip()
-        effective = dates.get(raw) if raw != b"*" else None
+            c1, c2 = c1.strip(), c2.strip()
+        raw = cells[ie]
+        effective = effectives.get(raw)
         if effective is None:
-            effective = _yyyymmdd(raw)
+            effective = _yyyymmdd(raw.strip())
             if effective is None:
-                raise TableError(f"{_shown(raw)} is not a date YYYYMMDD", display, number, "Effective Date")
-            dates[raw] = effective
-        raw = cells[idel].strip()
-        deletion = dates.get(raw)
+                raise TableError(f"{_shown(raw.strip())} is not a date YYYYMMDD", display, number, "Effective Date")
+            effectives[raw] = effective
+        raw = cells[idel]
+        deletion = deletions.get(raw)
         if deletion is None:
-            deletion = _yyyymmdd(raw)
+            deletion = IN_FORCE if raw.strip() == b"*" else _yyyymmdd(raw.strip())
             if deletion is None:
-                raise TableError(f"{_shown(raw)} is not a date YYYYMMDD or * (in force)", display, number,
+                raise TableError(f"{_shown(raw.strip())} is not a date YYYYMMDD or * (in force)", display, number,
                                  "Deletion Date")
-            dates[raw] = deletion
+            deletions[raw] = deletion
         if deletion < effective:
-            raise TableError(f"{_iso(deletion)} is before the effective date {_iso(effective)}", display,
-                             number, "Deletion Date")
-        raw = cells[im].strip()
-        if raw not in (b"0", b"1", b"9"):
-            raise TableError(f"{_shown(raw)} is not 0 (not allowed), 1 (allowed) or 9 (not applicable)",
-                             display, number, "Modifier")
-        rationale = cells[ir].strip() if ir is not None and ir < len(cells) else b""
-        index = rationales.setdefault(rationale, len(rationales))
-        groups[c1] += pack(c2, effective, number, deletion, raw[0] - 48, index)
-        rows += 1
-        if effective < first:
-            first = effective
-        if effective > last:
-            last = effective
+            raise TableError(f"{_iso(deletion)} is before the effective date {_iso(effective)}", display, number,
+                             "Deletion Date")
+        modifier = modifiers.get(cells[im])
+        if modifier is None:
+            modifier = modifiers.get(cells[im].strip())
+            if modifier is None:
+                raise TableError(f"{_shown(cells[im].strip())} is not 0 (not allowed), 1 (allowed) or 9 "
+                                 "(not applicable)", display, number, "Modifier")
+        raw = cells[ir] if ir is not None and ir < len(cells) else b""
+        rationale = rationales.get(raw)
+        if rationale is None:
+            rationale = rationales[raw] = texts.setdefault(b" ".join(raw.split()), len(texts))
+        groups[c1.strip() if len(c1) != 5 else c1] += pack(c2 if len(c2) == 5 else c2.strip(), effective, number,
+                                                            deletion, modifier, rationale)
     if columns is None:
         raise TableError(f"no PTP header (a line 'Column 1<TAB>Column 2<TAB>...') in its first {HEADER_WITHIN} "
                          "lines: not a CMS practitioner PTP .txt file?", display)
-    meta = {"rows": rows, "first": first if rows else None, "last": last if rows else None}
-    return _body("ptp", groups, PTP_RECORD.size, [_text(r) for r in rationales], meta), hasher.hexdigest()
+    rows = sum(len(group) for group in groups.values()) // PTP_RECORD.size
+    used = [effectives[raw] for raw in effectives]
+    meta = {"rows": rows, "first": min(used, default=None), "last": max(used, default=None)}
+    return _body("ptp", groups, PTP_RECORD.size, [_text(t) for t in texts], meta), hasher.hexdigest()
 
 
 def _read_mue(fh, display: str):
@@ -294,7 +300,7 @@ def _read_mue(fh, display: str):
             if not matched:
                 raise TableError(f"{_shown(mai)} is not '1 Line Edit', '2 Date of Service Edit: Policy' or "
                                  "'3 Date of Service Edit: Clinical'", display, number, "MUE Adjudication Indicator")
-            rationale = cells[ir].strip() if ir is not None and ir < len(cells) else ""
+            rationale = " ".join(cells[ir].split()) if ir is not None and ir < len(cells) else ""
             index = rationales.setdefault(rationale, len(rationales))
             groups[key] = bytearray(MUE_RECORD.pack(int(value), int(matched.group(1)), index, number))
             lines[key] = number
@@ -308,15 +314,13 @@ def _read_mue(fh, display: str):
 
 def _body(kind: str, groups, size: int, rationales: list[str], meta: dict) -> bytes:
     """An index: header length, header (JSON), the codes (5 bytes each, sorted), the end of each code's
-    records (uint32, in records), the records (each group sorted)."""
+    records (uint32, counted in records), the records (each code's in file order)."""
     keys = sorted(groups)
     ends, total, parts = [], 0, []
     for key in keys:
         group = groups.pop(key)
-        records = [group[i:i + size] for i in range(0, len(group), size)]
-        records.sort()
-        parts.append(b"".join(records))
-        total += len(records)
+        parts.append(bytes(group))
+        total += len(group) // size
         ends.append(total)
     header = json.dumps({"kind": kind, "size": size, "codes": len(keys), "rationales": rationales, **meta},
                         ensure_ascii=True).encode()
@@ -408,6 +412,7 @@ class _Table:
         self._rationales = header["rationales"]
         self._buffer = buffer
         self._groups: dict = {}
+        self._edits: dict = {}
         self.path = display
         self.rows = header["rows"]
         self.header = header
@@ -434,30 +439,38 @@ class PtpTable(_Table):
         return _iso(self.header["last"]) if self.header["last"] else None
 
     def _group(self, column1: str) -> dict:
-        group = self._groups.get(column1)
-        if group is None:
-            group = {}
-            for column2, *rest in self._records(column1):
-                group.setdefault(column2.decode("ascii"), []).append(rest)
-            self._groups[column1] = group
+        """{column 2: [(effective, deletion, row)]} of a column 1 code; a row becomes a PtpEdit when first
+        found in force."""
+        group = {}
+        for column2, effective, line, deletion, modifier, rationale in self._records(column1):
+            group.setdefault(column2.decode("ascii"), []).append(
+                (effective, deletion, (column1, line, effective, deletion, modifier, rationale)))
+        self._groups[column1] = group
         return group
+
+    def _edit(self, column2: str, row) -> PtpEdit:
+        column1, line, effective, deletion, modifier, rationale = row
+        edit = PtpEdit(column1, column2, _iso(effective), None if deletion == IN_FORCE else _iso(deletion), modifier,
+                       self._rationales[rationale], self.path, line)
+        self._edits[line] = edit
+        return edit
 
     def edits(self, codes, date) -> list[PtpEdit]:
         """The edits in force on `date` (effective <= date < deletion) for each ordered pair of distinct
-        `codes`, whatever their modifier indicator, by column 1, column 2, effective date and line."""
+        `codes`, whatever their modifier indicator, by column 1, column 2 and line."""
         day = _day(date)
         codes = sorted(set(codes))
-        found = []
+        groups, made, found = self._groups, self._edits, []
         for column1 in codes:
-            group = self._group(column1)
+            group = groups.get(column1)
+            if group is None:
+                group = self._group(column1)
             if not group:
                 continue
             for column2 in codes:
-                for effective, line, deletion, modifier, rationale in group.get(column2, ()):
+                for effective, deletion, row in group.get(column2, ()):
                     if effective <= day < deletion and column1 != column2:
-                        found.append(PtpEdit(column1, column2, _iso(effective),
-                                             None if deletion == IN_FORCE else _iso(deletion), modifier,
-                                             self._rationales[rationale], self.path, line))
+                        found.append(made.get(row[1]) or self._edit(column2, row))
         return found
 
 

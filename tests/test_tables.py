@@ -7,8 +7,9 @@ lines and edits are worked by hand from the text written, in the comments beside
 from __future__ import annotations
 
 import datetime
-import os
+import mmap
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,7 @@ def test_a_file_without_the_ptp_header_is_an_error(tmp_path, cache_dir, lines):
     ("97140\t97530\t\t20200101\t\t1\tx", "Deletion Date: '' is not a date YYYYMMDD or * (in force)"),
     ("97140\t97530\t\t20200101\t20191231\t1\tx", "Deletion Date: 2019-12-31 is before the effective date 2020-01-01"),
     ("97140\t97530\t\t20200101\t*\t2\tx", "Modifier: '2' is not 0 (not allowed), 1 (allowed) or 9 (not applicable)"),
+    ("\t\t\t20200101\t*\t1\tx", "Column 1: '' is not a HCPCS/CPT code"),    # not a header line after a row
     ("97140\t97530\t\t20200101\t*", "row: expected 6 tab-separated columns, found 5"),
     ("97140 97530  20200101 * 1 x", "row: expected 6 tab-separated columns, found 1"),
 ])
@@ -231,11 +233,222 @@ def test_a_malformed_mue_row_is_one_error_naming_file_line_and_column(tmp_path, 
 
 
 def test_mue_header_without_the_indicator_column_is_an_error(tmp_path, cache_dir):
-    path = write(tmp_path / "mue.csv", [f'"{NOTICE}",,,', '"HCPCS/CPT Code","Practitioner Services MUE Values"'])
-    with pytest.raises(TableError, match=r"^mue\.csv:2: header: no 'MUE Adjudication Indicator' column"):
+    # the notice cell spans lines 1-2; the header starts on line 3 (its first cell ends on line 4)
+    path = write(tmp_path / "mue.csv", [f'"{NOTICE}', 'end",,,', '"HCPCS/\nCPT Code","Practitioner Services MUE Values"'])
+    with pytest.raises(TableError, match=r"^mue\.csv:3: header: no 'MUE Adjudication Indicator' column"):
         load_mue(path, "mue.csv")
+
+
+def test_a_mue_row_is_traced_to_the_line_it_starts_on(tmp_path, cache_dir):
+    path = write(tmp_path / "mue.csv", [MUE_HEADER,                                   # lines 1-2
+                                        '97110,6,"3 Date of Service Edit: Clinical","Clinical:',   # line 3...
+                                        'Data"',                                                 # ...ends on 4
+                                        '97112,2,"1 Line Edit",x',                               # line 5
+                                        '97113,x,"1 Line Edit",x'])                              # line 6
+    with pytest.raises(TableError, match=r"^mue\.csv:6: MUE Values: 'x' is not a number of units$"):
+        load_mue(path, "mue.csv")
+    table = load_mue(write(path, [MUE_HEADER, '97110,6,"3 Date of Service Edit: Clinical","Clinical:', 'Data"',
+                                  '97112,2,"1 Line Edit",x']), "mue.csv")
+    assert [(v.line, v.rationale) for v in map(table.lookup, ["97110", "97112"])] == [(3, "Clinical: Data"),
+                                                                                       (5, "x")]
 
 
 def test_a_missing_table_file_is_an_error(tmp_path, cache_dir):
     with pytest.raises(TableError, match=r"^ncci/none\.csv: cannot read: No such file or directory$"):
         load_mue(tmp_path / "none.csv", "ncci/none.csv")
+
+
+# ---------------------------------------------------------------- the cache
+
+PTP_ROWS = [NOTICE, PTP_HEADER, "97140\t97530\t\t20200101\t*\t1\tMutually exclusive procedures"]   # row on line 3
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """How many times a table file was read and indexed (not taken from the cache)."""
+    count = {"ptp": 0, "mue": 0}
+    for kind, (reader, table) in list(tables.READERS.items()):
+        def counted(fh, display, reader=reader, kind=kind):
+            count[kind] += 1
+            return reader(fh, display)
+        monkeypatch.setitem(tables.READERS, kind, (counted, table))
+    return count
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith("table-"))
+
+
+def test_cache_hit_after_the_first_load(tmp_path, cache_dir, reads):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    first = load_ptp(path, "a/ptp.txt")
+    assert reads["ptp"] == 1 and len(entries(cache_dir)) == 1
+    entry = entries(cache_dir)[0]
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    second = load_ptp(path, "b/ptp.txt")            # same bytes under another name: the same entry
+    assert reads["ptp"] == 1
+    assert found(second, ["97140", "97530"], "2020-01-01") == found(first, ["97140", "97530"], "2020-01-01")
+    assert second.edits(["97140", "97530"], "2020-01-01")[0].where == "b/ptp.txt:3"
+
+
+def test_changed_content_is_a_miss(tmp_path, cache_dir, reads):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    write(path, PTP_ROWS[:2] + ["", "97140\t97530\t\t20200101\t*\t0\tMutually exclusive procedures"])   # line 4
+    assert found(load_ptp(path), ["97140", "97530"], "2020-01-01") == [("97140", "97530", 0, 4)]
+    assert reads["ptp"] == 2 and len(entries(cache_dir)) == 2
+
+
+def test_cache_off_writes_nothing(tmp_path, cache_dir, reads, monkeypatch):
+    monkeypatch.setenv("PAYRULES_CACHE", "off")
+    cache._directory.cache_clear()
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    load_ptp(path)
+    assert reads["ptp"] == 2 and not entries(cache_dir)
+
+
+def test_a_directory_others_may_write_is_not_used(tmp_path, cache_dir, reads, capsys):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)                                      # a good entry...
+    cache_dir.chmod(0o777)                              # ...in a folder anyone may now write
+    cache._directory.cache_clear()
+    assert found(load_ptp(path), ["97140", "97530"], "2020-01-01") == [("97140", "97530", 1, 3)]
+    assert reads["ptp"] == 2                            # not taken from there
+    assert "not using cache" in capsys.readouterr().err
+    write(path, PTP_ROWS + [""])
+    load_ptp(path)
+    assert len(entries(cache_dir)) == 1                 # nor written to
+
+
+def test_an_entry_others_may_write_is_not_used(tmp_path, cache_dir, reads):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    entries(cache_dir)[0].chmod(0o666)
+    load_ptp(path)
+    assert reads["ptp"] == 2
+    assert stat.S_IMODE(entries(cache_dir)[0].stat().st_mode) == 0o600     # rewritten
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "empty", "sound but not an index", "other kind"])
+def test_a_corrupt_entry_is_never_trusted_and_is_rebuilt(tmp_path, cache_dir, reads, damage):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    entry = entries(cache_dir)[0]
+    data = entry.read_bytes()
+    if damage == "flip a byte":         # the last record's line number: 3 would become another line
+        data = data[:-2] + bytes([data[-2] ^ 0x01]) + data[-1:]
+    elif damage == "truncate":
+        data = data[:-5]
+    elif damage == "empty":
+        data = b""
+    elif damage == "sound but not an index":        # carries a matching sha256, but is not an index
+        data = tables._seal(b"\x00\x00\x00\x02{}")
+    else:                                           # a sound MUE index under this PTP file's name
+        mue = write(tmp_path / "mue.csv", [MUE_HEADER, '97110,6,"3 Date of Service Edit: Clinical",x'])
+        load_mue(mue)
+        data = next(p for p in entries(cache_dir) if p.name.startswith("table-mue")).read_bytes()
+    entry.write_bytes(data)
+    assert found(load_ptp(path), ["97140", "97530"], "2020-01-01") == [("97140", "97530", 1, 3)]
+    assert reads["ptp"] == 2
+    assert tables._sound(entry.read_bytes()) and entry.read_bytes() != data          # rewritten whole
+    load_ptp(path)
+    assert reads["ptp"] == 2                                                          # and used again
+
+
+def test_the_entry_name_holds_the_reading_codes_hash(tmp_path, cache_dir, reads, monkeypatch):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    monkeypatch.setattr(tables, "_salt", lambda: "0" * 16)          # as a new version of the reader would
+    load_ptp(path)
+    assert reads["ptp"] == 2 and len(entries(cache_dir)) == 2
+
+
+# ---------------------------------------------------------------- differential: index against a scan
+
+CODES = ["97110", "97112", "97140", "97530", "97161", "G0283"]
+DATES = [20191231, 20200101, 20200102, 20200630, 20201231, 20210101, 20220101]
+
+
+def iso(day: int) -> str:
+    return f"{day // 10000}-{day // 100 % 100:02d}-{day % 100:02d}"
+
+
+ptp_rows = st.lists(st.tuples(st.sampled_from(CODES), st.sampled_from(CODES), st.sampled_from(DATES),
+                              st.one_of(st.none(), st.sampled_from(DATES)), st.sampled_from([0, 1, 9]),
+                              st.sampled_from(["Mutually exclusive procedures", "", "Misuse of column two code"])),
+                    max_size=25)
+layouts = st.fixed_dictionaries({"newline": st.sampled_from(["\n", "\r\n"]), "bom": st.booleans(),
+                                 "preamble": st.integers(0, 3), "continued": st.booleans(),
+                                 "blanks": st.lists(st.booleans(), min_size=30, max_size=30),
+                                 "trailing": st.integers(0, 3)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ptp_rows, layout=layouts,
+       queries=st.lists(st.tuples(st.lists(st.sampled_from(CODES), max_size=6), st.sampled_from(DATES)),
+                        min_size=1, max_size=8))
+def test_ptp_index_cold_and_cached_equals_a_scan_of_the_rows(tmp_path, monkeypatch, rows, layout, queries):
+    rows = [(c1, c2, eff, max(eff, dele) if dele else None, mod, why) for c1, c2, eff, dele, mod, why in rows]
+    lines = [f"{NOTICE} ({n})" for n in range(layout["preamble"])] + [PTP_HEADER]
+    if layout["continued"]:
+        lines.append("\t\t\t\t*=no data\t1=allowed\t")
+    at = []                                 # the physical line of each row, counted as it is written
+    for n, (c1, c2, eff, dele, mod, why) in enumerate(rows):
+        if layout["blanks"][n]:
+            lines.append("" if n % 2 else "\t\t")
+        lines.append(f"{c1}\t{c2}\t\t{eff}\t{dele or '*'}\t{mod}\t{why}")
+        at.append(len(lines))
+    lines += [""] * layout["trailing"]
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))       # a fresh cache for each example: the first load is cold
+    path = write(folder / "ptp.txt", lines, layout["newline"], layout["bom"])
+    monkeypatch.setenv("PAYRULES_CACHE", str(folder / "cache"))
+    cache._directory.cache_clear()
+    try:
+        cold = load_ptp(path, "ptp.txt")
+        assert len(entries(folder / "cache")) == 1
+        cached = load_ptp(path, "ptp.txt")
+        assert isinstance(cached._buffer, mmap.mmap)      # really read back from the entry
+    finally:
+        cache._directory.cache_clear()
+    assert cold.rows == cached.rows == len(rows)
+    for codes, day in queries:
+        scan = sorted((c1, c2, line, eff, dele, mod, why) for (c1, c2, eff, dele, mod, why), line in zip(rows, at)
+                      if c1 in codes and c2 in codes and c1 != c2 and eff <= day < (dele or 99999999))
+        expected = [tables.PtpEdit(c1, c2, iso(eff), iso(dele) if dele else None, mod, why, "ptp.txt", line)
+                    for c1, c2, line, eff, dele, mod, why in scan]
+        assert cold.edits(codes, iso(day)) == expected
+        assert cached.edits(codes, iso(day)) == expected
+
+
+mue_rows = st.dictionaries(st.sampled_from(CODES + ["0001U", "97546"]),
+                           st.tuples(st.integers(0, 99), st.sampled_from([1, 2, 3]), st.sampled_from(["x", "", "a,b"])),
+                           max_size=8)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=mue_rows, layout=layouts)
+def test_mue_index_cold_and_cached_equals_the_rows(tmp_path, monkeypatch, rows, layout):
+    mai_text = {1: "1 Line Edit", 2: "2 Date of Service Edit: Policy", 3: "3 Date of Service Edit: Clinical"}
+    lines = [f'"{NOTICE}'] + ["more notice"] * layout["preamble"] + ['end",,,', MUE_HEADER]
+    at = {}
+    for n, (code, (value, mai, why)) in enumerate(rows.items()):
+        if layout["blanks"][n]:
+            lines.append("" if n % 2 else ",,,")
+        lines.append(f'{code},{value},"{mai_text[mai]}","{why}"')
+        at[code] = len(lines) + 1           # MUE_HEADER holds a line break: one line more than the list
+    lines += [""] * layout["trailing"]
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = write(folder / "mue.csv", lines, layout["newline"], layout["bom"])
+    monkeypatch.setenv("PAYRULES_CACHE", str(folder / "cache"))
+    cache._directory.cache_clear()
+    try:
+        loaded = [load_mue(path, "mue.csv"), load_mue(path, "mue.csv")]
+        assert isinstance(loaded[1]._buffer, mmap.mmap)     # really read back from the entry
+    finally:
+        cache._directory.cache_clear()
+    for table in loaded:
+        assert table.rows == len(rows)
+        for code in CODES + ["0001U", "97546"]:
+            expected = (tables.MueValue(code, *rows[code], "mue.csv", at[code]) if code in rows else None)
+            assert table.lookup(code) == expected
