@@ -452,3 +452,40 @@ def test_mue_index_cold_and_cached_equals_the_rows(tmp_path, monkeypatch, rows, 
         for code in CODES + ["0001U", "97546"]:
             expected = (tables.MueValue(code, *rows[code], "mue.csv", at[code]) if code in rows else None)
             assert table.lookup(code) == expected
+
+
+# ---------------------------------------------------------------- fuzz: any damage is a TableError or a table
+
+GOOD_PTP = "\n".join([NOTICE, PTP_HEADER, "\t\t\t\t*=no data\t\t", "97140\t97530\t\t20200101\t*\t1\tMutually exclusive",
+                      "97161\t97140\t*\t19960101\t20210101\t0\tx", "", ""]).encode()
+GOOD_MUE = "\r\n".join([f'"{NOTICE}', 'end",,,', MUE_HEADER, '97110,6,"3 Date of Service Edit: Clinical",x',
+                        '97546,2,"2 Date of Service Edit: Policy","a, b"', ""]).encode()
+damage = st.lists(st.tuples(st.integers(0, 400), st.integers(0, 3),
+                            st.sampled_from([b"", b"\t", b"\r", b"\n", b"\r\n", b'"', b",", b"*", b"0", b"9", b"X",
+                                             b" ", b"\xff", b"\xef\xbb\xbf", b"\xe2\x80\x99", b"\x00", b"20201231"])),
+                  min_size=1, max_size=4)
+
+
+def damaged(text: bytes, edits) -> bytes:
+    for at, cut, put in edits:
+        at %= len(text) + 1
+        text = text[:at] + put + text[at + cut:]
+    return text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["ptp", "mue"]), edits=damage)
+def test_a_damaged_table_loads_or_is_one_table_error(tmp_path, cache_dir, kind, edits):
+    path = tmp_path / f"t.{kind}"
+    path.write_bytes(damaged(GOOD_PTP if kind == "ptp" else GOOD_MUE, edits))
+    try:
+        table = (load_ptp if kind == "ptp" else load_mue)(path, "t")
+    except TableError as exc:
+        text = str(exc)
+        assert text.startswith("t:") and "\n" not in text          # one line: the CLI prints `error: ` + it
+        return
+    assert table.rows >= 0 and table.path == "t"
+    if kind == "ptp":
+        table.edits(["97140", "97530", "97161"], "2020-06-01")
+    else:
+        table.lookup("97110")
