@@ -261,7 +261,7 @@ def _read_ptp(fh, display: str):
         raise TableError(f"no PTP header (a line 'Column 1<TAB>Column 2<TAB>...') in its first {HEADER_WITHIN} "
                          "lines: not a CMS practitioner PTP .txt file?", display)
     rows = sum(len(group) for group in groups.values()) // PTP_RECORD.size
-    used = [effectives[raw] for raw in effectives]
+    used = effectives.values()
     meta = {"rows": rows, "first": min(used, default=None), "last": max(used, default=None)}
     return _body("ptp", groups, PTP_RECORD.size, [_text(t) for t in texts], meta), hasher.hexdigest()
 
@@ -381,6 +381,8 @@ def _cached(kind: str, digest: str):
 
 
 def _store(kind: str, digest: str, entry: bytes) -> None:
+    """Write the entry (0600, whole or not at all), and remove the entries of other versions of this
+    reader: they are never read again, and a full PTP file's entry is tens of MB."""
     path = _entry(kind, digest)
     if path is None:
         return
@@ -389,6 +391,9 @@ def _store(kind: str, digest: str, entry: bytes) -> None:
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             fh.write(entry)
         os.replace(temporary, path)
+        for old in path.parent.glob("table-*.bin"):
+            if f"-{_salt()}-" not in old.name:
+                old.unlink()
     except OSError:
         try:
             os.unlink(temporary)

@@ -356,12 +356,18 @@ def test_a_corrupt_entry_is_never_trusted_and_is_rebuilt(tmp_path, cache_dir, re
     assert reads["ptp"] == 2                                                          # and used again
 
 
-def test_the_entry_name_holds_the_reading_codes_hash(tmp_path, cache_dir, reads, monkeypatch):
+def test_a_new_reader_never_uses_an_old_entry_and_removes_it(tmp_path, cache_dir, reads, monkeypatch):
     path = write(tmp_path / "ptp.txt", PTP_ROWS)
     load_ptp(path)
-    monkeypatch.setattr(tables, "_salt", lambda: "0" * 16)          # as a new version of the reader would
+    mue = write(tmp_path / "mue.csv", [MUE_HEADER, '97110,6,"3 Date of Service Edit: Clinical",x'])
+    load_mue(mue)
+    (cache_dir / "rules-0123456789abcdef-00.json").write_text("{}")       # the rule cache's: not touched
+    old = entries(cache_dir)
+    monkeypatch.setattr(tables, "_salt", lambda: "0" * 16)          # as a new version of this module would
     load_ptp(path)
-    assert reads["ptp"] == 2 and len(entries(cache_dir)) == 2
+    assert reads["ptp"] == 2
+    assert [p.name for p in entries(cache_dir)] == [f"table-ptp-{'0' * 16}-{old[1].name.split('-')[-1]}"]
+    assert (cache_dir / "rules-0123456789abcdef-00.json").exists()
 
 
 # ---------------------------------------------------------------- differential: index against a scan
