@@ -2,12 +2,14 @@
 them into an index cached by content hash (design.md §6; domain.md §10 and §17.3).
 
 Layouts, as downloaded: preamble lines before the header (the AMA notice), a header found by its column
-names, `*` for no deletion date, dates YYYYMMDD, CRLF or LF, a UTF-8 BOM, blank lines anywhere (trailing
-ones too). A header cell is matched in lower case on its letters and digits only, by prefix, so the names
-that vary between quarters ('Deletion Date *=no data', 'Modifier 0=not allowed 1=allowed 9=not
-applicable', 'Practitioner Services MUE Values') are found; a required column that is absent is an error
-naming it. A PTP header may go on over lines whose code cells are empty (the layout of the spreadsheet
-version); the MUE header's first cell may hold a line break inside its quotes. Text that is not UTF-8 is
+names, `*` (or a blank, as some quarters have it) for no deletion date, dates YYYYMMDD, CRLF or LF, a
+UTF-8 BOM, blank lines anywhere (trailing ones too). A header cell is matched in lower case on its
+letters and digits only, by prefix, so the names that vary between quarters ('Deletion Date *=no data',
+'Modifier 0=not allowed 1=allowed 9=not applicable', 'Practitioner Services MUE Values') are found; a
+required column that is absent is an error naming it. A PTP header is a block: its first line has two
+cells starting 'Column', and it goes on until the first line with a code under them, each column's
+cells joined ('Column' over '1', 'Deletion Date' over '*=no data': the CMS text file's header block of
+several lines); the MUE header's first cell may hold a line break inside its quotes. Text that is not UTF-8 is
 read as Windows-1252 (CMS's notice holds a raw ®). Codes are checked like a session's codes (five
 characters: 97110, 0001U, G0283).
 
@@ -59,6 +61,7 @@ CODE = re.compile(r"[0-9]{4}[0-9A-Z]|[A-Z][0-9]{4}")      # as the session schem
 MAI = re.compile(r"([123])(?:\D.*)?", re.S)                # '1 Line Edit', '2 Date of Service Edit: Policy', '3'
 IN_FORCE = 99999999                                        # the deletion date of a row with `*`
 HEADER_WITHIN = 200                                        # physical lines a header must start within
+HEADER_LINES = 8                                           # physical lines a PTP header may go on over
 MAGIC = b"PRTABLE1"
 PTP_RECORD = struct.Struct(">5sIIIBI")      # column 2, effective, line, deletion, modifier, rationale
 MUE_RECORD = struct.Struct(">IBII")         # value, MAI, rationale, line
@@ -134,6 +137,17 @@ def _header(cells: list[str], specs, display: str, line: int) -> list[int | None
     return found
 
 
+def _block_header(block: list[list[bytes]], display: str, line: int) -> list[int | None]:
+    """The columns of a PTP header whose names may go on over several lines ('Column' over '1', 'Deletion
+    Date' over '*=no data'): each column's cells joined, top to bottom."""
+    width = max(map(len, block))
+    merged = [" ".join(cells[i].decode("latin-1").strip() for cells in block if i < len(cells)) for i in range(width)]
+    columns = _header(merged, PTP_COLUMNS, display, line)
+    if columns is None:
+        raise TableError("the header names no 'Column 1' and 'Column 2'", display, line, "header")
+    return columns
+
+
 def _shown(raw) -> str:
     text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
     return repr(text if len(text) <= 40 else text[:40] + "...")
@@ -191,8 +205,7 @@ def _read_ptp(fh, display: str):
     in a dict of the values already seen (codes, dates, indicators, rationales repeat over a million rows)
     and checks a value only the first time."""
     hasher = hashlib.sha256()
-    columns = None
-    started = False
+    columns = block = None
     groups: dict[bytes, bytearray] = defaultdict(bytearray)
     codes: set[bytes] = set()
     effectives: dict[bytes, int] = {}
@@ -202,30 +215,36 @@ def _read_ptp(fh, display: str):
     texts: dict[bytes, int] = {}                        # a text (spaces collapsed) -> its index
     pack = PTP_RECORD.pack
     for number, line in _lines(fh, hasher, display):
-        if columns is None:
-            if number > HEADER_WITHIN:
-                break
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
-            columns = _header([c.decode("latin-1") for c in line.split(b"\t")], PTP_COLUMNS, display, number)
-            if columns is not None:
-                i1, i2, ie, idel, im, ir = columns
-                width = max(i1, i2, ie, idel, im) + 1         # the rationale may be left off a row
-            continue
         cells = line.split(b"\t")
+        if columns is None:
+            if block is None:                               # the preamble: look for the header's first line
+                if number > HEADER_WITHIN:
+                    break
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    cells = line[3:].split(b"\t")
+                where = [i for i, cell in enumerate(cells) if _norm(cell.decode("latin-1")).startswith("column")]
+                if len(where) >= 2:
+                    block, start = [cells], number
+                continue
+            if len(block) < HEADER_LINES and not any(i < len(cells) and CODE.fullmatch(
+                    cells[i].decode("latin-1").strip()) for i in where[:2]):
+                block.append(cells)                         # the header goes on
+                continue
+            columns = _block_header(block, display, start)
+            i1, i2, ie, idel, im, ir = columns
+            width = max(i1, i2, ie, idel, im) + 1           # the rationale may be left off a row
         if len(cells) < width:
             if not line.strip():
                 continue                                    # a blank line
             raise TableError(f"expected {width} tab-separated columns, found {len(cells)}", display, number, "row")
         c1, c2 = cells[i1], cells[i2]
         if c1 not in codes or c2 not in codes:
-            if not line.strip() or not started and not c1.strip() and not c2.strip():
-                continue                                    # a blank line, or the header goes on
+            if not line.strip():
+                continue                                    # a blank line
             for name, code in (("Column 1", c1), ("Column 2", c2)):
                 if not CODE.fullmatch(code.decode("latin-1").strip()):
                     raise TableError(f"{_shown(code.strip())} is not a HCPCS/CPT code", display, number, name)
             codes.update((c1, c2))
-            started = True
             c1, c2 = c1.strip(), c2.strip()
         raw = cells[ie]
         effective = effectives.get(raw)
@@ -237,10 +256,10 @@ def _read_ptp(fh, display: str):
         raw = cells[idel]
         deletion = deletions.get(raw)
         if deletion is None:
-            deletion = IN_FORCE if raw.strip() == b"*" else _yyyymmdd(raw.strip())
+            deletion = IN_FORCE if raw.strip() in (b"*", b"") else _yyyymmdd(raw.strip())
             if deletion is None:
-                raise TableError(f"{_shown(raw.strip())} is not a date YYYYMMDD or * (in force)", display, number,
-                                 "Deletion Date")
+                raise TableError(f"{_shown(raw.strip())} is not a date YYYYMMDD, or * or blank (in force)", display,
+                                 number, "Deletion Date")
             deletions[raw] = deletion
         if deletion < effective:
             raise TableError(f"{_iso(deletion)} is before the effective date {_iso(effective)}", display, number,
@@ -257,7 +276,9 @@ def _read_ptp(fh, display: str):
             rationale = rationales[raw] = texts.setdefault(b" ".join(raw.split()), len(texts))
         groups[c1.strip() if len(c1) != 5 else c1] += pack(c2 if len(c2) == 5 else c2.strip(), effective, number,
                                                             deletion, modifier, rationale)
-    if columns is None:
+    if columns is None and block is not None:
+        _block_header(block, display, start)                # a header and no rows: still checked
+    elif columns is None:
         raise TableError(f"no PTP header (a line 'Column 1<TAB>Column 2<TAB>...') in its first {HEADER_WITHIN} "
                          "lines: not a CMS practitioner PTP .txt file?", display)
     rows = sum(len(group) for group in groups.values()) // PTP_RECORD.size

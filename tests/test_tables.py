@@ -91,6 +91,35 @@ def test_ptp_header_names_vary_between_quarters(tmp_path, cache_dir, header):
     assert edits[0].rationale == ("Mutually exclusive procedures" if width == 7 else "")
 
 
+def test_ptp_header_block_over_four_lines_and_a_blank_deletion_date(tmp_path, cache_dir):
+    # the spreadsheet's header block saved as text: names go on down their columns over lines 3-6
+    path = write(tmp_path / "ptp.txt", [
+        "CPT only copyright 2026 American Medical Association. All rights reserved.",     # line 1
+        "Column1/Column2 Edits",                                                         # line 2
+        "Column\tColumn\t*=in existence\tEffective\tDeletion\tModifier\tPTP Edit",        # line 3
+        "1\t2\tprior to 1996\tDate\tDate\t0=not allowed\tRationale",                      # line 4
+        "\t\t\t\t*=no data\t1=allowed\t",                                                # line 5
+        "\t\t\t\t\t9=not applicable\t",                                                  # line 6
+        "97140\t97530\t\t20200101\t\t1\tMutually exclusive procedures",                   # line 7: blank = in force
+        "97530\t97116\t\t20190101\t20200101\t0\tx"], newline="\r\n")                      # line 8
+    table = load_ptp(path)
+    assert found(table, ["97140", "97530", "97116"], "2099-01-01") == [("97140", "97530", 1, 7)]
+    assert table.edits(["97140", "97530"], "2020-01-01")[0].deletion is None
+    assert found(table, ["97530", "97116"], "2019-06-01") == [("97530", "97116", 0, 8)]
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([NOTICE, "Column A\tColumn B\tEffective Date"], "ptp.txt:2: header: the header names no 'Column 1' and 'Column 2'"),
+    ([NOTICE, "Column 1\tColumn 2\tEffective Date\tModifier", "\t\t\t0=not allowed"],     # a header and no rows
+     "ptp.txt:2: header: no 'Deletion Date' column in the header (found 'Column 1', 'Column 2', "
+     "'Effective Date', 'Modifier 0=not allowed')"),
+])
+def test_ptp_header_errors_name_the_headers_first_line(tmp_path, cache_dir, lines, message):
+    with pytest.raises(TableError) as caught:
+        load_ptp(write(tmp_path / "ptp.txt", lines), "ptp.txt")
+    assert str(caught.value) == message
+
+
 def test_ptp_header_with_a_required_column_missing_is_an_error(tmp_path, cache_dir):
     path = write(tmp_path / "ptp.txt", [NOTICE, "Column 1\tColumn 2\tEffective Date\tDeletion Date\tPTP Edit Rationale",
                                         "97140\t97530\t20200101\t*\tx"])
@@ -113,7 +142,7 @@ def test_a_file_without_the_ptp_header_is_an_error(tmp_path, cache_dir, lines):
     ("97140\t97530\t\t20200230\t*\t1\tx", "Effective Date: '20200230' is not a date YYYYMMDD"),   # no 30 Feb
     ("97140\t97530\t\t2020-01-01\t*\t1\tx", "Effective Date: '2020-01-01' is not a date YYYYMMDD"),
     ("97140\t97530\t\t*\t*\t1\tx", "Effective Date: '*' is not a date YYYYMMDD"),
-    ("97140\t97530\t\t20200101\t\t1\tx", "Deletion Date: '' is not a date YYYYMMDD or * (in force)"),
+    ("97140\t97530\t\t20200101\t-\t1\tx", "Deletion Date: '-' is not a date YYYYMMDD, or * or blank (in force)"),
     ("97140\t97530\t\t20200101\t20191231\t1\tx", "Deletion Date: 2019-12-31 is before the effective date 2020-01-01"),
     ("97140\t97530\t\t20200101\t*\t2\tx", "Modifier: '2' is not 0 (not allowed), 1 (allowed) or 9 (not applicable)"),
     ("\t\t\t20200101\t*\t1\tx", "Column 1: '' is not a HCPCS/CPT code"),    # not a header line after a row
@@ -384,8 +413,12 @@ ptp_rows = st.lists(st.tuples(st.sampled_from(CODES), st.sampled_from(CODES), st
                               st.one_of(st.none(), st.sampled_from(DATES)), st.sampled_from([0, 1, 9]),
                               st.sampled_from(["Mutually exclusive procedures", "", "Misuse of column two code"])),
                     max_size=25)
+PTP_HEADERS = [[PTP_HEADER], [PTP_HEADER, "\t\t\t\t*=no data\t1=allowed\t"],
+               ["Column\tColumn\t*=in existence\tEffective\tDeletion\tModifier\tPTP Edit",
+                "1\t2\tprior to 1996\tDate\tDate\t0=not allowed\tRationale", "", "\t\t\t\t*=no data\t1=allowed\t"]]
 layouts = st.fixed_dictionaries({"newline": st.sampled_from(["\n", "\r\n"]), "bom": st.booleans(),
-                                 "preamble": st.integers(0, 3), "continued": st.booleans(),
+                                 "preamble": st.integers(0, 3), "header": st.sampled_from(PTP_HEADERS),
+                                 "in_force": st.sampled_from(["*", ""]),
                                  "blanks": st.lists(st.booleans(), min_size=30, max_size=30),
                                  "trailing": st.integers(0, 3)})
 
@@ -396,14 +429,12 @@ layouts = st.fixed_dictionaries({"newline": st.sampled_from(["\n", "\r\n"]), "bo
                         min_size=1, max_size=8))
 def test_ptp_index_cold_and_cached_equals_a_scan_of_the_rows(tmp_path, monkeypatch, rows, layout, queries):
     rows = [(c1, c2, eff, max(eff, dele) if dele else None, mod, why) for c1, c2, eff, dele, mod, why in rows]
-    lines = [f"{NOTICE} ({n})" for n in range(layout["preamble"])] + [PTP_HEADER]
-    if layout["continued"]:
-        lines.append("\t\t\t\t*=no data\t1=allowed\t")
+    lines = [f"{NOTICE} ({n})" for n in range(layout["preamble"])] + layout["header"]
     at = []                                 # the physical line of each row, counted as it is written
     for n, (c1, c2, eff, dele, mod, why) in enumerate(rows):
         if layout["blanks"][n]:
             lines.append("" if n % 2 else "\t\t")
-        lines.append(f"{c1}\t{c2}\t\t{eff}\t{dele or '*'}\t{mod}\t{why}")
+        lines.append(f"{c1}\t{c2}\t\t{eff}\t{dele or layout['in_force']}\t{mod}\t{why}")
         at.append(len(lines))
     lines += [""] * layout["trailing"]
     folder = Path(tempfile.mkdtemp(dir=tmp_path))       # a fresh cache for each example: the first load is cold
