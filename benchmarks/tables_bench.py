@@ -12,7 +12,9 @@ so peak RSS is that phase's:
 - first load (parse, index, write the cache entry) and a cached load in a new process (target < 0.5 s);
 - per-session cost of the edits: a typical therapy session's 4-6 codes (every ordered pair, one date of
   service) on the index, against a plain dict {(column 1, column 2): rows} of the whole file built in
-  the same process, first touch (groups not yet decoded) and warm; the two must find the same edits.
+  the same process, first touch (groups not yet decoded) and warm; the two must find the same edits;
+- the lookups of bench.py's workload sessions (PTP edits of their codes, MUE of each code) beside the
+  CPU time of billing those sessions: what wiring the edits in will add at least (target <= 1.2x).
 """
 from __future__ import annotations
 
@@ -168,10 +170,44 @@ def phase_lookup(ptp: str, mue: str, count: int) -> dict:
     mue_each = per_item(lambda: [mue_table.lookup(code) for code in mue_codes], len(mue_codes))
     plain = {code: mue_table.lookup(code) for code in THERAPY}
     mue_plain = per_item(lambda: [plain.get(code) for code in mue_codes], len(mue_codes))
+    billing, edits_share = share_of_billing(table, mue_table)
     return {"first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
+            "billing_us": billing * 1e6, "edits_us": edits_share * 1e6,
             "dict_build_s": dict_build, "same": found == expected, "edits_found": sum(map(len, found)),
             "first_edits": sum(map(len, first)), "mue_us": mue_each * 1e6, "mue_dict_us": mue_plain * 1e6,
             "rss_mb": rss_mb()}
+
+
+def share_of_billing(table, mue_table, count: int = 5000) -> tuple[float, float]:
+    """CPU seconds per session of billing the benchmark's workload (python engine, plans memo on, full
+    trace, encoded as JSONL, as benchmarks/bench.py measures it) and of its table lookups: the PTP
+    edits of its codes on its date and the MUE of each code. What the edits will add to billing once
+    they are wired in is at least the second figure."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from engine.batch import render_one
+    from engine.billing import Biller
+    from engine.loader import Registry
+    from engine.sessions import parse_session
+    from engine.yamlload import Located
+    from workload import make_sessions
+    data = make_sessions(count)
+    biller = Biller(Registry(), "python")
+
+    def bill():
+        for i, d in enumerate(data, 1):
+            render_one(biller.bill(parse_session(d, Located(d, {(): i}, "bench"), (), i)), "jsonl")
+
+    work = [([str(s["code"]) for s in d["services"]], d["date_of_service"]) for d in data]
+
+    def lookups():
+        for codes, day in work:
+            table.edits(codes, day)
+            for code in codes:
+                mue_table.lookup(code)
+
+    bill()
+    lookups()
+    return per_item(bill, count), per_item(lookups, count)
 
 
 def run_phase(name: str, cache: Path, *args) -> dict:
@@ -217,6 +253,9 @@ def main() -> None:
               f"plain dict of the whole file {look['dict_us']:.1f} us (built in {look['dict_build_s']:.1f} s); "
               f"ratio {look['warm_us'] / look['dict_us']:.2f}x; same edits: {look['same']} "
               f"({look['edits_found']:,} found)")
+        print(f"billing the benchmark workload (bench.py's sessions, python engine, trace, JSONL): "
+              f"{look['billing_us']:.1f} us CPU per session; its PTP and MUE lookups {look['edits_us']:.1f} us "
+              f"({look['edits_us'] / look['billing_us']:.1%} of billing; target for billing with edits on: <= 1.2x)")
         print(f"MUE per code: index {look['mue_us']:.2f} us, plain dict {look['mue_dict_us']:.2f} us "
               f"(ratio {look['mue_us'] / look['mue_dict_us']:.1f}x); lookup process peak RSS {look['rss_mb']:.0f} MB "
               f"(includes the plain dict)")
