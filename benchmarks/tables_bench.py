@@ -76,7 +76,8 @@ def generate(folder: Path, rows: int, mue_rows: int) -> tuple[Path, Path]:
     with open(mue, "w", encoding="utf-8", newline="") as fh:
         fh.write('"SYNTHETIC benchmark table in the CMS practitioner MUE layout: not CMS data.\r\n'
                  'CPT codes, descriptions and other data only are copyright American Medical Association.",,,\r\n'
-                 '"HCPCS/\r\nCPT Code","Practitioner Services MUE Values","MUE Adjudication Indicator","MUE Rationale"\r\n')
+                 '"HCPCS/\r\nCPT Code","Practitioner Services MUE Values","MUE Adjudication Indicator",'
+                 '"MUE Rationale"\r\n')
         for code in codes[:mue_rows]:
             fh.write(f'{code},{rng.randrange(0, 10)},{rng.choice(mais)},"Clinical: Data"\r\n')
     return ptp, mue

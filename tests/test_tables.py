@@ -109,7 +109,8 @@ def test_ptp_header_block_over_four_lines_and_a_blank_deletion_date(tmp_path, ca
 
 
 @pytest.mark.parametrize("lines, message", [
-    ([NOTICE, "Column A\tColumn B\tEffective Date"], "ptp.txt:2: header: the header names no 'Column 1' and 'Column 2'"),
+    ([NOTICE, "Column A\tColumn B\tEffective Date"],
+     "ptp.txt:2: header: the header names no 'Column 1' and 'Column 2'"),
     ([NOTICE, "Column 1\tColumn 2\tEffective Date\tModifier", "\t\t\t0=not allowed"],     # a header and no rows
      "ptp.txt:2: header: no 'Deletion Date' column in the header (found 'Column 1', 'Column 2', "
      "'Effective Date', 'Modifier 0=not allowed')"),
@@ -263,7 +264,8 @@ def test_a_malformed_mue_row_is_one_error_naming_file_line_and_column(tmp_path, 
 
 def test_mue_header_without_the_indicator_column_is_an_error(tmp_path, cache_dir):
     # the notice cell spans lines 1-2; the header starts on line 3 (its first cell ends on line 4)
-    path = write(tmp_path / "mue.csv", [f'"{NOTICE}', 'end",,,', '"HCPCS/\nCPT Code","Practitioner Services MUE Values"'])
+    path = write(tmp_path / "mue.csv", [f'"{NOTICE}', 'end",,,',
+                                        '"HCPCS/\nCPT Code","Practitioner Services MUE Values"'])
     with pytest.raises(TableError, match=r"^mue\.csv:3: header: no 'MUE Adjudication Indicator' column"):
         load_mue(path, "mue.csv")
 
@@ -526,3 +528,10 @@ def test_a_damaged_table_loads_or_is_one_table_error(tmp_path, cache_dir, kind, 
         table.edits(["97140", "97530", "97161"], "2020-06-01")
     else:
         table.lookup("97110")
+
+
+def test_a_line_longer_than_a_read_chunk_is_an_error_not_the_whole_file_in_memory(tmp_path, cache_dir):
+    path = tmp_path / "ptp.txt"
+    path.write_bytes(f"{NOTICE}\n{PTP_HEADER}\n".encode() + b"9" * (tables.CHUNK + 10))     # line 3 never ends
+    with pytest.raises(TableError, match=rf"^ptp\.txt:3: a line longer than {tables.CHUNK} bytes: not a text table$"):
+        load_ptp(path, "ptp.txt")
