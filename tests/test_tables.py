@@ -56,7 +56,7 @@ def test_ptp_preamble_crlf_windows_1252_and_a_header_that_goes_on(tmp_path, cach
         "Column 1\tColumn 2\t*=in existence\tEffective\tDeletion\tModifier\tPTP Edit",      # line 3: header
         "\t\tprior to 1996\tDate\tDate *=no data\t0=not allowed 1=allowed 9=n/a\tRationale",  # line 4: goes on
         "97140\t97530\t\t20200101\t*\t1\tMisuse of column two code with column one code",   # line 5
-        "97161\t97140\t*\t19960101\t20210101\t0\tMutually exclusive procedures",           # line 6
+        "97161\t97140\t*\t19960101\t20210101\t0\tMutually exclusive \u2013 procedures",     # line 6
         "", "", ""], newline="\r\n", encoding="cp1252")
     table = load_ptp(path, "rules/ncci/ptp.txt")
     assert table.rows == 2 and (table.first, table.last) == ("1996-01-01", "2020-01-01")
@@ -66,6 +66,7 @@ def test_ptp_preamble_crlf_windows_1252_and_a_header_that_goes_on(tmp_path, cach
         ("97140", "97530", 1, "2020-01-01", None, "rules/ncci/ptp.txt:5"),
         ("97161", "97140", 0, "1996-01-01", "2021-01-01", "rules/ncci/ptp.txt:6")]
     assert edits[0].rationale == "Misuse of column two code with column one code"
+    assert edits[1].rationale == "Mutually exclusive \u2013 procedures"        # byte 0x96 in Windows-1252
 
 
 def test_ptp_utf8_bom_lf_and_the_contract_header(tmp_path, cache_dir):
