@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import mmap
+import os
 import stat
 import tempfile
 from pathlib import Path
@@ -351,6 +352,34 @@ def test_a_directory_others_may_write_is_not_used(tmp_path, cache_dir, reads, ca
     write(path, PTP_ROWS + [""])
     load_ptp(path)
     assert len(entries(cache_dir)) == 1                 # nor written to
+
+
+def test_a_directory_or_an_entry_another_user_owns_is_not_used(tmp_path, cache_dir, reads, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    path = write(tmp_path / "ptp.txt", PTP_ROWS)
+    load_ptp(path)
+    os.chown(entries(cache_dir)[0], 12345, -1)          # the entry: not used, and rewritten as ours
+    load_ptp(path)
+    assert reads["ptp"] == 2 and entries(cache_dir)[0].stat().st_uid == 0
+    os.chown(cache_dir, 12345, -1)                      # the folder: not used at all
+    cache._directory.cache_clear()
+    load_ptp(path)
+    assert reads["ptp"] == 3 and "owned by another user" in capsys.readouterr().err
+
+
+def test_the_same_table_gives_the_same_entry_bytes(tmp_path, cache_dir, monkeypatch):
+    path = write(tmp_path / "ptp.txt", PTP_ROWS + ["97530\t97116\t\t20190101\t20200101\t0\tx",
+                                                  "G0283\t97530\t\t20200101\t*\t9\ty"])
+    made = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir(mode=0o700)
+        monkeypatch.setenv("PAYRULES_CACHE", str(folder))
+        cache._directory.cache_clear()
+        load_ptp(path, f"{name}/ptp.txt")
+        made.append(entries(folder)[0].read_bytes())
+    assert made[0] == made[1]
 
 
 def test_an_entry_others_may_write_is_not_used(tmp_path, cache_dir, reads):
