@@ -9,9 +9,9 @@ letters and digits only, by prefix, so the names that vary between quarters ('De
 required column that is absent is an error naming it. A PTP header is a block: its first line has two
 cells starting 'Column', and it goes on until the first line with a code under them, each column's
 cells joined ('Column' over '1', 'Deletion Date' over '*=no data': the CMS text file's header block of
-several lines); the MUE header's first cell may hold a line break inside its quotes. Text that is not UTF-8 is
-read as Windows-1252 (CMS's notice holds a raw ®). Codes are checked like a session's codes (five
-characters: 97110, 0001U, G0283).
+several lines); the MUE header's first cell may hold a line break inside its quotes. Text that is not
+UTF-8 is read as Windows-1252 (CMS's notice holds a raw ®). Codes are checked like a session's codes
+(five characters: 97110, 0001U, G0283).
 
 Every row keeps the physical line it starts on, counting the preamble and every header line, so an edit
 is traced to `path:line`.
@@ -22,10 +22,9 @@ file. The first bad row is reported (a table of a million rows with a systematic
 print a million lines).
 
 The index: rows grouped by code (PTP: column 1; MUE: the code), each group's rows packed as fixed-size
-records in file order, behind a directory of the codes. Opening
-it builds one small object per code, never one per row; a lookup decodes the group of a code the first
-time it is asked for and keeps it (a batch meets the same few therapy codes again and again), so its cost
-does not grow with the file. Measured on a synthetic 2,000,000-row file (benchmarks/tables_bench.py; CPU
+records in file order, behind a directory of the codes. Opening it builds one small object per code,
+never one per row; a lookup decodes the group of a code the first time it is asked for and keeps it (a
+batch meets the same few therapy codes again and again), so its cost does not grow with the file. Measured on a synthetic 2,000,000-row file (benchmarks/tables_bench.py; CPU
 seconds): this index loads from the cache in 0.1 s (hashing the 125 MB table is most of it), 71 MB peak
 RSS, ~2 us per 6-code session; sqlite opens at once but takes 50 us a session and 178 MB of disk; a
 pickled dict of every row takes 3 s and 1 GB to load; a marshalled dict of packed groups loads in
