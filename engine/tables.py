@@ -426,7 +426,7 @@ class _Table:
     kind = ""
     record: struct.Struct
 
-    def __init__(self, buffer, display: str):
+    def __init__(self, buffer, display: str, digest: str):
         (length,) = struct.unpack_from(">I", buffer, HEAD)
         header = json.loads(bytes(buffer[HEAD + 4:HEAD + 4 + length]))
         if header.get("kind") != self.kind or header.get("size") != self.record.size:
@@ -445,6 +445,7 @@ class _Table:
         self._groups: dict = {}
         self._edits: dict = {}
         self.path = display
+        self.digest = digest                # sha256 of the table's bytes: what a memo of results must key on
         self.rows = header["rows"]
         self.header = header
 
@@ -535,7 +536,7 @@ def _load(kind: str, path, display: str | None):
             buffer = _cached(kind, digest)
             if buffer is not None:
                 try:
-                    return table(buffer, display)
+                    return table(buffer, display, digest)
                 except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):
                     buffer.close()          # sound but not readable by this code: read the table again
             fh.seek(0)
@@ -544,7 +545,7 @@ def _load(kind: str, path, display: str | None):
         raise TableError(f"cannot read: {exc.strerror}", display) from None
     entry = _seal(body)
     _store(kind, digest, entry)
-    return table(entry, display)
+    return table(entry, display, digest)
 
 
 def load_ptp(path, display: str | None = None) -> PtpTable:

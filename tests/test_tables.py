@@ -7,6 +7,7 @@ lines and edits are worked by hand from the text written, in the comments beside
 from __future__ import annotations
 
 import datetime
+import hashlib
 import mmap
 import os
 import stat
@@ -320,6 +321,7 @@ def test_cache_hit_after_the_first_load(tmp_path, cache_dir, reads):
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600
     second = load_ptp(path, "b/ptp.txt")            # same bytes under another name: the same entry
     assert reads["ptp"] == 1
+    assert first.digest == second.digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert found(second, ["97140", "97530"], "2020-01-01") == found(first, ["97140", "97530"], "2020-01-01")
     assert second.edits(["97140", "97530"], "2020-01-01")[0].where == "b/ptp.txt:3"
 
