@@ -1,0 +1,270 @@
+"""CMS tables benchmark (issue 12 item 6): prints its figures; it asserts nothing.
+
+    python benchmarks/tables_bench.py                     # 2,000,000 PTP rows, 15,000 MUE rows
+    python benchmarks/tables_bench.py --rows 200000       # a quicker look
+
+It writes SYNTHETIC tables in the CMS practitioner layouts into a temporary folder (random codes, dates,
+indicators and rationales; not CMS data): a PTP .txt with a preamble, the header, CRLF line ends and
+`*` deletion dates, and an MUE .csv with its quoted multi-line notice and a line break in the header's
+first cell. Each phase runs in its own process with its own cache folder inside the temporary folder,
+so peak RSS is that phase's:
+
+- first load (parse, index, write the cache entry) and a cached load in a new process (target < 0.5 s);
+- per-session cost of the edits: a typical therapy session's 4-6 codes (every ordered pair, one date of
+  service) on the index, against a plain dict {(column 1, column 2): rows} of the whole file built in
+  the same process, first touch (groups not yet decoded) and warm; the two must find the same edits;
+- the lookups of bench.py's workload sessions (PTP edits of their codes, MUE of each code) beside the
+  CPU time of billing those sessions: what wiring the edits in will add at least (target <= 1.2x).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+THERAPY = ["97110", "97112", "97116", "97140", "97150", "97161", "97162", "97164", "97530", "97535",
+           "97542", "97750", "97012", "97035", "92507", "92526", "97129", "97124", "97113"]
+SESSIONS = [["97110", "97140", "97530", "97112"], ["97161", "97110", "97530", "97140", "97116"],
+            ["97164", "97530", "97150", "97110", "97112", "97140"], ["92507", "92526", "97129", "97535"],
+            ["97110", "97113", "97140", "97124", "97012"], ["97162", "97110", "97116", "97530", "97035"]]
+RATIONALES = ["Standards of medical / surgical practice", "Mutually exclusive procedures",
+              "CPT Manual or CMS manual coding instructions", "Misuse of column two code with column one code",
+              "More extensive procedure", "HCPCS/CPT procedure code definition", "Sequential procedure",
+              "Gender-specific procedures", "Standard preparation / monitoring services for anesthesia",
+              "Anesthesia service included in surgical procedure", "Laboratory panel", "CMS policy"]
+QUARTERS = [f"{y}{m:02d}01" for y in range(1996, 2027) for m in (1, 4, 7, 10)]
+
+
+def generate(folder: Path, rows: int, mue_rows: int) -> tuple[Path, Path]:
+    rng = random.Random(12)
+    universe = sorted({f"{rng.randrange(10000, 99999)}" for _ in range(20000)} | set(THERAPY))[:12000]
+    universe = sorted(set(universe) | set(THERAPY))
+    ptp = folder / "ptp-practitioner-SYNTHETIC.txt"
+    with open(ptp, "w", encoding="cp1252", newline="") as fh:
+        fh.write("SYNTHETIC benchmark table in the CMS practitioner PTP layout: random codes, not CMS data.\r\n"
+                 "CPT codes, descriptions and other data only are copyright American Medical Association.\xae\r\n"
+                 "Column1/Column2 Edits\r\n"
+                 "Column 1\tColumn 2\t*=in existence prior to 1996\tEffective Date\tDeletion Date *=no data\t"
+                 "Modifier 0=not allowed 1=allowed 9=not applicable\tPTP Edit Rationale\r\n")
+        # a third of the ordered pairs of therapy codes have an edit, some a deleted one before it
+        pairs = [(one, two) for one in THERAPY for two in THERAPY if one != two and rng.random() < 0.3]
+        pairs += [pair for pair in pairs if rng.random() < 0.2]
+        batch = []
+        for n in range(rows):
+            effective = rng.randrange(len(QUARTERS) - 1)
+            deletion = "*" if rng.random() < 0.8 else QUARTERS[rng.randrange(effective, len(QUARTERS))]
+            one, two = pairs[n] if n < len(pairs) else (rng.choice(universe), rng.choice(universe))
+            batch.append(f"{one}\t{two}\t{'*' if effective < 1 else ''}\t"
+                         f"{QUARTERS[effective]}\t{deletion}\t{rng.choice('0119')}\t{rng.choice(RATIONALES)}\r\n")
+            if len(batch) == 100000:
+                fh.write("".join(batch))
+                batch = []
+        fh.write("".join(batch) + "\r\n")
+    mue = folder / "mue-practitioner-SYNTHETIC.csv"
+    mais = ['"1 Line Edit"', '"2 Date of Service Edit: Policy"', '"3 Date of Service Edit: Clinical"']
+    codes = sorted(set(universe[:mue_rows]) | {f"{rng.randrange(10000, 99999)}" for _ in range(mue_rows * 2)})
+    with open(mue, "w", encoding="utf-8", newline="") as fh:
+        fh.write('"SYNTHETIC benchmark table in the CMS practitioner MUE layout: not CMS data.\r\n'
+                 'CPT codes, descriptions and other data only are copyright American Medical Association.",,,\r\n'
+                 '"HCPCS/\r\nCPT Code","Practitioner Services MUE Values","MUE Adjudication Indicator",'
+                 '"MUE Rationale"\r\n')
+        for code in codes[:mue_rows]:
+            fh.write(f'{code},{rng.randrange(0, 10)},{rng.choice(mais)},"Clinical: Data"\r\n')
+    return ptp, mue
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_load(ptp: str, mue: str) -> dict:
+    from engine import tables
+    start, cpu = time.perf_counter(), time.process_time()
+    table = tables.load_ptp(ptp)
+    ptp_s, ptp_cpu = time.perf_counter() - start, time.process_time() - cpu
+    start = time.perf_counter()
+    mue_table = tables.load_mue(mue)
+    return {"ptp_s": ptp_s, "ptp_cpu": ptp_cpu, "mue_s": time.perf_counter() - start, "rows": table.rows,
+            "mue_rows": mue_table.rows, "rss_mb": rss_mb()}
+
+
+def per_item(run, count: int, repeat: int = 3) -> float:
+    """Best CPU seconds of `run()` per item (CPU time of this process: the machine may be shared)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
+    return best / count
+
+
+def plain_dict(ptp: str) -> dict:
+    """The baseline: every row of the file in a dict by (column 1, column 2), in file order."""
+    from engine.tables import IN_FORCE
+    rows: dict = {}
+    with open(ptp, encoding="cp1252", newline="") as fh:
+        for number, line in enumerate(fh, 1):
+            cells = line.rstrip("\r\n").split("\t")
+            if number <= 4 or len(cells) < 7:
+                continue
+            deletion = IN_FORCE if cells[4] == "*" else int(cells[4])
+            rows.setdefault((cells[0], cells[1]), []).append((int(cells[3]), number, deletion, int(cells[5]),
+                                                               cells[6]))
+    return rows
+
+
+def phase_lookup(ptp: str, mue: str, count: int) -> dict:
+    from engine import tables
+    from engine.tables import PtpEdit, _iso, IN_FORCE
+    table = tables.load_ptp(ptp)
+    mue_table = tables.load_mue(mue)
+    rng = random.Random(5)
+    days = [f"{y}-{m:02d}-{d:02d}" for y in range(2019, 2027) for m in (1, 3, 6, 9, 12) for d in (1, 15)]
+    work = [(rng.choice(SESSIONS)[:rng.randrange(4, 7)], rng.choice(days)) for _ in range(count)]
+
+    def index_run():
+        return [table.edits(codes, day) for codes, day in work]
+
+    first, times = [], []
+    for codes in SESSIONS:          # each session brings codes not looked up before: their groups are decoded
+        start = time.process_time()
+        first.append(table.edits(codes, "2024-01-01"))
+        times.append(time.process_time() - start)
+    first_touch = statistics.median(times)          # the median: a garbage collection may fall in one of them
+    found = index_run()
+    warm = per_item(index_run, count)
+
+    start = time.perf_counter()
+    rows = plain_dict(ptp)
+    dict_build = time.perf_counter() - start
+
+    made = {}                   # as the index does: an edit object is made once, when first found in force
+
+    def dict_run():
+        out = []
+        for codes, day in work:
+            number = int(day[:4] + day[5:7] + day[8:])
+            codes = sorted(set(codes))
+            edits = []
+            for one in codes:
+                for two in codes:
+                    for effective, line, deletion, modifier, rationale in rows.get((one, two), ()):
+                        if effective <= number < deletion and one != two:
+                            edit = made.get(line)
+                            if edit is None:
+                                edit = made[line] = PtpEdit(one, two, _iso(effective), None if deletion == IN_FORCE
+                                                            else _iso(deletion), modifier, rationale, ptp, line)
+                            edits.append(edit)
+            out.append(edits)
+        return out
+
+    expected = dict_run()
+    baseline = per_item(dict_run, count)
+    mue_codes = [code for codes, _ in work for code in codes]
+    mue_each = per_item(lambda: [mue_table.lookup(code) for code in mue_codes], len(mue_codes))
+    plain = {code: mue_table.lookup(code) for code in THERAPY}
+    mue_plain = per_item(lambda: [plain.get(code) for code in mue_codes], len(mue_codes))
+    billing, edits_share = share_of_billing(table, mue_table)
+    return {"first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
+            "billing_us": billing * 1e6, "edits_us": edits_share * 1e6,
+            "dict_build_s": dict_build, "same": found == expected, "edits_found": sum(map(len, found)),
+            "first_edits": sum(map(len, first)), "mue_us": mue_each * 1e6, "mue_dict_us": mue_plain * 1e6,
+            "rss_mb": rss_mb()}
+
+
+def share_of_billing(table, mue_table, count: int = 5000) -> tuple[float, float]:
+    """CPU seconds per session of billing the benchmark's workload (python engine, plans memo on, full
+    trace, encoded as JSONL, as benchmarks/bench.py measures it) and of its table lookups: the PTP
+    edits of its codes on its date and the MUE of each code. What the edits will add to billing once
+    they are wired in is at least the second figure."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from engine.batch import render_one
+    from engine.billing import Biller
+    from engine.loader import Registry
+    from engine.sessions import parse_session
+    from engine.yamlload import Located
+    from workload import make_sessions
+    data = make_sessions(count)
+    biller = Biller(Registry(), "python")
+
+    def bill():
+        for i, d in enumerate(data, 1):
+            render_one(biller.bill(parse_session(d, Located(d, {(): i}, "bench"), (), i)), "jsonl")
+
+    work = [([str(s["code"]) for s in d["services"]], d["date_of_service"]) for d in data]
+
+    def lookups():
+        for codes, day in work:
+            table.edits(codes, day)
+            for code in codes:
+                mue_table.lookup(code)
+
+    bill()
+    lookups()
+    return per_item(bill, count), per_item(lookups, count)
+
+
+def run_phase(name: str, cache: Path, *args) -> dict:
+    env = dict(os.environ, PAYRULES_CACHE=str(cache))
+    out = subprocess.run([sys.executable, __file__, "--phase", name, *map(str, args)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--mue-rows", type=int, default=15_000)
+    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument("--phase", nargs="*")
+    args = parser.parse_args()
+    if args.phase:
+        name, *rest = args.phase
+        result = phase_load(*rest) if name == "load" else phase_lookup(rest[0], rest[1], int(rest[2]))
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="payrules-tables-bench-") as folder:
+        folder = Path(folder)
+        cache = folder / "cache"
+        cache.mkdir(mode=0o700)
+        start = time.perf_counter()
+        ptp, mue = generate(folder, args.rows, args.mue_rows)
+        print(f"SYNTHETIC tables written in {time.perf_counter() - start:.1f} s: PTP {args.rows:,} rows "
+              f"({ptp.stat().st_size / 1e6:.0f} MB), MUE {args.mue_rows:,} rows ({mue.stat().st_size / 1e6:.1f} MB)")
+        cold = run_phase("load", cache, ptp, mue)
+        print(f"first load:  PTP {cold['ptp_s']:.2f} s, CPU {cold['ptp_cpu']:.2f} s ({cold['rows']:,} rows), "
+              f"MUE {cold['mue_s']:.3f} s "
+              f"({cold['mue_rows']:,} rows); peak RSS {cold['rss_mb']:.0f} MB")
+        entry = sum(p.stat().st_size for p in cache.iterdir())
+        print(f"cache entries: {entry / 1e6:.0f} MB ({entry / max(cold['rows'], 1):.1f} bytes per PTP row)")
+        warm = min((run_phase("load", cache, ptp, mue) for _ in range(3)), key=lambda r: r["ptp_s"])
+        print(f"cached load (new process, best of 3): PTP {warm['ptp_s']:.3f} s, CPU {warm['ptp_cpu']:.3f} s "
+              f"(target < 0.5 s), "
+              f"MUE {warm['mue_s']:.4f} s; peak RSS {warm['rss_mb']:.0f} MB")
+        look = run_phase("lookup", cache, ptp, mue, args.sessions)
+        print(f"edits per session, CPU ({args.sessions:,} sessions of 4-6 therapy codes, all ordered pairs): "
+              f"index {look['warm_us']:.1f} us warm, {look['first_touch_us']:.0f} us (median) on first touch of its codes; "
+              f"plain dict of the whole file {look['dict_us']:.1f} us (built in {look['dict_build_s']:.1f} s); "
+              f"ratio {look['warm_us'] / look['dict_us']:.2f}x; same edits: {look['same']} "
+              f"({look['edits_found']:,} found)")
+        print(f"billing the benchmark workload (bench.py's sessions, python engine, trace, JSONL): "
+              f"{look['billing_us']:.1f} us CPU per session; its PTP and MUE lookups {look['edits_us']:.1f} us "
+              f"({look['edits_us'] / look['billing_us']:.1%} of billing; target for billing with edits on: <= 1.2x)")
+        print(f"MUE per code: index {look['mue_us']:.2f} us, plain dict {look['mue_dict_us']:.2f} us "
+              f"(ratio {look['mue_us'] / look['mue_dict_us']:.1f}x); lookup process peak RSS {look['rss_mb']:.0f} MB "
+              f"(includes the plain dict)")
+
+
+if __name__ == "__main__":
+    main()
