@@ -683,14 +683,14 @@ def _normalise_when(when: dict) -> dict:
 
 
 def load_payer(pfile: PayerFile) -> Payer:
-    """One stand-alone payer file → Payer (RuleFileError on the first error). For tests and tools."""
+    """One stand-alone payer file → Payer (RuleFileError naming each of its errors). For tests and tools."""
     spec, errors = read_spec(pfile)
     if errors:
-        raise errors[0]
+        raise RuleFileError.gather(errors)
     registry = Registry.__new__(Registry)
     registry.files, registry.file_errors, registry._resolved, registry._interned = [pfile], {}, {}, {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:
-        raise errors[0]
+        raise RuleFileError.gather(errors)
     return registry._build(registry._merge(spec, None, ()), None, check=False)

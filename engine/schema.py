@@ -26,17 +26,24 @@ MAX_GATHERED = 1000     # schema errors of one document explained; those beyond 
 def schema_errors(name: str, located: Located, error_class, data=None, base_path=(), echo_values=True,
                   counted: list | None = None) -> list:
     """Every schema error in `data` (default: the whole located document) as `error_class` instances, in
-    order of position in the document (line, then place among its siblings). `echo_values=False` keeps
-    the offending values out of messages (sessions: no patient data). `base_path` is where `data` sits
-    inside the located document; paths in messages are relative to `data`. At most MAX_GATHERED are
-    explained; with `counted` (a list) the number of the others is appended to it."""
+    order of position in the document (line, then place among its siblings), one for each place.
+    `echo_values=False` keeps the offending values out of messages (sessions: no patient data).
+    `base_path` is where `data` sits inside the located document; paths in messages are relative to
+    `data`. At most MAX_GATHERED are explained; with `counted` (a list) the number of the others is
+    appended to it."""
     data = located.data if data is None else data
-    out, more = [], 0
+    out, more, seen = [], 0, set()
     for error in validator(name).iter_errors(data):         # lazy: a hostile document stops costing here
         if len(out) >= MAX_GATHERED:
             more += _count(error)
             continue
         for path, message in _explain(error, echo_values):
+            # one message per place, the first (a code of 5.5 is neither of the code's types nor >= 10000);
+            # each missing key is a place of its own
+            place = (tuple(path), message if message.startswith("missing required key") else "")
+            if place in seen:
+                continue
+            seen.add(place)
             full = tuple(base_path) + tuple(path)
             out.append(error_class(message, located.file, located.line_of(full), format_path(path)))
             out[-1].position = (located.line_of(full) or 0, position(data, path))

@@ -482,3 +482,44 @@ def test_k_mistakes_in_a_rule_file_are_k_errors(tmp_path_factory, mistakes):
     want = [("extra/hyp.yaml", line, path) for line, path in sorted(expected)]
     assert [(e.file, e.line, e.path) for e in errors] == want, [str(e) for e in errors]
     assert all(e.message and "\n" not in e.message for e in errors)
+
+
+def test_the_readme_guides_error_examples_are_what_validate_says(tmp_path):
+    """README "Adding a payer", step 2: each example line is what one mistake in the guide's file gives,
+    word for word (the guide's file without its first comment line, so that lines count from `payer:`)."""
+    from engine.loader import Registry
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    guide = re.search(r"```yaml\n\s*# my-rules/acme-health\.yaml\n(.*?)```", readme, re.S).group(1)
+    guide = "\n".join(line[3:] for line in guide.splitlines()) + "\n"
+    examples = re.search(r"for example:\n\n   ```\n(.*?)   ```", readme, re.S).group(1).splitlines()
+    mistakes = {    # README line (its start) -> the edit that makes it
+        "max_unit": ("- max_units: 2", "- max_unit: 2"),
+        "no code list named 'manual'": ("line: {code: 97140}", "line: {code_in: manual}"),
+        "already a rule of medicare": ("- id: acme-manual-therapy-limit", "- id: timed-pool"),
+        "missing required key 'source'": ('    source: "Acme provider manual §4.2 (write where the policy is '
+                                          'published)"\n', ""),
+        "medicar'": ("extends: medicare ", "extends: medicar "),
+        "'midpoint' is not one of": ("name: midpoint_per_code", "name: midpoint"),
+        "9714 is not a CPT/HCPCS code": ("line: {code: 97140}", "line: {code: 9714}"),
+    }
+    assert len(examples) == len(mistakes)
+    for n, example in enumerate(examples):
+        (old, new), = [edit_ for key, edit_ in mistakes.items() if key in example]
+        rules = tmp_path / str(n) / "my-rules"
+        rules.mkdir(parents=True)
+        (rules / "acme-health.yaml").write_text(edit(old, new, guide), encoding="utf-8")
+        said = [f"error: {e}" for e in Registry([rules], strict=False).errors()]
+        assert said == [example.strip()], (example, said)
+
+
+@pytest.mark.parametrize("written, message", [("2026-02-30", "'2026-02-30' is not a real date"),
+                                              ('"2026-2-3"', "'2026-2-3' is not a date like 2026-03-02")])
+def test_a_scenario_date_is_checked_in_words(tmp_path, written, message):
+    # line 4: the scenario's date (a well-formed impossible date used to be billed as it was)
+    path = tmp_path / "x.tests.yaml"
+    path.write_text(f'payer: medicare\nscenarios:\n  - name: a\n    date: {written}\n'
+                    '    session: {services: [{code: "97110", minutes: 20}]}\n    expect: {total_units: 1}\n')
+    proc = run_cli("test", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(rf"^error: \S*x\.tests\.yaml:4: scenarios\[0\]\.date: {re.escape(message)}$", proc.stderr, re.M), \
+        proc.stderr

@@ -462,6 +462,8 @@ SERVICE = [     # (offset of the line within the service, the line, the field of
     (0, '  - code: "9711"', "code"), (0, '  - cod: "97110"', "cod"), (1, "    minutes: -3", "minutes"),
     (1, '    minutes: "30"', "minutes"), (1, "    minuts: 30", "minuts"), (1, "    minutes: 1441", "minutes"),
     (2, "    provider: PX", "provider"), (2, "    provder: PT", "provder"), (2, "    group_size: -1", "group_size"),
+    # wrong on two counts of the schema (type and range), one mistake: one error
+    (0, "  - code: 5.5", "code"), (2, "    group_size: -1.5", "group_size"),
 ]
 PLACES = sorted(TOP) + [f"services[{i}]" for i in range(N_SERVICES)]
 
