@@ -106,8 +106,13 @@ class EvaluationError(PayrulesError):
 
 
 def is_date(text: str) -> bool:
-    """A real calendar date written YYYY-MM-DD (date.fromisoformat alone also takes 20260101 and 2026-W01-1)."""
-    return date_problem(text) is None
+    """A real calendar date written YYYY-MM-DD (date.fromisoformat alone also takes 20260101 and 2026-W01-1).
+    What is wrong with one that is not: date_problem."""
+    try:
+        return (len(text) == 10 and text.isascii() and text[4] == text[7] == "-"
+                and bool(datetime.date.fromisoformat(text)))
+    except (ValueError, TypeError):
+        return False
 
 
 _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -117,14 +122,12 @@ def date_problem(value, echo: bool = True) -> str | None:
     """None for a real calendar date written YYYY-MM-DD; otherwise what is wrong with it, in words:
     "'2026-3-2' is not a date like 2026-03-02", "'2026-02-30' is not a real date". With `echo` false the
     value is left out (a session's date is the patient's): "not a real date"."""
+    if is_date(value):
+        return None
     shown = f"{_shown(value)} is " if echo else ""
     if not isinstance(value, str) or not _DATE_SHAPE.fullmatch(value):
         return f"{shown}not a date like 2026-03-02"
-    try:
-        datetime.date.fromisoformat(value)
-    except ValueError:
-        return f"{shown}not a real date"
-    return None
+    return f"{shown}not a real date"
 
 
 def _shown(value) -> str:

@@ -284,6 +284,7 @@ class _Merged:
     rules: list = field(default_factory=list)       # (spec, path, rule dict)
     specs: list = field(default_factory=list)       # every file used, parent first
     errors: list = field(default_factory=list)      # what the files do wrong to what they extend
+    unsure: frozenset = frozenset()                 # ids of rules left out for their schema errors
 
 
 class Registry:
@@ -518,7 +519,10 @@ class Registry:
     def _apply(self, base: _Merged, spec: Spec, date) -> _Merged:
         data = spec.data
         out = _Merged(spec, dict(base.method), dict(base.method_from), dict(base.codes), dict(base.codes_from),
-                      dict(base.families), list(base.rules), base.specs + [spec], list(base.errors))
+                      dict(base.families), list(base.rules), base.specs + [spec], list(base.errors),
+                      base.unsure | {r.get("id") for section in ("rules", "override")
+                                     for i, r in enumerate(data.get(section, [])) if (section, i) in spec.broken
+                                     and isinstance(r, dict)})
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
@@ -532,7 +536,7 @@ class Registry:
         errors = out.errors
         inherited = {r["id"] for _, _, r in base.rules}
         for i, rule_id in spec.items("disable"):
-            if rule_id not in inherited:
+            if rule_id not in inherited | base.unsure:
                 errors.append(spec.err(("disable", i), self._missing(rule_id, inherited, spec, "disable")))
             out.rules = [entry for entry in out.rules if entry[2]["id"] != rule_id]
         overrides: dict = {}
@@ -542,7 +546,9 @@ class Registry:
                 errors.append(spec.err(("override", i, "id"), f"rule {rule['id']!r} is both disabled and overridden "
                                                               "here: keep one of the two"))
             elif rule["id"] not in inherited:
-                errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec, "override")))
+                if rule["id"] not in base.unsure:     # a parent's rule with schema errors: said there
+                    errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec,
+                                                                                "override")))
             else:
                 overrides.setdefault(rule["id"], []).append((spec, ("override", i), rule))
         for rule_id, replacements in overrides.items():

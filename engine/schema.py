@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
+from itertools import islice
 
 from .errors import closest, date_problem, suggest
 from .paths import SCHEMAS_DIR
@@ -32,12 +33,15 @@ def schema_errors(name: str, located: Located, error_class, data=None, base_path
     `data`. At most MAX_GATHERED are explained; with `counted` (a list) the number of the others is
     appended to it."""
     data = located.data if data is None else data
-    out, more, seen = [], 0, set()
+    out, more, seen, places = [], 0, set(), {}
     for error in validator(name).iter_errors(data):         # lazy: a hostile document stops costing here
-        if len(out) >= MAX_GATHERED:
+        room = MAX_GATHERED - len(out)
+        if room <= 0:
             more += _count(error)
             continue
-        for path, message in _explain(error, echo_values):
+        made = 0
+        for path, message in islice(_explain(error, echo_values), room):
+            made += 1
             # one message per place, the first (a code of 5.5 is neither of the code's types nor >= 10000);
             # each missing key is a place of its own
             place = (tuple(path), message if message.startswith("missing required key") else "")
@@ -46,8 +50,10 @@ def schema_errors(name: str, located: Located, error_class, data=None, base_path
             seen.add(place)
             full = tuple(base_path) + tuple(path)
             out.append(error_class(message, located.file, located.line_of(full), format_path(path)))
-            out[-1].position = (located.line_of(full) or 0, position(data, path))
+            out[-1].position = (located.line_of(full) or 0, position(data, path, places))
             out[-1].at = tuple(path)
+        if made == room:        # cut short: the rest of this error's messages are counted
+            more += max(0, _count(error) - made)
     out.sort(key=lambda e: e.position)
     if counted is not None:
         counted.append(more)
@@ -61,14 +67,19 @@ def _count(error) -> int:
     return 1
 
 
-def position(data, path) -> tuple:
+def position(data, path, places: dict | None = None) -> tuple:
     """Where `path` is in `data`, as the place of each step among its siblings (a key's place in its
-    mapping, an item's index): the order of the text, also where every node is on one line (JSONL)."""
+    mapping, an item's index): the order of the text, also where every node is on one line (JSONL).
+    `places` keeps the places of the keys of each mapping met, for the next calls."""
     out = []
     for part in path:
         if isinstance(data, dict):
-            keys = list(data)
-            out.append(keys.index(part) if part in data else len(keys))
+            keys = places.get(id(data)) if places is not None else None
+            if keys is None:
+                keys = {key: i for i, key in enumerate(data)}
+                if places is not None:
+                    places[id(data)] = keys
+            out.append(keys.get(part, len(keys)))
             data = data.get(part)
         elif isinstance(data, list) and isinstance(part, int):
             out.append(part)

@@ -744,8 +744,8 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
         errors.append(_error(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", data, doc, path,
                              ("context",)))
     date = data.get("date_of_service")
-    if isinstance(date, str) and _DATE.match(date) and len(date) == 10 and not is_date(date):
-        # well-formed (the schema passed it) but no day of the calendar: 2026-02-30
+    if date is not None and not is_date(date) and not any(e.path == "date_of_service" for e in errors):
+        # the form the schema asks for, but no day of the calendar: 2026-02-30
         errors.append(_error(date_problem(date, echo=False), data, doc, path, ("date_of_service",)))
     if errors:
         errors.sort(key=lambda e: e.position)

@@ -393,6 +393,17 @@ def test_a_hostile_session_makes_a_bounded_record(tmp_path):
     assert parts[20:] == ["and 180 more"]
 
 
+def test_a_session_of_many_unknown_keys_is_counted_not_explained():
+    # 50,000 unknown keys: 20 listed, the rest counted (only MAX_GATHERED are given a "did you mean"
+    # and a position, so this costs about what a valid session of that size does)
+    from engine.sessions import parse_session
+    from engine.yamlload import Located
+    data = {"session_id": "H", "services": [{"code": "97110", "minutes": 5}], **{f"k{i}": i for i in range(50_000)}}
+    error = parse_session(data, Located(data, {(): 1}, "h.jsonl"), (), 1)
+    assert len(error.errors) == 20 and error.unlisted == 50_000 - 20
+    assert error.lines()[-1] == "and 49980 more"
+
+
 @pytest.mark.parametrize("written, message", [
     ("2026-3-2", "not a date like 2026-03-02"),
     ("20260302", "not a date like 2026-03-02"),
