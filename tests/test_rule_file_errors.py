@@ -491,7 +491,7 @@ def test_the_readme_guides_error_examples_are_what_validate_says(tmp_path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     guide = re.search(r"```yaml\n\s*# my-rules/acme-health\.yaml\n(.*?)```", readme, re.S).group(1)
     guide = "\n".join(line[3:] for line in guide.splitlines()) + "\n"
-    examples = re.search(r"for example:\n\n   ```\n(.*?)   ```", readme, re.S).group(1).splitlines()
+    examples = re.search(r"```\n((?: *error: my-rules/.*\n)+) *```", readme).group(1).splitlines()
     mistakes = {    # README line (its start) -> the edit that makes it
         "max_unit": ("- max_units: 2", "- max_unit: 2"),
         "no code list named 'manual'": ("line: {code: 97140}", "line: {code_in: manual}"),
