@@ -108,7 +108,7 @@ def encode_jsonl(record: dict) -> bytes:
 def report_lines(session, record, payer_id: str | None = None) -> tuple:
     """`FILE:LINE: session ID: problem` for each error of a session: its id, never its other data."""
     if isinstance(session, SessionError):
-        return (f"{session} (session {session.session_id})",)
+        return tuple(f"{line} (session {session.session_id})" for line in session.lines())
     where = f"{session.file}:{session.line}: " if session.file and session.line else ""
     who = f"session {record['session_id']}" + (f", payer {payer_id}" if payer_id else "")
     if "error" in record:

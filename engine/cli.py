@@ -7,7 +7,6 @@ output that cannot be written; 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import signal
@@ -17,7 +16,8 @@ from pathlib import Path
 from . import __version__, render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
-from .errors import EvaluationError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError, suggest
+from .errors import (EvaluationError, InputError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError,
+                     date_problem, suggest)
 from .loader import PayerFile, Registry, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR, RULES_ENV, env_rules
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         _error(str(exc))
         return 2
     except PayrulesError as exc:
-        _error(str(exc))
+        for line in exc.lines() if isinstance(exc, InputError) else [str(exc)]:
+            _error(line)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -225,10 +226,10 @@ def _ids(text: str) -> list:
 
 
 def _date(text: str) -> str:
-    try:
-        return datetime.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    problem = date_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _load_all(inputs, fmt="auto") -> tuple:

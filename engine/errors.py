@@ -6,6 +6,7 @@ print `error: FILE:LINE: PATH: message` and never a traceback.
 from __future__ import annotations
 
 import datetime
+import re
 
 
 class PayrulesError(Exception):
@@ -15,8 +16,13 @@ class PayrulesError(Exception):
 class InputError(PayrulesError):
     """Bad input: a rule file, a session or a command-line argument.
 
-    `file` and `line` locate it, `path` names the offending field (`rules[2].then[0]`).
+    `file` and `line` locate it, `path` names the offending field (`rules[2].then[0]`). Input with several
+    mistakes is one error whose `errors` holds each of them, in order of position (see gather); str()
+    lists them all, "; " between them, and lines() one per line.
     """
+
+    errors: tuple = ()          # with several mistakes: each of them (this one stands for them all)
+    unlisted = 0                # mistakes found beyond those in `errors`
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, path: str = ""):
         super().__init__(message)
@@ -25,12 +31,37 @@ class InputError(PayrulesError):
         self.line = line
         self.path = path
 
-    def __str__(self) -> str:
+    @classmethod
+    def gather(cls, errors: list, unlisted: int = 0):
+        """One error for all of these mistakes (a non-empty list, in order): the first MAX_LISTED of them,
+        and how many more there are."""
+        unlisted += max(0, len(errors) - MAX_LISTED)
+        errors = errors[:MAX_LISTED]
+        first = errors[0]
+        if len(errors) == 1 and not unlisted:
+            return first
+        out = cls(first.message, first.file, first.line, first.path)
+        out.errors, out.unlisted = tuple(errors), unlisted
+        return out
+
+    def lines(self) -> list:
+        """One line per mistake (`FILE:LINE: PATH: message`), and "and N more" when some are not listed."""
+        shown = [e.where() for e in self.errors or (self,)]
+        return shown + [f"and {self.unlisted} more"] if self.unlisted else shown
+
+    def where(self) -> str:
+        """This one mistake: `FILE:LINE: PATH: message`."""
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         field = f"{self.path}: " if self.path else ""
         return f"{where}{field}{self.message}"
+
+    def __str__(self) -> str:
+        return "; ".join(self.lines())
+
+
+MAX_LISTED = 20         # mistakes listed in one error (one session's error record, one run's rule files)
 
 
 class RuleFileError(InputError):
@@ -44,6 +75,14 @@ class SessionError(InputError):
                  session_id: str | None = None):
         super().__init__(message, file, line, path)
         self.session_id = session_id
+
+    @classmethod
+    def gather(cls, errors: list, session_id: str | None = None, unlisted: int = 0):
+        for e in errors:
+            e.session_id = session_id
+        out = super().gather(errors, unlisted)
+        out.session_id = session_id
+        return out
 
 
 class UsageError(InputError):
@@ -67,12 +106,33 @@ class EvaluationError(PayrulesError):
 
 
 def is_date(text: str) -> bool:
-    """A real calendar date written YYYY-MM-DD (date.fromisoformat alone also takes 20260101 and 2026-W01-1)."""
+    """A real calendar date written YYYY-MM-DD (date.fromisoformat alone also takes 20260101 and 2026-W01-1).
+    What is wrong with one that is not: date_problem."""
     try:
         return (len(text) == 10 and text.isascii() and text[4] == text[7] == "-"
                 and bool(datetime.date.fromisoformat(text)))
     except (ValueError, TypeError):
         return False
+
+
+_DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def date_problem(value, echo: bool = True) -> str | None:
+    """None for a real calendar date written YYYY-MM-DD; otherwise what is wrong with it, in words:
+    "'2026-3-2' is not a date like 2026-03-02", "'2026-02-30' is not a real date". With `echo` false the
+    value is left out (a session's date is the patient's): "not a real date"."""
+    if is_date(value):
+        return None
+    shown = f"{_shown(value)} is " if echo else ""
+    if not isinstance(value, str) or not _DATE_SHAPE.fullmatch(value):
+        return f"{shown}not a date like 2026-03-02"
+    return f"{shown}not a real date"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def suggest(word: str, choices) -> str:

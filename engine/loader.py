@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import cache
 from .compiler import compile_payer
-from .errors import EvaluationError, RuleFileError, SessionError, UsageError, is_date, suggest
+from .errors import EvaluationError, RuleFileError, SessionError, UsageError, date_problem, is_date, suggest
 from .model import Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR, shown
 from .schema import schema_errors
@@ -52,6 +52,16 @@ class Spec:
     digest: str
     raw: bytes = b""        # the file's bytes as read: what is billed with them is logged with them
     display: str = ""       # PayerFile.display: what results and listings name
+    # parts with schema errors, as (section,) and (section, item) paths: left out of every check, so that
+    # the rest of the file is checked too (such a file is never billed: it has errors)
+    broken: frozenset = frozenset()
+
+    def items(self, section: str) -> list:
+        """(index, item) of a list section (rules, override, families, disable), its broken items left out."""
+        value = self.data.get(section, [])
+        if (section,) in self.broken or not isinstance(value, list):
+            return []
+        return [(i, item) for i, item in enumerate(value) if (section, i) not in self.broken]
 
     @property
     def data(self) -> dict:
@@ -75,7 +85,9 @@ class Spec:
 
     @property
     def effective(self) -> tuple:
-        return self.data.get("effective_from"), self.data.get("effective_to")
+        """(effective_from, effective_to), None where absent (or broken: never billed, checked without)."""
+        return tuple(None if (key,) in self.broken else self.data.get(key)
+                     for key in ("effective_from", "effective_to"))
 
     def line(self, *path) -> int:
         return self.doc.line_of(path)
@@ -124,10 +136,17 @@ def _display(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
+# a schema error in (or under) one of these, or in a section itself, leaves a file that cannot be merged
+# with others or checked as a payer
+_STRUCTURAL = {(), ("payer",), ("name",), ("extends",), ("method",)}
+_SECTIONS = {("codes",), ("families",), ("rules",), ("override",), ("disable",)}
+
+
 def read_spec(pfile: PayerFile):
-    """(Spec or None, errors): the file as a Spec when it is schema-valid, and every error found in the
-    file alone (sorted by line). A schema-valid file with errors is still merged, so that `validate`
-    lists the errors that depend on its parent too."""
+    """(Spec or None, errors): the file as a Spec, and every error found in the file alone (sorted by
+    line). A file with errors is still merged, so that `validate` lists at once the errors that depend
+    on its parent too: with its schema errors too, their items (a rule, a family) left out, unless they
+    are in its structure (the payer's id, dates, method, a section that is not a list)."""
     try:
         with open(pfile.path, "rb") as fh:
             raw = fh.read(MAX_RULE_FILE_BYTES + 1)      # never more: the file may be huge
@@ -153,10 +172,17 @@ def read_spec(pfile: PayerFile):
                                         pfile.shown, doc.line_of(()))]
         errors = schema_errors("payer", doc, RuleFileError)
         if errors:
-            return None, errors
+            spec = Spec(doc, digest, raw, pfile.display, frozenset(e.at[:2] for e in errors))
+            errors = sorted(errors + _file_errors(spec), key=_line_order)
+            structural = any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
+            return None if structural else spec, errors
         cache.store(digest, doc)
     spec = Spec(doc, digest, raw, pfile.display)
-    return spec, sorted(_file_errors(spec), key=lambda e: (e.line or 0, e.path))
+    return spec, sorted(_file_errors(spec), key=_line_order)
+
+
+def _line_order(error) -> tuple:
+    return error.line or 0, error.path
 
 
 def _code(value) -> str:
@@ -164,32 +190,34 @@ def _code(value) -> str:
 
 
 def _file_errors(spec: Spec) -> list:
-    """Checks that need nothing but the file itself."""
-    data, errors = spec.data, []
+    """Checks that need nothing but the file itself (its broken parts left out)."""
+    data, errors, broken, items = spec.data, [], spec.broken, spec.items
     # every number of a payer file is a whole number (or a code); JSON Schema's "integer" lets 15.0 through
     for path, value in _floats(data, ()):
+        if path[:1] in broken or path[:2] in broken:
+            continue        # said by the schema (a fraction is no integer), or in a part left out
         errors.append(spec.err(path, f"{value!r} is not a whole number written without a decimal point "
                                      f"(write {int(value)})"))
     for key in ("effective_from", "effective_to"):
-        if key in data and not is_date(data[key]):
-            errors.append(spec.err((key,), f"{data[key]!r} is not a calendar date"))
+        if key in data and (key,) not in broken and not is_date(data[key]):
+            errors.append(spec.err((key,), date_problem(data[key])))
     if _backwards(spec.effective):
         errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
-    if spec.extends == spec.id:
+    if spec.extends == spec.id and not broken & {("payer",), ("extends",)}:
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
-    for i, fam in enumerate(data.get("families", [])):
+    for i, fam in items("families"):
         if fam["id"] in family_ids:
             errors.append(spec.err(("families", i, "id"), f"duplicate family id {fam['id']!r}"))
         family_ids.add(fam["id"])
     seen: dict = {}
     for section in ("rules", "override"):
-        for i, rule in enumerate(data.get(section, [])):
+        for i, rule in items(section):
             path = (section, i)
             span = (rule.get("effective_from"), rule.get("effective_to"))
             for key in ("effective_from", "effective_to"):
                 if key in rule and not is_date(rule[key]):
-                    errors.append(spec.err(path + (key,), f"{rule[key]!r} is not a calendar date"))
+                    errors.append(spec.err(path + (key,), date_problem(rule[key])))
             if _backwards(span):
                 errors.append(spec.err(path + ("effective_to",), "effective_to is before effective_from"))
             for other_span, other_line in seen.get(rule["id"], []):
@@ -227,7 +255,7 @@ def _rule_errors(spec: Spec, rule: dict, path: tuple) -> list:
         [(tpath + (op,), v) for op, v in test.items() if op not in ("in", "exists")]
     for where, value in tests:
         if not is_date(value):
-            errors.append(spec.err(where, f"{value!r} is not a calendar date (YYYY-MM-DD)"))
+            errors.append(spec.err(where, date_problem(value)))
     line_cond = rule["when"].get("line")
     if len([a for a in rule["then"] if next(iter(a)) in UNIT_ACTIONS]) > 1:
         errors.append(spec.err(path + ("then",), "a rule may decide units only once (timed_units, units or "
@@ -275,6 +303,8 @@ class _Merged:
     families: dict = field(default_factory=dict)
     rules: list = field(default_factory=list)       # (spec, path, rule dict)
     specs: list = field(default_factory=list)       # every file used, parent first
+    errors: list = field(default_factory=list)      # what the files do wrong to what they extend
+    unsure: frozenset = frozenset()                 # ids of rules left out for their schema errors
 
 
 class Registry:
@@ -303,7 +333,7 @@ class Registry:
         if strict:
             errors = self.errors()
             if errors:
-                raise errors[0]
+                raise RuleFileError.gather(errors)
 
     def errors(self) -> list:
         """Every error of every file, alone and merged with its parents, sorted by file and line."""
@@ -316,8 +346,9 @@ class Registry:
                 for date in self._check_dates(spec):
                     try:
                         merged_with = self._merge(spec, date, ())
+                        found.extend(merged_with.errors)
                         payer = self._build(merged_with, date, check=True)
-                        if not any(s.shown in self.file_errors for s in merged_with.specs):
+                        if not merged_with.errors and not any(s.shown in self.file_errors for s in merged_with.specs):
                             self._compile(payer)    # (a file's own errors, e.g. 15.0, would fail it again)
                     except RuleFileError as exc:
                         found.append(exc)
@@ -334,8 +365,7 @@ class Registry:
                     errors.append(spec.err(("extends",), f"with this file's changes, {e.file}:{e.line}: "
                                                          f"{e.path}: {e.message}"))
         unique = {key(e): e for e in errors}
-        return sorted(unique.values(), key=lambda e: (e.file or "", not e.message.startswith("unknown key"),
-                                                      e.line or 0, e.path))
+        return sorted(unique.values(), key=lambda e: (e.file or "", e.line or 0, e.path))
 
     def check_all(self, engine: str) -> None:
         """Compile every payer as any date of service resolves it and build (and close) its rule network for
@@ -455,10 +485,9 @@ class Registry:
         if date is None and self._dated(spec):
             raise SessionError(f"payer {payer_id!r} has rules that depend on the date of service: give "
                                "date_of_service (or --date)")
-        try:
-            merged = self._merge(spec, date, ())
-        except _Errors as exc:              # a registry built with strict=False can hold broken files
-            raise exc.errors[0] from None
+        merged = self._merge(spec, date, ())
+        if merged.errors:                   # a registry built with strict=False can hold broken files
+            raise merged.errors[0]
         # Dates with the same files and the same rules in effect share one Payer, hence one compiled
         # network. The key names each file and each rule by what it is (a rule by its file and its place
         # in it), never by its line: in a one-line JSON file every rule is on line 1.
@@ -528,29 +557,36 @@ class Registry:
     def _apply(self, base: _Merged, spec: Spec, date) -> _Merged:
         data = spec.data
         out = _Merged(spec, dict(base.method), dict(base.method_from), dict(base.codes), dict(base.codes_from),
-                      dict(base.families), list(base.rules), base.specs + [spec])
+                      dict(base.families), list(base.rules), base.specs + [spec], list(base.errors),
+                      base.unsure | {r.get("id") for section in ("rules", "override")
+                                     for i, r in enumerate(data.get(section, [])) if (section, i) in spec.broken
+                                     and isinstance(r, dict)})
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
         for name, items in data.get("codes", {}).items():
-            out.codes[name] = frozenset(_code(c) for c in items)
+            # a broken list keeps its good codes: the rules naming the list are not wrong
+            out.codes[name] = frozenset(_code(c) for c in items if type(c) in (str, int)) \
+                if isinstance(items, list) else frozenset()
             out.codes_from[name] = spec
-        for i, fam in enumerate(data.get("families", [])):
+        for i, fam in spec.items("families"):
             out.families[fam["id"]] = (spec, ("families", i), fam)
-        errors = []
+        errors = out.errors
         inherited = {r["id"] for _, _, r in base.rules}
-        for i, rule_id in enumerate(data.get("disable", [])):
-            if rule_id not in inherited:
+        for i, rule_id in spec.items("disable"):
+            if rule_id not in inherited | base.unsure:
                 errors.append(spec.err(("disable", i), self._missing(rule_id, inherited, spec, "disable")))
             out.rules = [entry for entry in out.rules if entry[2]["id"] != rule_id]
         overrides: dict = {}
-        disabled = set(data.get("disable", []))
-        for i, rule in enumerate(data.get("override", [])):
+        disabled = {rule_id for _, rule_id in spec.items("disable")}
+        for i, rule in spec.items("override"):
             if rule["id"] in disabled:
                 errors.append(spec.err(("override", i, "id"), f"rule {rule['id']!r} is both disabled and overridden "
                                                               "here: keep one of the two"))
             elif rule["id"] not in inherited:
-                errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec, "override")))
+                if rule["id"] not in base.unsure:     # a parent's rule with schema errors: said there
+                    errors.append(spec.err(("override", i, "id"), self._missing(rule["id"], inherited, spec,
+                                                                                "override")))
             else:
                 overrides.setdefault(rule["id"], []).append((spec, ("override", i), rule))
         for rule_id, replacements in overrides.items():
@@ -558,13 +594,11 @@ class Registry:
             at = next(k for k, entry in enumerate(out.rules) if entry[2]["id"] == rule_id)
             kept = [e for e in out.rules if e[2]["id"] != rule_id]
             out.rules = kept[:at] + replacements + kept[at:]
-        for i, rule in enumerate(data.get("rules", [])):
+        for i, rule in spec.items("rules"):
             if rule["id"] in inherited:
                 errors.append(spec.err(("rules", i, "id"), f"rule id {rule['id']!r} is already a rule of "
                                        f"{spec.extends}: list it under override: to replace it, or choose a new id"))
             out.rules.append((spec, ("rules", i), rule))
-        if errors:
-            raise _Errors(errors)
         return out
 
     @staticmethod
@@ -685,14 +719,14 @@ def _normalise_when(when: dict) -> dict:
 
 
 def load_payer(pfile: PayerFile) -> Payer:
-    """One stand-alone payer file → Payer (RuleFileError on the first error). For tests and tools."""
+    """One stand-alone payer file → Payer (RuleFileError naming each of its errors). For tests and tools."""
     spec, errors = read_spec(pfile)
     if errors:
-        raise errors[0]
+        raise RuleFileError.gather(errors)
     registry = Registry.__new__(Registry)
     registry.files, registry.file_errors, registry._resolved, registry._interned = [pfile], {}, {}, {}
     registry.versions = {spec.id: [spec]}
     errors = registry.errors()
     if errors:
-        raise errors[0]
+        raise RuleFileError.gather(errors)
     return registry._build(registry._merge(spec, None, ()), None, check=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RuleFileError, UsageError
+from .errors import RuleFileError, UsageError, date_problem, is_date
 from .paths import shown
 from .render import plural
 from .schema import schema_errors
@@ -50,8 +50,12 @@ def load_scenarios(path: Path, display: str) -> list:
     if not isinstance(doc.data, dict):
         raise RuleFileError("a scenario file must be a mapping with payer and scenarios", display, 1)
     errors = schema_errors("scenarios", doc, RuleFileError)
+    if not errors:      # a date of the right form that is no day of the calendar (2026-02-30)
+        errors = [RuleFileError(date_problem(item["date"]), display, doc.line_of(("scenarios", i, "date")),
+                                f"scenarios[{i}].date")
+                  for i, item in enumerate(doc.data["scenarios"]) if "date" in item and not is_date(item["date"])]
     if errors:
-        raise errors[0]
+        raise RuleFileError.gather(errors)
     out = []
     for i, item in enumerate(doc.data["scenarios"]):
         path_ = ("scenarios", i)

@@ -19,9 +19,9 @@ import stat
 import sys
 from operator import itemgetter
 
-from .errors import SessionError, UsageError, is_date, suggest
+from .errors import SessionError, UsageError, date_problem, is_date, suggest
 from .model import NO_CONTEXT, Service, Session
-from .schema import schema_errors
+from .schema import position, schema_errors
 from .yamlload import Located, format_path, load_text
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024           # a YAML input, read whole (PyYAML takes ~80x its size in memory)
@@ -540,8 +540,8 @@ _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
 def fast_services(data):
     """(the session's services as Service tuples, the number of keys of their objects) when the schema
-    certainly accepts the session and _services_error finds nothing (the common case, checked in plain
-    Python, in one pass); None sends it to the full JSON Schema validation and _services_error, which
+    certainly accepts the session and _services_errors finds nothing (the common case, checked in plain
+    Python, in one pass); None sends it to the full JSON Schema validation and _services_errors, which
     give the message. Never looser than schemas/session.schema.json (a property test checks it)."""
     if type(data) is not dict or not data.keys() <= _SESSION_KEYS:
         return None
@@ -588,7 +588,7 @@ def fast_services(data):
                 return None
             sizes = sizes or {}
             if sizes.setdefault(code, group_size) != group_size:
-                return None     # entries of one code disagree on group_size: _services_error says so
+                return None     # entries of one code disagree on group_size: _services_errors says so
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
         out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
@@ -620,24 +620,31 @@ def _writable(text: str) -> bool:
         return False
 
 
-def _services_error(services: tuple, doc: Located, path: tuple, session_id: str):
+def _error(message: str, data, doc: Located, path: tuple, rel: tuple) -> SessionError:
+    """The SessionError at `rel` inside the session `data` (which is at `path` in `doc`), with its position."""
+    error = SessionError(message, doc.file, doc.line_of(path + rel), format_path(rel))
+    error.position = (error.line or 0, position(data, rel))
+    return error
+
+
+def _services_errors(services: tuple, data, doc: Located, path: tuple) -> list:
     """What is wrong with a session's services taken together (the schema checks each one alone): more
     minutes than a day has, or entries of one code that disagree on group_size (design.md §4; an entry
-    without group_size disagrees with none). None when nothing is."""
+    without group_size disagrees with none)."""
+    errors = []
     total = sum(s.minutes for s in services)
     if total > MAX_DAY_MINUTES:
-        return SessionError(f"services add up to {total} minutes; a day has at most 1,440", doc.file,
-                            doc.line_of(path + ("services",)), "services", session_id=session_id)
+        errors.append(_error(f"services add up to {total} minutes; a day has at most 1,440", data, doc, path,
+                             ("services",)))
     first = {}
     for i, s in enumerate(services):
         if s.group_size is None:
             continue
         j = first.setdefault(s.code, i)
         if services[j].group_size != s.group_size:
-            return SessionError(f"entries of code {s.code} disagree on group_size (see services[{j}])", doc.file,
-                                doc.line_of(path + ("services", i, "group_size")), f"services[{i}].group_size",
-                                session_id=session_id)
-    return None
+            errors.append(_error(f"entries of code {s.code} disagree on group_size (see services[{j}])", data, doc,
+                                 path, ("services", i, "group_size")))
+    return errors
 
 
 class _Pairs(list):
@@ -681,7 +688,7 @@ def _keys(value) -> int:
 
 
 def parse_session(data, doc: Located, path: tuple, number: int, text: str | None = None):
-    """One session object → Session, or SessionError naming the first problem. `text` is the JSON the
+    """One session object → Session, or one SessionError naming each of its mistakes. `text` is the JSON the
     data was parsed from, if it was: a key repeated in one object of it is an error (json keeps the
     last value)."""
     if not isinstance(data, dict):
@@ -721,24 +728,27 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
                 return ParseError(f"duplicate key {found[1]!r}", doc.file, doc.line_of(path), format_path(found[0]),
                                   session_id=session_id)
     if services is None:
-        errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False)
-        if errors:
-            errors[0].session_id = session_id
-            return errors[0]
-        # the schema also lets through what the fast path does not vouch for, e.g. integral floats (30.0)
-        services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
-                                 minutes=int(s["minutes"]),
-                                 group_size=None if s.get("group_size") is None else int(s["group_size"]),
-                                 provider=s.get("provider")) for s in data["services"])
-        error = _services_error(services, doc, path, session_id)
-        if error:
-            return error
+        counted: list = []
+        errors = schema_errors("session", doc, SessionError, data=data, base_path=path, echo_values=False,
+                               counted=counted)
+        if "services" in data and not any(e.path == "services" or e.path.startswith("services[") for e in errors):
+            # the schema also lets through what the fast path does not vouch for, e.g. integral floats (30.0)
+            services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
+                                     minutes=int(s["minutes"]),
+                                     group_size=None if s.get("group_size") is None else int(s["group_size"]),
+                                     provider=s.get("provider")) for s in data["services"])
+            errors += _services_errors(services, data, doc, path)
+    else:
+        errors, counted = [], [0]
     if "context" in data and _depth(data["context"], MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
-        return SessionError(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", doc.file,
-                            doc.line_of(path + ("context",)), "context", session_id=session_id)
+        errors.append(_error(f"context nested more than {MAX_CONTEXT_DEPTH} levels deep", data, doc, path,
+                             ("context",)))
     date = data.get("date_of_service")
-    if date is not None and not is_date(date):
-        return SessionError("not a calendar date (YYYY-MM-DD)", doc.file, doc.line_of(path + ("date_of_service",)),
-                            "date_of_service", session_id=session_id)
+    if date is not None and not is_date(date) and not any(e.path == "date_of_service" for e in errors):
+        # the form the schema asks for, but no day of the calendar: 2026-02-30
+        errors.append(_error(date_problem(date, echo=False), data, doc, path, ("date_of_service",)))
+    if errors:
+        errors.sort(key=lambda e: e.position)
+        return SessionError.gather(errors, session_id, counted[0])
     return _tuple_new(Session, (session_id, services, payer, date, data.get("discipline"),
                                 data.get("context", NO_CONTEXT), doc.file, doc.line_of(path)))

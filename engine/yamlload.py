@@ -84,6 +84,8 @@ def load_text(text: str, file: str, error_class=InputError, multi: bool = False)
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if mark and _tab_at(text, mark) or "tab character" in problem:
+            raise error_class("a tab character; indent YAML with spaces", file, line) from None
         raise error_class(f"invalid YAML: {problem}", file, line) from None
     except yaml.YAMLError as exc:
         raise error_class(f"invalid YAML: {exc}", file) from None
@@ -96,6 +98,12 @@ def load_text(text: str, file: str, error_class=InputError, multi: bool = False)
     if multi:
         return Located([builder.build(n, (i,), 0) for i, n in enumerate(nodes)], lines, file)
     return Located(builder.build(nodes[0], (), 0), lines, file)
+
+
+def _tab_at(text: str, mark) -> bool:
+    """Whether the parser stopped at a tab (PyYAML: "found character '\\t' that cannot start any token")."""
+    lines = text.split("\n", mark.line + 1)
+    return mark.line < len(lines) and lines[mark.line][mark.column:mark.column + 1] == "\t"
 
 
 class _Builder:

@@ -312,3 +312,214 @@ def test_huge_file_is_refused_without_reading_it(tmp_path):
     proc = run_cli("validate", path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert error_messages(proc.stderr, path.as_posix(), None, None) == [] and "too large" in proc.stderr
+
+
+# --- clearer messages, and every error of a file at once (issue 11 §6) --------------------------------------
+
+def test_a_tab_is_named_as_a_tab(tmp_path):
+    # line 5 indented with a tab: PyYAML says "found character '\t' that cannot start any token"
+    check(tmp_path, edit("  name: cms_8_minute", "\tname: cms_8_minute"), 5, None,
+          pattern=r"^a tab character; indent YAML with spaces$")
+
+
+@pytest.mark.parametrize("old, new, field", [
+    # a test mapping: the mapping alternative of the test is the one that says what is wrong, at `gte`
+    ("line: {code: 97110}", 'line: {code: 97110, minutes: {gte: "8"}}', "rules[1].when.line.minutes.gte"),
+    # a number test written as text: neither alternative (a number, a mapping) takes text
+    ("line: {code: 97110}", 'session: {line_count: "8"}', "rules[1].when.session.line_count"),
+    ("line: {code: 97110}", 'line: {code: 97110, minutes: "8"}', "rules[1].when.line.minutes"),
+])
+def test_a_quoted_number_is_named_as_such(tmp_path, old, new, field):
+    messages = check(tmp_path, edit(old, new), 22, field,
+                     pattern=r'^"8" is text in quotes; write the number 8 without quotes$')
+    assert not any("mapping" in m for m in messages)
+
+
+def test_a_wrong_type_with_no_fitting_alternative_names_the_types(tmp_path):
+    # a list where a number test (a number, or a mapping of tests) belongs
+    check(tmp_path, edit("line: {code: 97110}", "line: {code: 97110, minutes: [8]}"), 22,
+          "rules[1].when.line.minutes", pattern=r"^a list is not of type integer or object$")
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("effective_from: 2020-01-01", "effective_from: 2020-1-01", "'2020-1-01' is not a date like 2026-03-02"),
+    ("effective_from: 2020-01-01", "effective_from: 2020-02-30", "'2020-02-30' is not a real date"),
+    ("effective_from: 2020-01-01", "effective_from: 20200101", "20200101 is not a date like 2026-03-02"),
+])
+def test_a_bad_effective_date_is_said_in_words(tmp_path, old, new, message):
+    check(tmp_path, edit(old, new), 3, "effective_from", pattern=f"^{re.escape(message)}$")
+
+
+def all_errors(proc, display: str) -> list:
+    """(line, field) of every `error:` line of stderr, in order; each must be about `display`."""
+    found = []
+    for line in proc.stderr.splitlines():
+        if line == "0 valid, 1 invalid":       # validate's summary
+            continue
+        m = re.match(rf"^error: {re.escape(display)}:(\d+): ([^:]+): ", line)
+        assert m, (line, proc.stderr)
+        found.append((int(m.group(1)), m.group(2)))
+    return found
+
+
+def test_three_errors_of_three_kinds_are_all_reported_in_line_order(tmp_path):
+    # line 3 a bad date (a check of the file), line 15 an unknown code list (a check of the merged payer),
+    # line 22 a quoted number (the schema): the schema error does not hide the other two
+    text = edit("effective_from: 2020-01-01", "effective_from: 2020-1-01")
+    text = edit("code_in: timed_15", "code_in: timed_16", text)
+    text = edit("line: {code: 97110}", 'line: {code: 97110, minutes: {gte: "8"}}', text)
+    path = write(tmp_path, text)
+    expected = [(3, "effective_from"), (15, "rules[0].when.line.code_in"), (22, "rules[1].when.line.minutes.gte")]
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2 and all_errors(proc, path.as_posix()) == expected
+    proc = run_cli("bill", "examples/ot-session.yaml", "--rules", path.parent, "--payer", "testpayer")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert all_errors(proc, "extra/testpayer.yaml") == expected
+
+
+def test_each_kind_of_check_reports_every_error_it_finds(tmp_path):
+    # two of each: unknown code lists (lines 15, 22), duplicate rule ids (lines 18, 25), bad codes in a list
+    # (line 9, items 1 and 2), unknown placeholders (lines 24, 31)
+    text = edit("timed_15: [97110, 97140, 97535]", "timed_15: [97110, 9714, 975350]")
+    text = edit("code_in: timed_15", "code_in: timed_16", text)
+    text = edit("- id: note", "- id: timed-pool", text)
+    text = edit('line: {code: 97110}\n    then:\n      - info: "{code} noted"\n',
+                'line: {code_in: timd_15}\n    then:\n      - info: "{cod} noted"\n'
+                '  - id: timed-pool\n    description: Again.\n    source: "test"\n    when:\n'
+                '      line: {code: 97110}\n    then:\n      - info: "{cod} again"\n', text)
+    path = write(tmp_path, text)
+    proc = run_cli("validate", path)
+    assert proc.returncode == 2
+    assert all_errors(proc, path.as_posix()) == [
+        (9, "codes.timed_15[1]"), (9, "codes.timed_15[2]"), (15, "rules[0].when.line.code_in"),
+        (18, "rules[1].id"), (22, "rules[1].when.line.code_in"), (24, "rules[1].then[0].info"),
+        (25, "rules[2].id"), (31, "rules[2].then[0].info")]
+
+
+def test_errors_of_several_files_are_all_reported(tmp_path):
+    # a.yaml: unknown code list (line 15) and unknown placeholder (line 24); b.yaml (payer other):
+    # 15.0 (line 6) and a duplicate rule id (line 18). bill stops before billing, with all four
+    directory = tmp_path / "extra"
+    directory.mkdir()
+    (directory / "a.yaml").write_text(edit('"{code} noted"', '"{cod} noted"',
+                                           edit("code_in: timed_15", "code_in: timed_16")))
+    (directory / "b.yaml").write_text(edit("- id: note", "- id: timed-pool",
+                                           edit("unit_minutes: 15", "unit_minutes: 15.0",
+                                                edit("payer: testpayer", "payer: other"))))
+    proc = run_cli("bill", "examples/ot-session.yaml", "--rules", directory)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    said = [re.match(r"^error: (extra/[ab]\.yaml):(\d+): ([^:]+): ", l).groups() for l in proc.stderr.splitlines()]
+    assert said == [("extra/a.yaml", "15", "rules[0].when.line.code_in"),
+                    ("extra/a.yaml", "24", "rules[1].then[0].info"),
+                    ("extra/b.yaml", "6", "method.unit_minutes"), ("extra/b.yaml", "18", "rules[1].id")]
+
+
+# --- harness: k independent mistakes in a rule file are k errors, each at its line and path ----------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+N_RULES = 4
+# A valid payer, one field a line. Rule 0 (`base`) is never edited: a duplicate id repeats it.
+HEAD = ["payer: hyp", "name: Hyp payer", "description: made by the harness", "method:", "  name: cms_8_minute",
+        "codes:"] + [f"  list_{i}: [97110, 97140]" for i in range(N_RULES)] + \
+       ["rules:", "  - id: base", "    description: b", '    source: "test"', "    when:",
+        "      line: {code_in: list_0}", "    then:", "      - timed_units: true"]
+RULE_AT = len(HEAD)         # rule i (1..N_RULES) takes 8 lines from RULE_AT + 8 (i - 1)
+
+
+def rule_lines(i: int) -> list:
+    return [f"  - id: r{i}", "    description: r", '    source: "test"', "    effective_from: 2020-01-01",
+            "    when:", f"      line: {{code_in: list_{i % N_RULES}, minutes: {{gte: 8}}}}", "    then:",
+            '      - info: "{code} seen"']
+
+
+RULE_MISTAKES = [   # (line within the rule, the line with the mistake, field of the path): one each kind of check
+    (0, "  - id: base", "id"),                                                                  # duplicate id
+    (0, "  - id: Bad Id", "id"),                                                                # schema pattern
+    (1, "    descriptio: r", "descriptio"),                                                     # misspelt key
+    (3, "    effective_from: 2020-1-01", "effective_from"),                                     # date form
+    (3, "    effective_from: 2020-02-30", "effective_from"),                                    # no such day
+    (5, "      line: {code_in: lst_1, minutes: {gte: 8}}", "when.line.code_in"),                # unknown list
+    (5, '      line: {code_in: list_1, minutes: {gte: "8"}}', "when.line.minutes.gte"),         # quoted number
+    (5, "      line: {code_in: list_1, minutes: {gte: 8}, cod: 97110}", "when.line.cod"),       # misspelt key
+    (7, '      - info: "{cod} seen"', "then[0].info"),                                          # placeholder
+    (7, '      - inf: "{code} seen"', "then[0].inf"),                                           # unknown action
+    (7, "      - units: -1", "then[0].units"),                                                  # out of range
+]
+CODE_MISTAKES = [("[97110, 9714]", "[1]"), ("[97110, 97140.5]", "[1]"), ("[97110, abc]", "[1]")]
+PLACES_IN_FILE = ["description"] + [f"codes.list_{i}" for i in range(1, N_RULES)] + \
+                 [f"rules[{i}]" for i in range(1, N_RULES + 1)]
+
+
+def file_mistake(place: str, choice: int):
+    """(index of the line in the file, the line with the mistake, path of its error)."""
+    if place == "description":
+        return 2, "descripton: made by the harness", "descripton"
+    if place.startswith("codes."):
+        i = int(place.rsplit("_", 1)[1])
+        written, item = CODE_MISTAKES[choice % len(CODE_MISTAKES)]
+        return 6 + i, f"  list_{i}: {written}", place + item
+    i = int(place[len("rules["):-1])
+    offset, line, field = RULE_MISTAKES[choice % len(RULE_MISTAKES)]
+    return RULE_AT + 8 * (i - 1) + offset, line, f"{place}.{field}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PLACES_IN_FILE), st.integers(0, 99)), min_size=1, max_size=4,
+                unique_by=lambda m: m[0]))
+def test_k_mistakes_in_a_rule_file_are_k_errors(tmp_path_factory, mistakes):
+    from engine.loader import Registry
+    lines = HEAD + [line for i in range(1, N_RULES + 1) for line in rule_lines(i)]
+    expected = []
+    for place, choice in mistakes:
+        index, text, path = file_mistake(place, choice)
+        lines[index] = text
+        expected.append((index + 1, path))
+    folder = tmp_path_factory.mktemp("rules") / "extra"
+    folder.mkdir()
+    (folder / "hyp.yaml").write_text("\n".join(lines) + "\n")
+    errors = Registry([folder], include_bundled=False, strict=False).errors()
+    want = [("extra/hyp.yaml", line, path) for line, path in sorted(expected)]
+    assert [(e.file, e.line, e.path) for e in errors] == want, [str(e) for e in errors]
+    assert all(e.message and "\n" not in e.message for e in errors)
+
+
+def test_the_readme_guides_error_examples_are_what_validate_says(tmp_path):
+    """README "Adding a payer", step 2: each example line is what one mistake in the guide's file gives,
+    word for word (the guide's file without its first comment line, so that lines count from `payer:`)."""
+    from engine.loader import Registry
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    guide = re.search(r"```yaml\n\s*# my-rules/acme-health\.yaml\n(.*?)```", readme, re.S).group(1)
+    guide = "\n".join(line[3:] for line in guide.splitlines()) + "\n"
+    examples = re.search(r"```\n((?: *error: my-rules/.*\n)+) *```", readme).group(1).splitlines()
+    mistakes = {    # README line (its start) -> the edit that makes it
+        "max_unit": ("- max_units: 2", "- max_unit: 2"),
+        "no code list named 'manual'": ("line: {code: 97140}", "line: {code_in: manual}"),
+        "already a rule of medicare": ("- id: acme-manual-therapy-limit", "- id: timed-pool"),
+        "missing required key 'source'": ('    source: "Acme provider manual §4.2 (write where the policy is '
+                                          'published)"\n', ""),
+        "medicar'": ("extends: medicare ", "extends: medicar "),
+        "'midpoint' is not one of": ("name: midpoint_per_code", "name: midpoint"),
+        "9714 is not a CPT/HCPCS code": ("line: {code: 97140}", "line: {code: 9714}"),
+    }
+    assert len(examples) == len(mistakes)
+    for n, example in enumerate(examples):
+        (old, new), = [edit_ for key, edit_ in mistakes.items() if key in example]
+        rules = tmp_path / str(n) / "my-rules"
+        rules.mkdir(parents=True)
+        (rules / "acme-health.yaml").write_text(edit(old, new, guide), encoding="utf-8")
+        said = [f"error: {e}" for e in Registry([rules], strict=False).errors()]
+        assert said == [example.strip()], (example, said)
+
+
+@pytest.mark.parametrize("written, message", [("2026-02-30", "'2026-02-30' is not a real date"),
+                                              ('"2026-2-3"', "'2026-2-3' is not a date like 2026-03-02")])
+def test_a_scenario_date_is_checked_in_words(tmp_path, written, message):
+    # line 4: the scenario's date (a well-formed impossible date used to be billed as it was)
+    path = tmp_path / "x.tests.yaml"
+    path.write_text(f'payer: medicare\nscenarios:\n  - name: a\n    date: {written}\n'
+                    '    session: {services: [{code: "97110", minutes: 20}]}\n    expect: {total_units: 1}\n')
+    proc = run_cli("test", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(rf"^error: \S*x\.tests\.yaml:4: scenarios\[0\]\.date: {re.escape(message)}$", proc.stderr, re.M), \
+        proc.stderr

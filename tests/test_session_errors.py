@@ -327,3 +327,192 @@ def test_stderr_has_no_patient_data_and_no_traceback(tmp_path, case):
     assert proc.stderr.startswith("error: ")
     if code == 1:
         assert "S-1" in proc.stderr     # the session is named by its id
+
+
+# --- all of a session's mistakes at once (issue 11 §6) -------------------------------------------------------
+
+MISTAKES = """\
+session_id: S-1
+payer: medicare
+date_of_service: 2026-3-2
+disipline: PT
+services:
+  - code: "97110"
+    minuts: 5
+  - code: "97140"
+    minutes: -4
+context: {patient_name: "Jane Roe"}
+"""
+# Four mistakes, by line: 3 a date not written YYYY-MM-DD, 4 a misspelt key, 7 a misspelt key (its
+# "missing minutes" is the same mistake: not said twice), 9 a negative minute count.
+EXPECTED = [
+    (3, "date_of_service", "not a date like 2026-03-02"),
+    (4, "disipline", "unknown key 'disipline' (did you mean 'discipline'?)"),
+    (7, "services[0].minuts", "unknown key 'minuts' (did you mean 'minutes'?)"),
+    (9, "services[1].minutes", "must be at least 0"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "table"])
+def test_all_of_a_sessions_mistakes_in_one_record(tmp_path, fmt):
+    path = write(tmp_path, MISTAKES)
+    proc = run_bill(path, "--format", fmt)
+    assert proc.returncode == 1
+    joined = "; ".join(f"{path}:{line}: {field}: {message}" for line, field, message in EXPECTED)
+    if fmt in ("json", "jsonl"):
+        assert single_error_record(proc) == {"session_id": "S-1", "error": joined}
+    else:       # the same text, in its one row or block
+        assert joined in proc.stdout and proc.stdout.count("S-1") == 1, proc.stdout
+    # stderr: one line per mistake, in order of line
+    said = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert said == [f"error: {path}:{line}: {field}: {message} (session S-1)" for line, field, message in EXPECTED]
+    assert "2026-3-2" not in proc.stdout + proc.stderr      # the patient's date is not echoed
+
+
+def test_mistakes_of_a_one_line_session_are_in_order_of_position(tmp_path):
+    # JSONL: every field is on line 1, so the order is the place in the text: payer, services[0], services[1]
+    text = json.dumps({"session_id": "J", "payer": "", "services": [{"code": "97110", "minutes": "30"},
+                                                                     {"code": "9711", "minutes": 5}]}) + "\n"
+    path = write(tmp_path, text, "one.jsonl")
+    proc = run_bill(path, "--format", "jsonl")
+    record = single_error_record(proc)
+    assert record["error"] == "; ".join([
+        f"{path}:1: payer: must not be empty",
+        f"{path}:1: services[0].minutes: text in quotes; write the number without quotes",
+        f"{path}:1: services[1].code: value is not a CPT/HCPCS code (five characters, like 97110 or G0283)"])
+
+
+def test_a_hostile_session_makes_a_bounded_record(tmp_path):
+    # 200 services (the most allowed), each with a negative minute count: 20 listed, then "and 180 more"
+    services = [{"code": "97110", "minutes": -1} for _ in range(200)]
+    path = write(tmp_path, json.dumps({"session_id": "H", "payer": "medicare", "services": services}) + "\n",
+                 "h.jsonl")
+    record = single_error_record(run_bill(path, "--format", "jsonl"))
+    parts = record["error"].split("; ")
+    assert parts[:20] == [f"{path}:1: services[{i}].minutes: must be at least 0" for i in range(20)]
+    assert parts[20:] == ["and 180 more"]
+
+
+def test_a_session_of_many_unknown_keys_is_counted_not_explained():
+    # 50,000 unknown keys: 20 listed, the rest counted (only MAX_GATHERED are given a "did you mean"
+    # and a position, so this costs about what a valid session of that size does)
+    from engine.sessions import parse_session
+    from engine.yamlload import Located
+    data = {"session_id": "H", "services": [{"code": "97110", "minutes": 5}], **{f"k{i}": i for i in range(50_000)}}
+    error = parse_session(data, Located(data, {(): 1}, "h.jsonl"), (), 1)
+    assert len(error.errors) == 20 and error.unlisted == 50_000 - 20
+    assert error.lines()[-1] == "and 49980 more"
+
+
+@pytest.mark.parametrize("written, message", [
+    ("2026-3-2", "not a date like 2026-03-02"),
+    ("20260302", "not a date like 2026-03-02"),
+    ('"March 2, 2026"', "not a date like 2026-03-02"),
+    ("2026-02-30", "not a real date"),          # the right form, but February has 28 days in 2026
+    ("2026-13-01", "not a real date"),
+])
+def test_a_bad_date_is_said_in_words(tmp_path, written, message):
+    path = write(tmp_path, edit("date_of_service: 2026-03-02", f"date_of_service: {written}"))      # line 3
+    proc = run_bill(path)
+    assert single_error_record(proc)["error"] == f"{path}:3: date_of_service: {message}"
+    assert "[0-9]" not in proc.stderr and "YYYY" not in proc.stderr
+
+
+def test_a_quoted_number_is_named_as_such(tmp_path):
+    path = write(tmp_path, edit("minutes: 33", 'minutes: "33"'))        # line 7
+    proc = run_bill(path)
+    assert single_error_record(proc)["error"] == \
+        f"{path}:7: services[0].minutes: text in quotes; write the number without quotes"
+
+
+def test_a_tab_in_a_session_file_is_named(tmp_path):
+    path = write(tmp_path, edit("    minutes: 33", "\tminutes: 33"))    # line 7
+    proc = run_bill(path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == f"error: {path}:7: a tab character; indent YAML with spaces"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bill", "examples/ot-session.yaml", "--date", "2026-3-2"],
+     "argument --date: '2026-3-2' is not a date like 2026-03-02"),
+    (["bill", "examples/ot-session.yaml", "--date", "2026-02-30"],
+     "argument --date: '2026-02-30' is not a real date"),
+    (["audit", "x.db", "--from", "20260101"], "argument --from: '20260101' is not a date like 2026-03-02"),
+    (["audit", "x.db", "--to", "2026-04-31"], "argument --to: '2026-04-31' is not a real date"),
+])
+def test_command_line_dates_in_words(args, message):
+    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "YYYY" not in proc.stderr, proc.stderr
+
+
+# --- harness: k independent mistakes are k errors, each at its path and line -------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from engine.errors import SessionError  # noqa: E402
+from engine.sessions import SessionInput  # noqa: E402
+
+N_SERVICES = 4
+# A valid session, one field a line: line 1 session_id, 2 payer, 3 date, 4 discipline, 5 context,
+# 6 services:, then service i on lines 7+3i (code), 8+3i (minutes), 9+3i (provider).
+BASE = ["session_id: S-1", "payer: medicare", "date_of_service: 2026-03-02", "discipline: PT", "context: {a: 1}",
+        "services:"] + [f for i in range(N_SERVICES)
+                        for f in ('  - code: "97110"', f"    minutes: {10 + i}", "    provider: PT")]
+# Mistakes by place: (line index in BASE, that line with the mistake, path of the error). Each is one
+# mistake a person makes, reported as one error at its own line and path.
+TOP = {
+    "payer": [(1, 'payer: ""', "payer"), (1, "payer: [medicare]", "payer")],
+    "date": [(2, "date_of_service: 2026-3-2", "date_of_service"), (2, "date_of_service: 2026-02-30", "date_of_service"),
+             (2, "date_of_servce: 2026-03-02", "date_of_servce")],
+    "discipline": [(3, "disipline: PT", "disipline"), (3, "discipline: PX", "discipline")],
+    "context": [(4, "context: 5", "context"), (4, "contxt: {a: 1}", "contxt")],
+}
+SERVICE = [     # (offset of the line within the service, the line, the field of the path)
+    (0, '  - code: "9711"', "code"), (0, '  - cod: "97110"', "cod"), (1, "    minutes: -3", "minutes"),
+    (1, '    minutes: "30"', "minutes"), (1, "    minuts: 30", "minuts"), (1, "    minutes: 1441", "minutes"),
+    (2, "    provider: PX", "provider"), (2, "    provder: PT", "provder"), (2, "    group_size: -1", "group_size"),
+    # wrong on two counts of the schema (type and range), one mistake: one error
+    (0, "  - code: 5.5", "code"), (2, "    group_size: -1.5", "group_size"),
+]
+PLACES = sorted(TOP) + [f"services[{i}]" for i in range(N_SERVICES)]
+
+
+def _mistake(place: str, choice: int):
+    if place in TOP:
+        options = TOP[place]
+        return options[choice % len(options)]
+    i = int(place[len("services["):-1])
+    offset, line, field = SERVICE[choice % len(SERVICE)]
+    return 6 + 3 * i + offset, line, f"{place}.{field}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PLACES), st.integers(0, 99)), min_size=1, max_size=4,
+                unique_by=lambda m: m[0]),
+       st.booleans())
+def test_k_mistakes_are_k_errors_each_at_its_place(tmp_path_factory, mistakes, as_json):
+    lines = list(BASE)
+    expected = []
+    for place, choice in mistakes:
+        index, text, path = _mistake(place, choice)
+        lines[index] = text
+        expected.append((index + 1, path))
+    folder = tmp_path_factory.mktemp("k")
+    if as_json:         # the same session on one JSONL line: every error on line 1, in order of place
+        import yaml
+        path = folder / "s.jsonl"
+        data = yaml.safe_load("\n".join(lines).replace("2026-02-30", '"2026-02-30"'))
+        path.write_text(json.dumps(data, default=str) + "\n")          # default: a YAML date as its text
+        expected = [(1, p) for _, p in sorted(expected)]      # (the order of lines is the order of places)
+    else:
+        path = folder / "s.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        expected.sort()
+    items = list(SessionInput(str(path)))
+    assert len(items) == 1 and isinstance(items[0], SessionError), items
+    found = items[0].errors or (items[0],)
+    assert [(e.line, e.path) for e in found] == expected, items[0].lines()
+    assert items[0].unlisted == 0 and all(e.message and "\n" not in e.message for e in found)
+    assert len(str(items[0]).split("; ")) >= len(expected)
