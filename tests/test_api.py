@@ -51,10 +51,10 @@ def cli_error(*args: str) -> str:
 
 
 def without_location(records: list, path: Path) -> list:
-    """The command's records with the `FILE:LINE: ` that the messages of sessions it could not read start
-    with (the API's sessions come from no file) taken off."""
+    """The command's records with the `FILE:LINE: ` before each mistake of a session it could not read
+    taken off (the API's sessions come from no file)."""
     prefix = re.compile(re.escape(str(path)) + r":\d+: ")
-    return [{**r, "error": prefix.sub("", r["error"], count=1)} if "error" in r else r for r in records]
+    return [{**r, "error": prefix.sub("", r["error"])} if "error" in r else r for r in records]
 
 
 def yaml_data(path: Path):
