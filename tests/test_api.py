@@ -515,3 +515,50 @@ def test_any_json_like_value_gives_a_record_or_a_payrules_error(books, value):
             call()
         except payer_rules.PayrulesError as exc:
             assert str(exc)
+
+
+# --- review of issue 11: compare's base and the date type --------------------------------------------------
+
+def test_compare_base_equals_the_commands_base(books, engine_name):
+    """`--base ID` has its API twin: compare(..., base=ID) is what `compare --base ID --format json` prints
+    (item 7). Without base, medicare is the base when compared (README, compare)."""
+    path = REPO / "examples" / "ot-session.yaml"
+    payers = ["example-midpoint", "medicare", "example-full-unit"]
+    book = books[engine_name]
+    for base in ("example-full-unit", "example-midpoint"):
+        want = cli_json("compare", path, "--payers", ",".join(payers), "--base", base, "--format", "json",
+                        "--engine", engine_name)
+        have = book.compare(yaml_data(path), payers, base=base)
+        assert have == want and have["base"] == base
+    assert book.compare(yaml_data(path), payers)["base"] == "medicare"
+
+
+def test_compare_base_that_is_not_compared_raises_the_commands_message(books):
+    line = cli_error("compare", "examples/ot-session.yaml", "--payers", "example-midpoint,medicare", "--base", "acme")
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        books[ENGINES[0]].compare({}, ["example-midpoint", "medicare"], base="acme")
+    assert str(caught.value) == line
+    with pytest.raises(payer_rules.PayrulesError):
+        books[ENGINES[0]].compare({}, ["medicare"], base=5)
+
+
+def test_date_parameters_are_typed_to_take_a_date_object():
+    """A datetime.date is accepted at run time (test_a_date_object_is_its_iso_text), so the annotations say
+    so: a typed caller passing date=datetime.date(...) is not told by mypy that it is wrong."""
+    import datetime
+    import typing
+    for function in (payer_rules.bill, payer_rules.RuleBook.bill, payer_rules.RuleBook.bill_many,
+                     payer_rules.RuleBook.compare, payer_rules.RuleBook.explain):
+        hint = typing.get_type_hints(function, vars(api))["date"]
+        assert datetime.date in typing.get_args(hint) and str in typing.get_args(hint), (function, hint)
+
+
+def test_a_rulebook_does_not_read_payrules_rules(tmp_path, monkeypatch):
+    """As the README says: the trees a RuleBook reads are the bundled one and its `rules=`, whatever the
+    environment of the program that uses it."""
+    tree = acme(tmp_path)
+    monkeypatch.setenv("PAYRULES_RULES", str(tree))
+    with payer_rules.RuleBook(engine="python") as book:
+        assert "acme" not in {p["id"] for p in book.payers()}
+    with payer_rules.RuleBook(rules=[tree], engine="python") as book:
+        assert "acme" in {p["id"] for p in book.payers()}
