@@ -562,3 +562,18 @@ def test_a_rulebook_does_not_read_payrules_rules(tmp_path, monkeypatch):
         assert "acme" not in {p["id"] for p in book.payers()}
     with payer_rules.RuleBook(rules=[tree], engine="python") as book:
         assert "acme" in {p["id"] for p in book.payers()}
+
+
+def test_a_rule_file_with_several_mistakes_raises_all_of_them(tmp_path):
+    """Three mistakes, three `error:` lines from the command; the exception's text is those lines joined
+    by "; " (as the README says), each with its file and line."""
+    tree = acme(tmp_path, "method: {name: midpoint}\nrules:\n  - id: x\n    description: d\n"
+                          "    when: {line: {code: 9714}}\n    then: [{max_unit: 2}]\n")
+    run = cli("payers", "--rules", tree)
+    assert run.returncode == 2
+    lines = [line.removeprefix("error: ") for line in run.stderr.splitlines()]
+    # method.name 'midpoint' (line 4), rules[0] without source (line 6), code 9714 (line 8), max_unit (line 9)
+    assert len(lines) == 4 and all(line.startswith(f"{tree / 'acme.yaml'}:") for line in lines), lines
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        payer_rules.RuleBook(rules=[tree], engine="python")
+    assert str(caught.value) == "; ".join(lines)
