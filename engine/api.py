@@ -27,7 +27,7 @@ from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
 from .model import Session
-from .network import ENGINES, default_engine
+from .network import ENGINES, default_engine, durable_available
 from .sessions import ParseError, parse_session
 from .yamlload import Located
 
@@ -164,9 +164,12 @@ class RuleBook:
 
 
 def _engine(engine: Any) -> str | None:
-    """`engine` checked as argparse checks --engine's choices."""
+    """`engine` checked as argparse checks --engine's choices, and "durable" where it is not installed."""
     if engine is not None and (not isinstance(engine, str) or engine not in ENGINES):
         raise UsageError(f"engine: invalid choice: {engine!r} (choose from {', '.join(map(repr, ENGINES))})")
+    if engine == "durable" and not durable_available():
+        raise UsageError('engine: the durable engine is not installed on this Python; use engine="python" '
+                         '(or None, the default)')
     return engine
 
 

@@ -577,3 +577,15 @@ def test_a_rule_file_with_several_mistakes_raises_all_of_them(tmp_path):
     with pytest.raises(payer_rules.PayrulesError) as caught:
         payer_rules.RuleBook(rules=[tree], engine="python")
     assert str(caught.value) == "; ".join(lines)
+
+
+def test_durable_asked_for_where_it_is_not_installed_says_what_to_pass(monkeypatch):
+    """On Python 3.13+ durable-rules is not installed: RuleBook(engine="durable") says so in the API's own
+    words (engine="python"), not the command's (--engine python)."""
+    from engine import network
+    monkeypatch.setattr(network, "_durable", None)
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        payer_rules.RuleBook(engine="durable")
+    assert str(caught.value) == ("engine: the durable engine is not installed on this Python; "
+                                 "use engine=\"python\" (or None, the default)")
+    assert payer_rules.RuleBook().engine == "python"
