@@ -174,7 +174,9 @@ def read_spec(pfile: PayerFile):
         if errors:
             spec = Spec(doc, digest, raw, pfile.display, frozenset(e.at[:2] for e in errors))
             errors = sorted(errors + _file_errors(spec), key=_line_order)
-            structural = any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
+            # (a misspelt key's error is at the misspelling: "nam" stands for the missing "name")
+            structural = any(type(doc.data.get(key)) is not str for key in ("payer", "name")) or \
+                any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
             return None if structural else spec, errors
         cache.store(digest, doc)
     spec = Spec(doc, digest, raw, pfile.display)
@@ -203,7 +205,7 @@ def _file_errors(spec: Spec) -> list:
             errors.append(spec.err((key,), date_problem(data[key])))
     if _backwards(spec.effective):
         errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
-    if spec.extends == spec.id and not broken & {("payer",), ("extends",)}:
+    if not broken & {("payer",), ("extends",)} and spec.extends == data.get("payer"):
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
     for i, fam in items("families"):
@@ -560,7 +562,7 @@ class Registry:
                       dict(base.families), list(base.rules), base.specs + [spec], list(base.errors),
                       base.unsure | {r.get("id") for section in ("rules", "override")
                                      for i, r in enumerate(data.get(section, [])) if (section, i) in spec.broken
-                                     and isinstance(r, dict)})
+                                     and isinstance(r, dict) and type(r.get("id")) is str})
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
