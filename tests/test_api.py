@@ -589,3 +589,9 @@ def test_durable_asked_for_where_it_is_not_installed_says_what_to_pass(monkeypat
     assert str(caught.value) == ("engine: the durable engine is not installed on this Python; "
                                  "use engine=\"python\" (or None, the default)")
     assert payer_rules.RuleBook().engine == "python"
+
+
+def test_dir_of_the_package_lists_the_api():
+    # RuleBook, bill and PayrulesError load on first use; dir() (and so an editor's completion) lists them
+    import engine
+    assert {"RuleBook", "bill", "PayrulesError", "run", "__version__"} <= set(dir(engine))
