@@ -305,8 +305,13 @@ def test_medicare_invariants(billers, engine, data):
     merged: dict = {}
     for s in data["services"]:
         merged[s["code"]] = merged.get(s["code"], 0) + s["minutes"]          # duplicates merged (§3.4)
-    units = {line["code"]: line["units"] for line in result["lines"]}
-    assert len(units) == len(result["lines"]), "one line per code"
+    units: dict = {}
+    sets: dict = {}
+    for line in result["lines"]:
+        units[line["code"]] = units.get(line["code"], 0) + line["units"]
+        sets.setdefault(line["code"], []).append(tuple(line["modifiers"]))
+    # one line per code, or one per code and modifier set (design.md §5): a code's lines differ in modifiers
+    assert all(len(set(mods)) == len(mods) for mods in sets.values()), sets
     timed_minutes = sum(m for code, m in merged.items() if code in TIMED_15)
     assert result["total_timed_minutes"] == timed_minutes
     assert result["total_timed_units"] == chart(timed_minutes)                 # §3.1 items 2-3, 6
