@@ -183,9 +183,10 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
         for e in line.entries:
             documented.setdefault(e.provider or "therapist", []).extend(e.modifiers)
         for e in line.entries:
-            for m in e.modifiers:
-                trace.append({"rule": "engine.documented-modifier", "source": _input_at(session),
-                              "facts": [line.code], "effect": f"{line.code}: {m} documented in the input"})
+            if e.modifiers:
+                where = f"input: services[{next(i for i, s in enumerate(session.services) if s is e)}].modifiers"
+                trace.append({"rule": "engine.documented-modifier", "source": where, "facts": [line.code],
+                              "effect": f"{line.code}: {' '.join(e.modifiers)} documented in the input"})
         groups: dict = {}
         for unit in units:
             mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
@@ -209,10 +210,6 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
     if marked and settings.payment_note:
         warnings.append({"severity": "info", "rule": "engine.assistant-modifier", "codes": marked,
                          "message": settings.payment_note})
-
-
-def _input_at(session: Session) -> str:
-    return f"{session.file}:{session.line}" if session.file and session.line else "input"
 
 
 def _effect_text(firing, state: LineState) -> str:
