@@ -51,7 +51,7 @@ def timed(entries, units: int, settings, unit_minutes: int = 15, first_unit_minu
         mod = _modifier(settings, provider) if provider in ASSISTANTS else None
         for _ in range(minutes // unit_minutes):
             out.append(Unit(mod, unit_minutes, (provider,),
-                            f"{provider} {unit_minutes} min alone -> {mod or 'no assistant modifier'}"))
+                            f"{provider} {unit_minutes} min alone → {mod or 'no assistant modifier'}"))
     left = [(p, m % unit_minutes) for p, m in providers if m % unit_minutes]
     remaining = units - len(out)
     if remaining == 1:
@@ -79,19 +79,19 @@ def _last_unit(left, settings, first_unit_minutes) -> Unit:
     if a and t >= first_unit_minutes and a >= first_unit_minutes:
         choice = settings.both_ge_8_minutes
         return Unit(mod if choice == "assistant" else None, total, providers,
-                    f"{shown}: both >= {first_unit_minutes} -> {mod if choice == 'assistant' else 'no ' + mod} "
+                    f"{shown}: both ≥ {first_unit_minutes} → {mod if choice == 'assistant' else 'no ' + mod} "
                     f"(both_ge_8_minutes: {choice})", "both_ge_8_minutes")
     if t >= first_unit_minutes:
-        return Unit(None, total, providers, f"{shown}: therapist {t} min >= {first_unit_minutes} -> "
+        return Unit(None, total, providers, f"{shown}: therapist {t} min ≥ {first_unit_minutes} → "
                                             f"{'no ' + mod if mod else 'no assistant modifier'}")
     if a and 100 * a > settings.de_minimis_percent * total:
         return Unit(mod, total, providers, f"{shown}: therapist {t} min < {first_unit_minutes}, assistant {a} of "
-                                           f"{total} min > {settings.de_minimis_percent}% -> {mod}",
+                                           f"{total} min > {settings.de_minimis_percent}% → {mod}",
                     "de_minimis_percent")
     if a:
-        return Unit(None, total, providers, f"{shown}: assistant {a} of {total} min <= "
-                                            f"{settings.de_minimis_percent}% -> no {mod}", "de_minimis_percent")
-    return Unit(None, total, providers, f"{shown}: therapist only -> no assistant modifier")
+        return Unit(None, total, providers, f"{shown}: assistant {a} of {total} min ≤ "
+                                            f"{settings.de_minimis_percent}% → no {mod}", "de_minimis_percent")
+    return Unit(None, total, providers, f"{shown}: therapist only → no assistant modifier")
 
 
 def _two_units(left, settings, remaining) -> list:
@@ -108,7 +108,7 @@ def _two_units(left, settings, remaining) -> list:
         else:
             m = None
         setting = "two_units_9_to_14" if both else ""
-        why = f"{provider} {minutes} remaining min -> {m or 'no assistant modifier'}"
+        why = f"{provider} {minutes} remaining min → {m or 'no assistant modifier'}"
         if both:
             why += f" (therapist {t} and assistant {a} min, two_units_9_to_14: {settings.two_units_9_to_14})"
         out.append(Unit(m, minutes, (provider,), why, setting))
@@ -123,7 +123,7 @@ def untimed(entries, units: int, settings) -> list:
     total = sum(m for _, m in providers)
     assistants = [(m, p) for p, m in providers if p in ASSISTANTS]
     if not assistants:
-        return [Unit(None, total, tuple(p for p, _ in providers), "therapist only -> no assistant modifier")] * units
+        return [Unit(None, total, tuple(p for p, _ in providers), "therapist only → no assistant modifier")] * units
     who = max(assistants, key=lambda a: a[0])[1]
     mod = _modifier(settings, who)
     a = sum(m for m, _ in assistants)
@@ -132,7 +132,7 @@ def untimed(entries, units: int, settings) -> list:
         hit = len(assistants) == len(providers)
     else:
         hit = 100 * a > settings.de_minimis_percent * total
-    why = (f"{shown}: assistant {a} of {total} min {'>' if hit else '<='} {settings.de_minimis_percent}% -> "
+    why = (f"{shown}: assistant {a} of {total} min {'>' if hit else '<='} {settings.de_minimis_percent}% → "
            f"{mod if hit else 'no ' + str(mod)}")
     return [Unit(mod if hit else None, total, tuple(p for p, _ in providers), why, "de_minimis_percent")] * units
 

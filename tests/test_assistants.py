@@ -89,7 +89,7 @@ def test_every_assistant_modifier_is_traced_to_its_setting_line(bill):
         path, line = t["source"].rsplit(":", 1)
         text = Path(__file__).resolve().parents[1].joinpath(path).read_text().splitlines()[int(line) - 1]
         assert text.strip().startswith(("by_provider:", "both_ge_8_minutes:")), (t, text)
-    assert "both >= 8" in entries[1]["effect"] and "no CQ" in entries[1]["effect"]
+    assert "both ≥ 8" in entries[1]["effect"] and "no CQ" in entries[1]["effect"]
 
 
 def test_a_private_payer_can_turn_cq_co_off(tmp_path, registry):
@@ -239,3 +239,17 @@ def test_audit_log_stores_providers_and_modifiers_and_replay_reproduces(tmp_path
     assert stored["services"] == session["services"]        # who furnished which minutes, and the 59
     replay = run("audit", db, "--replay")
     assert replay.returncode == 0 and "1 reproduced, 0 differ" in replay.stdout + replay.stderr, replay
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scenario_expect_names_modifiers_per_unit_line(billers, engine):
+    from engine.scenarios import Scenario, run_scenario
+    session = session_from(pt(("97110", "PTA", 23), ("97110", "PT", 13), ("97140", "PT", 30)))
+
+    def diffs(lines):
+        return run_scenario(Scenario("t", 1, "t", "medicare", None, session, {"lines": lines}), billers[engine])
+    # worked by hand (case D): 97110 x1 GP CQ, 97110 x1 GP, 97140 x2 GP
+    assert diffs({"97110 GP CQ": 1, "97110 GP": 1, "97140": 2}) == []
+    assert diffs({"97110": 2, "97140 GP": 2}) == []                 # the old form: a code's units over its lines
+    assert diffs({"97110 GP": 2, "97140": 2}) == ["lines.97110: expected x2 GP, got x1 GP CQ; x1 GP"]
+    assert diffs({"97110": 2, "97140 GP 59": 2}) == ["lines.97140: expected x2 GP 59, got x2 GP"]
