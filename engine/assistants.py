@@ -51,7 +51,7 @@ def timed(entries, units: int, settings, unit_minutes: int = 15, first_unit_minu
         mod = _modifier(settings, provider) if provider in ASSISTANTS else None
         for _ in range(minutes // unit_minutes):
             out.append(Unit(mod, unit_minutes, (provider,),
-                            f"{provider} {unit_minutes} min alone → {mod or 'no assistant modifier'}"))
+                            f"{provider} {unit_minutes} min alone, a whole unit → {mod or 'no assistant modifier'}"))
     left = [(p, m % unit_minutes) for p, m in providers if m % unit_minutes]
     remaining = units - len(out)
     if remaining == 1:
