@@ -32,6 +32,14 @@ def by_provider(entries) -> list:
     return list(out.items())
 
 
+def plain(services) -> bool:
+    """No entry names an assistant or documents a modifier (the common case: nothing to decide here)."""
+    for service in services:
+        if service.modifiers or service.provider in ASSISTANTS:
+            return False
+    return True
+
+
 def has_assistant(entries) -> bool:
     return any(provider in ASSISTANTS for provider, _ in entries)
 
@@ -140,6 +148,8 @@ def untimed(entries, units: int, settings) -> list:
 def claim_order(modifiers, order: tuple) -> list:
     """Modifiers without repeats in claim order: those the payer's modifier_order lists, in its order, then
     the others in the order they came (docs/domain.md §16)."""
+    if len(modifiers) < 2:
+        return list(modifiers)
     seen = list(dict.fromkeys(modifiers))
     rank = {m: i for i, m in enumerate(order)}
     return sorted(seen, key=lambda m: (rank.get(m, len(rank)), seen.index(m)))

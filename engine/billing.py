@@ -138,7 +138,8 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     # a firing's effect text is known from its plan, unless it tells the units the session gave the line
     trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
               "effect": f.text if f.text is not None else _effect_text(f, state)} for _, f, state in fired]
-    _claim_lines(session, payer, states, warnings, trace)
+    if not A.plain(session.services) or any([len(state.modifiers) > 4 for state in states]):
+        _claim_lines(session, payer, states, warnings, trace)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
 
@@ -154,6 +155,12 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
         if state.units <= 0:
             continue
         line = state.line
+        if not any(e.modifiers or e.provider in A.ASSISTANTS for e in line.entries):
+            # the common case: nothing but the rules' modifiers, one line (_result puts them in order)
+            if len(state.modifiers) > 4:
+                state.split = [(state.units, line.minutes, A.claim_order(state.modifiers, payer.modifier_order))]
+                _limit(state, state.split[0][2], payer, warnings, trace)
+            continue
         entries = [(e.provider, e.minutes) for e in line.entries]
         assisted = A.has_assistant(entries)
         if assisted and line.code in evaluations:
@@ -202,14 +209,20 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
             state.split[0][1] += line.minutes - sum(g[1] for g in state.split)
         for _, _, mods in state.split:
             if len(mods) > 4:
-                warnings.append({"severity": "error", "rule": "engine.modifier-limit", "codes": [line.code],
-                                 "message": f"{line.code} {' '.join(mods)}: {len(mods)} modifiers, a claim line holds "
-                                            "at most 4 (837P): none was dropped; correct the documentation"})
-                trace.append({"rule": "engine.modifier-limit", "source": payer.modifier_order_source or payer.file,
-                              "facts": [line.code], "effect": f"{line.code}: {len(mods)} modifiers, at most 4"})
+                _limit(state, mods, payer, warnings, trace)
     if marked and settings.payment_note:
         warnings.append({"severity": "info", "rule": "engine.assistant-modifier", "codes": marked,
                          "message": settings.payment_note})
+
+
+def _limit(state: LineState, mods: list, payer: Payer, warnings: list, trace: list) -> None:
+    """A claim line holds at most 4 modifiers (837P SV101): more is an error naming them all; none is dropped."""
+    code = state.line.code
+    warnings.append({"severity": "error", "rule": "engine.modifier-limit", "codes": [code],
+                     "message": f"{code} {' '.join(mods)}: {len(mods)} modifiers, a claim line holds at most 4 "
+                                "(837P): none was dropped; correct the documentation"})
+    trace.append({"rule": "engine.modifier-limit", "source": payer.modifier_order_source or payer.file,
+                  "facts": [code], "effect": f"{code}: {len(mods)} modifiers, at most 4"})
 
 
 def _effect_text(firing, state: LineState) -> str:
@@ -412,8 +425,13 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
     for state in ordered:
         if state.units > 0:
             total_units += state.units
-            for units, minutes, mods in state.split or [(state.units, state.line.minutes,
-                                                         A.claim_order(state.modifiers, payer.modifier_order))]:
+            if state.split is None:         # one line (the common case)
+                mods = state.modifiers
+                billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
+                               "modifiers": A.claim_order(mods, payer.modifier_order) if len(mods) > 1 else [*mods],
+                               "rules": [*state.rules]})
+                continue
+            for units, minutes, mods in state.split:
                 billed.append({"code": state.line.code, "units": units, "minutes": minutes, "modifiers": mods,
                                "rules": [*state.rules]})
         else:
