@@ -537,7 +537,7 @@ _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context"))
 _SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider", "modifiers"))
-_MODIFIER = re.compile(r"^[0-9A-Z]{2}$")
+_MODIFIER = re.compile(r"[0-9A-Z]{2}")      # fullmatch: "59\n" is not a modifier
 # modifiers the engine itself decides from the payer's rules: never taken as documented input
 ENGINE_MODIFIERS = {"GP": "the plan of care's discipline", "GO": "the plan of care's discipline",
                     "GN": "the plan of care's discipline", "CQ": "who furnished the minutes (provider)",
@@ -602,8 +602,9 @@ def fast_services(data):
         modifiers = ()
         if "modifiers" in s:
             modifiers = s["modifiers"]
-            if type(modifiers) is not list or len(modifiers) > 4 or len(set(modifiers)) != len(modifiers) or \
-                    any(type(m) is not str or not _MODIFIER.match(m) or m in ENGINE_MODIFIERS for m in modifiers):
+            if type(modifiers) is not list or len(modifiers) > 4 or \
+                    any(type(m) is not str or not _MODIFIER.fullmatch(m) or m in ENGINE_MODIFIERS for m in modifiers) \
+                    or len(set(modifiers)) != len(modifiers):
                 return None
             modifiers = tuple(modifiers)
         out.append(_tuple_new(Service, (code, minutes, group_size, provider, modifiers)))
@@ -653,7 +654,10 @@ def _services_errors(services: tuple, data, doc: Located, path: tuple) -> list:
                              ("services",)))
     for i, s in enumerate(services):
         for k, m in enumerate(s.modifiers):
-            if m in ENGINE_MODIFIERS:
+            if not _MODIFIER.fullmatch(m):
+                errors.append(_error(f"modifier {m!r} is not two capital letters or digits", data, doc, path,
+                                     ("services", i, "modifiers", k)))
+            elif m in ENGINE_MODIFIERS:
                 errors.append(_error(f"modifier {m} is not documented input: the engine decides it from "
                                      f"{ENGINE_MODIFIERS[m]}", data, doc, path, ("services", i, "modifiers", k)))
     first = {}

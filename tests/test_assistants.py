@@ -139,7 +139,7 @@ def test_engine_decided_modifiers_are_refused_as_input(modifier):
     assert f"modifier {modifier} is not documented input" in str(session)
 
 
-@pytest.mark.parametrize("bad", [["5"], ["59x"], ["gp"], ["59", "59"], ["59", "XE", "XS", "XP", "XU"]])
+@pytest.mark.parametrize("bad", [["5"], ["59x"], ["gp"], ["59\n"], [5], ["59", "59"], ["59", "XE", "XS", "XP", "XU"]])
 def test_malformed_modifiers_are_refused(bad):
     from engine.errors import SessionError
     assert isinstance(session_from({"services": [{"code": "97110", "minutes": 30, "modifiers": bad}]}),
@@ -253,3 +253,14 @@ def test_scenario_expect_names_modifiers_per_unit_line(billers, engine):
     assert diffs({"97110": 2, "97140 GP": 2}) == []                 # the old form: a code's units over its lines
     assert diffs({"97110 GP": 2, "97140": 2}) == ["lines.97110: expected x2 GP, got x1 GP CQ; x1 GP"]
     assert diffs({"97110": 2, "97140 GP 59": 2}) == ["lines.97140: expected x2 GP 59, got x2 GP"]
+
+
+def test_a_yaml_number_is_a_modifier_and_a_csv_cell_splits_on_spaces_or_commas(tmp_path):
+    from engine.sessions import load_sessions
+    assert session_from({"services": [{"code": "97110", "minutes": 30, "modifiers": [59]}]}).services[0].modifiers \
+        == ("59",)
+    (tmp_path / "s.csv").write_text("session_id,code,minutes,provider,modifiers\n"
+                                    'A,97110,20,PTA,"59 XU"\nB,97110,20,,"59,XU"\nC,97110,20,,\n')
+    sessions, _ = load_sessions(str(tmp_path / "s.csv"))
+    assert [s.services[0].modifiers for s in sessions] == [("59", "XU"), ("59", "XU"), ()]
+    assert sessions[0].services[0].provider == "PTA"

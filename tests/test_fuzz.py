@@ -167,6 +167,9 @@ BAD_SERVICE = {
     "minutes": st.one_of(st.sampled_from([-1, 1441, 1440, 20.0, 20.5, "20", True, False, None]), json_any),
     "group_size": st.one_of(st.sampled_from([-1, 1001, 1000, 2.0, "3", True]), json_any),
     "provider": st.one_of(st.sampled_from(["pt", "MD", "", "PT ", ["PT"], {"PT": 1}]), json_any),
+    "modifiers": st.one_of(st.sampled_from([["59"], ["GP"], ["CQ"], ["5"], ["59x"], ["xe"], [59], [5], ["59", "59"],
+                                            ["59", "XE", "XS", "XP", "XU"], [["59"]], [{"59": 1}], "59", None]),
+                           json_any),
 }
 
 
