@@ -170,6 +170,12 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
             trace.append({"rule": "engine.assistant-evaluation", "source": settings.source("evaluation_codes"),
                           "facts": [line.code], "effect": f"{line.code}: an assistant on an evaluation is an error"})
             assisted = False
+        if assisted and settings.enabled and session.discipline in ("PT", "OT"):
+            other = sorted({p for p, _ in entries if p in A.ASSISTANTS and p != session.discipline + "A"})
+            if other:       # CQ goes with GP (a PTA), CO with GO (an OTA)
+                warnings.append({"severity": "warning", "rule": "engine.assistant-modifier", "codes": [line.code],
+                                 "message": f"{line.code}: {', '.join(other)} minutes under a {session.discipline} "
+                                            "plan of care (CQ goes with GP, CO with GO): check who furnished them"})
         if assisted and settings.enabled and session.discipline != "SLP":
             uncapped = state.capped_from or state.units
             if state.decision and state.decision[0] == "timed_units" and state.family is None:

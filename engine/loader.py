@@ -705,6 +705,13 @@ def _merged_errors(merged: _Merged) -> list:
             else:
                 errors.append(spec.err(path + (role,), f"code {code} is in none of the code lists"
                                                        f"{suggest(code, known)}; add it to one"))
+    setter = next((spec for spec in reversed(merged.specs)
+                   if "evaluation_codes" in (spec.data.get("assistant_modifiers") or {})), None)
+    if setter is not None:
+        ref = setter.data["assistant_modifiers"]["evaluation_codes"]
+        if isinstance(ref, str) and ref not in codes:
+            errors.append(setter.err(("assistant_modifiers", "evaluation_codes"), f"no code list named {ref!r}"
+                                     f"{suggest(ref, codes) or '; define it under codes:'}"))
     for spec, path, rule in merged.rules:
         line_cond = rule["when"].get("line") or {}
         for key in ("code_in", "code_not_in"):

@@ -264,3 +264,39 @@ def test_a_yaml_number_is_a_modifier_and_a_csv_cell_splits_on_spaces_or_commas(t
     sessions, _ = load_sessions(str(tmp_path / "s.csv"))
     assert [s.services[0].modifiers for s in sessions] == [("59", "XU"), ("59", "XU"), ()]
     assert sessions[0].services[0].provider == "PTA"
+
+
+def _child(tmp_path, body: str):
+    from engine.loader import PayerFile, Registry
+    (tmp_path / "child.yaml").write_text("payer: child\nname: child\nextends: medicare\n" + body)
+    return Registry(extra_files=[PayerFile(tmp_path / "child.yaml", "r/child.yaml", "r/child.yaml")])
+
+
+def test_a_child_changes_one_setting_inherits_the_rest_and_the_trace_cites_each_file(tmp_path):
+    from engine.billing import Biller
+    reg = _child(tmp_path, "assistant_modifiers:\n  both_ge_8_minutes: assistant\n"
+                           "  payment_note: \"Acme pays assistants' units at 80%\"\n")
+    for engine in ENGINES:
+        biller = Biller(reg, engine, remember=False)
+        # case D under both_ge_8_minutes: assistant -> the remaining unit (PTA 8, PT 13) carries CQ too
+        result = biller.bill(session_from(pt(("97110", "PTA", 23), ("97110", "PT", 13))), "child")
+        assert lines_of(result) == [("97110", 2, "GP CQ")]
+        sources = [t["source"] for t in result["trace"] if t["rule"] == "engine.assistant-modifier"]
+        assert sources[0].startswith("rules/medicare.yaml:") and sources[1] == "r/child.yaml:5"
+        assert [w["message"] for w in result["warnings"]] == ["Acme pays assistants' units at 80%"]
+        biller.close()
+
+
+def test_evaluation_codes_must_name_a_code_list(tmp_path):
+    with pytest.raises(Exception, match=r"child.yaml:5: assistant_modifiers.evaluation_codes: no code list named "
+                                        r"'evaluation' \(did you mean 'evaluations'\?\)"):
+        _child(tmp_path, "assistant_modifiers:\n  evaluation_codes: evaluation\n")
+
+
+def test_an_assistant_of_the_other_discipline_is_a_warning(bill):
+    # CQ pairs with GP and CO with GO (docs/domain.md §16): an OTA on a PT plan is worth a question
+    result = bill(pt(("97110", "OTA", 30)))
+    assert lines_of(result) == [("97110", 2, "GP CO")]
+    assert [(w["severity"], w["message"].split(":")[0]) for w in result["warnings"]
+            if w["severity"] == "warning"] == [("warning", "97110")]
+    assert all(w["severity"] != "warning" for w in bill(pt(("97110", "PTA", 30)))["warnings"])
