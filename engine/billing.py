@@ -208,6 +208,15 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
             group = groups.setdefault(key, [0, 0])
             group[0] += 1
             group[1] += unit.minutes
+        placed = {m for key in groups for m in key}
+        for provider, mods in documented.items():
+            for m in mods:
+                if m not in placed:
+                    placed.add(m)
+                    warnings.append({"severity": "warning", "rule": "engine.documented-modifier",
+                                     "codes": [line.code],
+                                     "message": f"{line.code}: {m} is documented on the {provider} minutes, which "
+                                                "earned no billed unit: it is on no line of the claim"})
         if len(groups) == 1:
             state.split = [(state.units, line.minutes, list(key)) for key in groups]
         else:
@@ -424,6 +433,8 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
         extras = {}
         for parent, generated in extra_lines:
             extras.setdefault(id(parent), []).append(generated)
+            if parent.split:        # an add-on made from its primary's minutes: the primary's modifiers
+                generated.split = [(generated.units, 0, list(parent.split[0][2]))]
         ordered = []
         for state in states:
             ordered.append(state)

@@ -300,3 +300,31 @@ def test_an_assistant_of_the_other_discipline_is_a_warning(bill):
     assert [(w["severity"], w["message"].split(":")[0]) for w in result["warnings"]
             if w["severity"] == "warning"] == [("warning", "97110")]
     assert all(w["severity"] != "warning" for w in bill(pt(("97110", "PTA", 30)))["warnings"])
+
+
+def test_the_library_api_takes_providers_and_modifiers():
+    from engine.api import RuleBook
+    with RuleBook(engine="python") as book:
+        result = book.bill({"payer": "medicare", "discipline": "PT", "services": [
+            {"code": "97110", "minutes": 10, "provider": "PTA"}, {"code": "97110", "minutes": 5, "provider": "PT",
+                                                                  "modifiers": ["XU"]}]})
+    # case A (15 min -> 1 unit, CQ) and the XU documented on the PT entry, whose minutes are in that unit
+    assert [(l["code"], l["units"], l["modifiers"]) for l in result["lines"]] == [("97110", 1, ["GP", "CQ", "XU"])]
+
+
+def test_a_documented_modifier_whose_minutes_earned_no_unit_is_said_not_dropped(bill):
+    # 97110 PT 30 (2 whole units) + PTA 5 (documented 59): 35 min -> 2 units, both the PT's whole units;
+    # the PTA's 5 min make no unit (remaining units 0), so the 59 is on no line: a warning says so
+    data = {"discipline": "PT", "services": [
+        {"code": "97110", "minutes": 30, "provider": "PT"},
+        {"code": "97110", "minutes": 5, "provider": "PTA", "modifiers": ["59"]}]}
+    result = bill(data)
+    assert lines_of(result) == [("97110", 2, "GP")]
+    assert [w["rule"] for w in result["warnings"] if "59" in w["message"]] == ["engine.documented-modifier"]
+
+
+def test_a_generated_addon_line_takes_its_primarys_assistant_modifier(bill):
+    # 97129 45 min by an OTA on an OT plan: the cognitive family pools 45 min -> 3 units, 97129 x1 and the
+    # generated 97130 x2; a family takes the 10% test: OTA 45 of 45 > 10% -> CO on both lines
+    result = bill({"discipline": "OT", "services": [{"code": "97129", "minutes": 45, "provider": "OTA"}]})
+    assert lines_of(result) == [("97129", 1, "GO CO"), ("97130", 2, "GO CO")]
