@@ -23,13 +23,21 @@ class Unit(NamedTuple):
 
 
 def by_provider(entries) -> list:
-    """[(provider, minutes)] with each provider's minutes added, in order of first appearance; a missing
-    provider is the therapist's ("therapist")."""
+    """[(provider, minutes)] with each provider's minutes added, in order of first appearance. Every
+    therapist entry of the code counts as one therapist's (no provider given: the therapist's), named by
+    the first therapist named (PT, OT, SLP), else "therapist"."""
     out: dict = {}
     for provider, minutes in entries:
-        key = provider or "therapist"
+        key = role(provider, entries)
         out[key] = out.get(key, 0) + minutes
     return list(out.items())
+
+
+def role(provider, entries) -> str:
+    """How by_provider names the provider of an entry of `entries` (an assistant, or the therapist)."""
+    if provider in ASSISTANTS:
+        return provider
+    return next((p for p, _ in entries if p and p not in ASSISTANTS), "therapist")
 
 
 def plain(services) -> bool:

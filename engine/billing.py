@@ -190,11 +190,10 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
             if any(u.modifier for u in units):
                 marked.append(line.code)
         else:
-            units = [A.Unit(None, line.minutes, tuple({e.provider or "therapist": 0 for e in line.entries}), "")]
-            units *= state.units
+            units = [A.Unit(None, line.minutes, tuple(dict(A.by_provider(entries))), "")] * state.units
         documented = {}
         for e in line.entries:
-            documented.setdefault(e.provider or "therapist", []).extend(e.modifiers)
+            documented.setdefault(A.role(e.provider, entries), []).extend(e.modifiers)
         for e in line.entries:
             if e.modifiers:
                 where = f"input: services[{next(i for i, s in enumerate(session.services) if s is e)}].modifiers"

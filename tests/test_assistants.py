@@ -328,3 +328,18 @@ def test_a_generated_addon_line_takes_its_primarys_assistant_modifier(bill):
     # generated 97130 x2; a family takes the 10% test: OTA 45 of 45 > 10% -> CO on both lines
     result = bill({"discipline": "OT", "services": [{"code": "97129", "minutes": 45, "provider": "OTA"}]})
     assert lines_of(result) == [("97129", 1, "GO CO"), ("97130", 2, "GO CO")]
+
+
+def test_therapist_entries_with_and_without_a_provider_are_one_therapists_minutes():
+    # 97110: PT 10 + (no provider) 5 + PTA 15 -> the therapist's 15 is a whole unit, the PTA's 15 another
+    out = A.timed([("PT", 10), (None, 5), ("PTA", 15)], 2, MEDICARE)
+    assert [(u.modifier, u.providers) for u in out] == [(None, ("PT",)), ("CQ", ("PTA",))]
+
+
+def test_a_modifier_documented_on_an_entry_without_a_provider_goes_on_the_therapists_line(bill):
+    # 97110 (no provider, 59) 15 + PTA 15: 2 units, the therapist's whole unit GP 59, the PTA's GP CQ
+    data = {"discipline": "PT", "services": [
+        {"code": "97110", "minutes": 15, "modifiers": ["59"]}, {"code": "97110", "minutes": 15, "provider": "PTA"}]}
+    result = bill(data)
+    assert lines_of(result) == [("97110", 1, "GP 59"), ("97110", 1, "GP CQ")]
+    assert not any(w["rule"] == "engine.documented-modifier" for w in result["warnings"])
