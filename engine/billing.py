@@ -164,9 +164,10 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
         entries = [(e.provider, e.minutes) for e in line.entries]
         assisted = A.has_assistant(entries)
         if assisted and line.code in evaluations:
+            who = ", ".join(sorted({p for p, _ in entries if p in A.ASSISTANTS}))
             warnings.append({"severity": "error", "rule": "engine.assistant-evaluation", "codes": [line.code],
                              "message": f"{line.code} is an evaluation or re-evaluation: the therapist furnishes it, "
-                                        f"not an assistant ({', '.join(sorted({p for p, _ in entries if p in A.ASSISTANTS}))})"})
+                                        f"not an assistant ({who})"})
             trace.append({"rule": "engine.assistant-evaluation", "source": settings.source("evaluation_codes"),
                           "facts": [line.code], "effect": f"{line.code}: an assistant on an evaluation is an error"})
             assisted = False
@@ -185,8 +186,9 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
                 units = A.untimed(entries, uncapped, settings)
             units = units[:state.units]
             for n, unit in enumerate(units, 1):
-                trace.append({"rule": "engine.assistant-modifier", "source": settings.source(unit.setting or "by_provider"),
-                              "facts": [line.code], "effect": f"{line.code} unit {n}: {unit.why}"})
+                source = settings.source(unit.setting or "by_provider")
+                trace.append({"rule": "engine.assistant-modifier", "source": source, "facts": [line.code],
+                              "effect": f"{line.code} unit {n}: {unit.why}"})
             if any(u.modifier for u in units):
                 marked.append(line.code)
         else:
@@ -195,10 +197,11 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
         for e in line.entries:
             documented.setdefault(A.role(e.provider, entries), []).extend(e.modifiers)
         for e in line.entries:
-            if e.modifiers:
-                where = f"input: services[{next(i for i, s in enumerate(session.services) if s is e)}].modifiers"
-                trace.append({"rule": "engine.documented-modifier", "source": where, "facts": [line.code],
-                              "effect": f"{line.code}: {' '.join(e.modifiers)} documented in the input"})
+            if e.modifiers:     # kept as documented, placed by the payer's claim order
+                where = next(i for i, s in enumerate(session.services) if s is e)
+                trace.append({"rule": "engine.documented-modifier", "source": _order_source(payer),
+                              "facts": [line.code], "effect": f"{line.code}: {' '.join(e.modifiers)} documented "
+                                                              f"in the input (services[{where}].modifiers)"})
         groups: dict = {}
         for unit in units:
             mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
@@ -229,13 +232,18 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
                          "message": settings.payment_note})
 
 
+def _order_source(payer: Payer) -> str:
+    """file:line of the payer's modifier_order (or of its `payer:` key when it has none)."""
+    return payer.modifier_order_source or f"{payer.file}:{payer.line}"
+
+
 def _limit(state: LineState, mods: list, payer: Payer, warnings: list, trace: list) -> None:
     """A claim line holds at most 4 modifiers (837P SV101): more is an error naming them all; none is dropped."""
     code = state.line.code
     warnings.append({"severity": "error", "rule": "engine.modifier-limit", "codes": [code],
                      "message": f"{code} {' '.join(mods)}: {len(mods)} modifiers, a claim line holds at most 4 "
                                 "(837P): none was dropped; correct the documentation"})
-    trace.append({"rule": "engine.modifier-limit", "source": payer.modifier_order_source or payer.file,
+    trace.append({"rule": "engine.modifier-limit", "source": _order_source(payer),
                   "facts": [code], "effect": f"{code}: {len(mods)} modifiers, at most 4"})
 
 

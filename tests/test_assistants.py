@@ -15,8 +15,13 @@ from conftest import ENGINES, bill, session_from  # noqa: F401  (bill is a fixtu
 MEDICARE = Assistants(enabled=True, modifiers=(("OTA", "CO"), ("PTA", "CQ")))
 
 
+RESULT_SCHEMA = __import__("json").loads((__import__("pathlib").Path(__file__).resolve().parents[1]
+                                          / "schemas" / "result.schema.json").read_text())
+
+
 def lines_of(result) -> list:
     assert "error" not in result, result
+    __import__("jsonschema").validate(result, RESULT_SCHEMA)     # the result contract (design.md §5)
     return [(line["code"], line["units"], " ".join(line["modifiers"])) for line in result["lines"]]
 
 
@@ -90,6 +95,12 @@ def test_every_assistant_modifier_is_traced_to_its_setting_line(bill):
         text = Path(__file__).resolve().parents[1].joinpath(path).read_text().splitlines()[int(line) - 1]
         assert text.strip().startswith(("by_provider:", "both_ge_8_minutes:")), (t, text)
     assert "both ≥ 8" in entries[1]["effect"] and "no CQ" in entries[1]["effect"]
+    # a documented modifier's entry cites the claim order that placed it
+    result = bill({"discipline": "PT", "services": [{"code": "97140", "minutes": 30, "modifiers": ["59"]}]})
+    (entry,) = [t for t in result["trace"] if t["rule"] == "engine.documented-modifier"]
+    path, line = entry["source"].rsplit(":", 1)
+    text = Path(__file__).resolve().parents[1].joinpath(path).read_text().splitlines()[int(line) - 1]
+    assert text.startswith("modifier_order:") and "services[0].modifiers" in entry["effect"]
 
 
 def test_a_private_payer_can_turn_cq_co_off(tmp_path, registry):
