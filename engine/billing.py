@@ -203,10 +203,13 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
                               "facts": [line.code], "effect": f"{line.code}: {' '.join(e.modifiers)} documented "
                                                               f"in the input (services[{where}].modifiers)"})
         groups: dict = {}
+        keys: dict = {}         # (assistant modifier, providers) -> the unit's modifiers in claim order
         for unit in units:
-            mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
-            mods += [m for p in unit.providers for m in documented.get(p, ())]
-            key = tuple(A.claim_order(mods, payer.modifier_order))
+            key = keys.get(unit[:1] + unit[2:3])
+            if key is None:
+                mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
+                mods += [m for p in unit.providers for m in documented.get(p, ())]
+                key = keys[unit[:1] + unit[2:3]] = tuple(A.claim_order(mods, payer.modifier_order))
             group = groups.setdefault(key, [0, 0])
             group[0] += 1
             group[1] += unit.minutes
