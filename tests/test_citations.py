@@ -72,8 +72,9 @@ def all_problems(root: Path) -> list:
 
 def test_every_bundled_source_names_an_existing_file_and_section():
     citations = bundled_citations(ROOT)
-    # the walk reaches every level: medicare.yaml has method.source, 5 families and 20 rules
-    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 5 + 20
+    # the walk reaches every level: medicare.yaml has method.source, assistant_modifiers.source, 5 families
+    # and 20 rules
+    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 1 + 5 + 20
     assert any(".tests.yaml: scenarios[" in where for where, _ in citations)
     assert all_problems(ROOT) == []
 
@@ -188,7 +189,9 @@ def test_rule_index_covers_every_bundled_rule_and_family():
         expected |= {(file, "family " + f["id"]) for f in document.get("families", [])}
         if "method" in document:
             expected.add((file, "method"))
-    settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable"}}
+        expected |= {(file, key) for key in ("assistant_modifiers", "modifier_order") if key in document}
+    settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable",
+                                                     "assistant_modifiers.both_ge_8_minutes"}}
     assert indexed - settings == expected
 
 
