@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import units as U
 from .compiler import compile_payer
+from .edits import apply as apply_edits
 from .errors import SessionError
 from .facts import Line, build_facts, merge_services
 from .model import Payer, Session
@@ -137,6 +138,8 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
               "effect": f.text if f.text is not None else _effect_text(f, state)} for _, f, state in fired]
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
+    if payer.edits:     # NCCI PTP/MUE tables: over the final lines, after the network and its memo
+        apply_edits(result, session.date_of_service, payer.edits)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -92,6 +92,7 @@ class Payer:
     digest: str = ""                # sha256 of the rule file(s) the payer was built from
     line: int = 1                   # line of the `payer:` key
     files: tuple = ()               # (file, sha256) of every rule file used, parent first
+    edits: object = field(default=None, compare=False)     # edits.EditTables: the PTP/MUE tables and settings
 
     def __post_init__(self):
         # lookups made for every line of every session, computed once
