@@ -102,6 +102,7 @@ class Outcome:
     allocation: U.Allocation    # the unit method's arithmetic over the timed services
     notes: dict                 # service key -> how its units were computed
     result: dict
+    edits: list = ()            # (trace entry, table row or None) of each claim edit (engine/edits.py)
 
     @property
     def facts(self) -> list:
@@ -138,9 +139,10 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
               "effect": f.text if f.text is not None else _effect_text(f, state)} for _, f, state in fired]
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
-    if payer.edits:     # NCCI PTP/MUE tables: over the final lines, after the network and its memo
-        apply_edits(result, session.date_of_service, payer.edits)
-    return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
+    # NCCI PTP/MUE tables: over the final lines, after the network and its memo
+    edits = apply_edits(result, session.date_of_service, payer.edits) if payer.edits else []
+    return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result,
+                   edits)
 
 
 def _effect_text(firing, state: LineState) -> str:

@@ -70,24 +70,27 @@ class EditTables:
 NONE = EditTables()
 
 
-def apply(result: dict, date: str | None, edits: EditTables) -> None:
-    """Add the edits of `edits` to a result's warnings and trace (in place)."""
-    lines = result["lines"]
+def apply(result: dict, date: str | None, edits: EditTables) -> list:
+    """Add the edits of `edits` to a result's warnings and trace (in place). Returns (trace entry, table
+    row: PtpEdit, MueValue or None) of each, for explain."""
+    lines, made = result["lines"], []
     if not edits or not lines:
-        return
+        return made
     warnings, trace = result["warnings"], result["trace"]
     if edits.ptp:
-        _ptp(lines, date, edits, warnings, trace)
+        _ptp(lines, date, edits, warnings, trace, made)
     if edits.mue:
-        _mue(lines, edits, warnings, trace)
+        _mue(lines, edits, warnings, trace, made)
+    return made
 
 
-def _add(warnings, trace, severity, rule, message, codes, source, where, effect):
-    warnings.append({"severity": severity, "rule": rule, "message": message, "codes": codes, "table": where})
-    trace.append({"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": where})
+def _add(made, warnings, trace, severity, rule, message, codes, source, row, effect):
+    warnings.append({"severity": severity, "rule": rule, "message": message, "codes": codes, "table": row.where})
+    trace.append({"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": row.where})
+    made.append((trace[-1], row))
 
 
-def _ptp(lines, date, edits, warnings, trace):
+def _ptp(lines, date, edits, warnings, trace, made):
     source = edits.sources["ptp"]
     if date is None:
         warnings.append({"severity": "warning", "rule": "ncci-ptp", "codes": [],
@@ -95,43 +98,44 @@ def _ptp(lines, date, edits, warnings, trace):
                                     "(give date_of_service or --date)"})
         trace.append({"rule": "ncci-ptp", "source": source, "facts": ["session"],
                       "effect": "not checked: no date of service"})
+        made.append((trace[-1], None))
         return
     codes = list(dict.fromkeys(line["code"] for line in lines))
     found = sorted((e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9),
                    key=lambda e: (codes.index(e.column2), codes.index(e.column1), e.path, e.line))
     for edit in found:
-        col1, col2, where = edit.column1, edit.column2, edit.where
+        col1, col2 = edit.column1, edit.column2
         pair = frozenset((col1, col2))
         for line in lines:
             if line["code"] != col2:
                 continue
             if edit.modifier == 0:
-                _add(warnings, trace, "error", "ncci-ptp",
+                _add(made, warnings, trace, "error", "ncci-ptp",
                      f"{col2} is never payable with {col1} on one date of service (NCCI PTP edit, modifier "
-                     f"indicator 0; {edit.rationale or 'no rationale given'})", [col2, col1], source, where,
+                     f"indicator 0; {edit.rationale or 'no rationale given'})", [col2, col1], source, edit,
                      f"{col2} denied with {col1}: indicator 0")
                 continue
             documented = [m for m in line["modifiers"] if m in BYPASS]
             refused = edits.not_honoured.get(pair)
             if documented and refused is None:
-                _add(warnings, trace, "info", "ncci-ptp",
+                _add(made, warnings, trace, "info", "ncci-ptp",
                      f"{col2} with {col1}: NCCI PTP edit bypassed by the documented modifier {documented[0]} "
-                     "(modifier indicator 1)", [col2, col1], source, where,
+                     "(modifier indicator 1)", [col2, col1], source, edit,
                      f"{col2} billed with {col1}: {documented[0]} documented")
             elif documented:
-                _add(warnings, trace, "error", "ncci-ptp",
+                _add(made, warnings, trace, "error", "ncci-ptp",
                      f"{col2} with {col1}: this payer does not honour {documented[0]} for this pair (NCCI PTP "
                      f"edit, modifier indicator 1); expect a denial and appeal with the documentation",
-                     [col2, col1], refused, where, f"{col2} denied with {col1}: bypass not honoured")
+                     [col2, col1], refused, edit, f"{col2} denied with {col1}: bypass not honoured")
             else:
                 distinct = DISTINCT.get(pair, "as distinct services")
-                _add(warnings, trace, "error", "ncci-ptp",
+                _add(made, warnings, trace, "error", "ncci-ptp",
                      f"{col2} with {col1}: not payable together unless documented {distinct}, with modifier 59 "
                      f"or XE/XS/XP/XU on {col2} (NCCI PTP edit, modifier indicator 1); the engine does not add "
-                     "it", [col2, col1], source, where, f"{col2} denied with {col1}: no 59/X modifier documented")
+                     "it", [col2, col1], source, edit, f"{col2} denied with {col1}: no 59/X modifier documented")
 
 
-def _mue(lines, edits, warnings, trace):
+def _mue(lines, edits, warnings, trace, made):
     source = edits.sources["mue"]
     totals: dict = {}
     for line in lines:
@@ -148,7 +152,62 @@ def _mue(lines, edits, warnings, trace):
         if units <= mue.value:
             continue
         counted = f"{units} units on the line" if mue.mai == 1 else f"{units} units on the date of service"
-        _add(warnings, trace, "error", "ncci-mue",
+        _add(made, warnings, trace, "error", "ncci-mue",
              f"{code}: {counted} exceed the MUE of {mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, "
-             "not only the excess", [code], source, mue.where,
+             "not only the excess", [code], source, mue,
              f"{code} line of {line['units']} units denied: {units} > MUE {mue.value} (MAI {mue.mai})")
+
+
+RULES = ("ncci-ptp", "ncci-mue")
+
+
+def row_text(row) -> str:
+    """A table row as explain shows it."""
+    if isinstance(row, T.PtpEdit):
+        return (f"column 1 {row.column1}, column 2 {row.column2}, effective {row.effective}, deletion "
+                f"{row.deletion or '* (in force)'}, modifier indicator {row.modifier}"
+                + (f": {row.rationale}" if row.rationale else ""))
+    return f"{row.code}: MUE {row.value}, MAI {row.mai}" + (f": {row.rationale}" if row.rationale else "")
+
+
+def why_not(result: dict, date: str | None, edits: EditTables, rule_id: str) -> list:
+    """Lines saying, for `ncci-ptp` each ordered pair of the billed codes and for `ncci-mue` each billed
+    code, which table rows there are and why each did or did not apply."""
+    codes = list(dict.fromkeys(line["code"] for line in result["lines"]))
+    tables = edits.ptp if rule_id == "ncci-ptp" else edits.mue
+    if not tables:
+        return [f"  the payer names no {rule_id[5:].upper()} table"]
+    out = []
+    if rule_id == "ncci-mue":
+        for code in codes:
+            mue = next((v for t in tables if (v := t.lookup(code)) is not None), None)
+            units = [line["units"] for line in result["lines"] if line["code"] == code]
+            if mue is None:
+                out.append(f"  {code}: no row in the MUE table(s)")
+                continue
+            counted = max(units) if mue.mai == 1 else sum(units)
+            out.append(f"  {code}: {counted} units {'on a line' if mue.mai == 1 else 'on the date'} "
+                       f"{'>' if counted > mue.value else '<='} MUE {mue.value} (MAI {mue.mai}) "
+                       f"[table {mue.where}]")
+        return out
+    day = date and T._day(date)
+    for col1 in codes:
+        for col2 in codes:
+            if col1 == col2:
+                continue
+            rows = [r for t in tables for r in t.pair_rows(col1, col2)]
+            if not rows:
+                out.append(f"  {col1} / {col2}: no row in the PTP table(s)")
+            for r in rows:
+                if day is None:
+                    why = "not checked: no date of service"
+                elif T._day(r.effective) > day:
+                    why = f"not yet in effect on {date}"
+                elif r.deletion and T._day(r.deletion) <= day:
+                    why = f"deleted before {date}"
+                elif r.modifier == 9:
+                    why = "indicator 9: no edit"
+                else:
+                    why = "in force: applied"
+                out.append(f"  {col1} / {col2}: {why} [table {r.where}: {row_text(r)}]")
+    return out or ["  fewer than two billed codes: no pair to check"]

@@ -655,6 +655,17 @@ class Registry:
 
 
 
+def named_tables(spec: Spec, kind: str | None = None) -> list:
+    """(kind, path as the user gave it, table) of each table the file names (of one kind), each read once
+    per process; TableError for a table that cannot be read."""
+    folder = (spec.path or Path(spec.shown)).parent
+    base, shown_base = posixpath.dirname(spec.file), posixpath.dirname(spec.shown)
+    return [(k, posixpath.join(shown_base, name),
+             load_table(k, folder / name, posixpath.join(base, name), posixpath.join(shown_base, name)))
+            for k, names in (spec.data.get("tables") or {}).items() if kind in (None, k)
+            for name in names if not _escapes(name)]
+
+
 def _edit_tables(merged: _Merged) -> EditTables:
     """The payer's PTP and MUE tables, each read once per process (TableError: a broken table), and its
     PTP settings."""
@@ -662,11 +673,7 @@ def _edit_tables(merged: _Merged) -> EditTables:
         return NO_EDITS
     loaded, sources = {}, {}
     for kind, spec in merged.tables.items():
-        folder = (spec.path or Path(spec.shown)).parent
-        base, shown_base = posixpath.dirname(spec.file), posixpath.dirname(spec.shown)
-        loaded[kind] = tuple(load_table(kind, folder / name, posixpath.join(base, name),
-                                        posixpath.join(shown_base, name))
-                              for name in spec.data["tables"][kind] if not _escapes(name))
+        loaded[kind] = tuple(table for _, _, table in named_tables(spec, kind))
         sources[kind] = f"{spec.file}:{spec.line('tables', kind)}"
     not_honoured = {}
     if merged.ptp is not None:
