@@ -470,9 +470,9 @@ def cmd_validate(args) -> int:
         if pfile.shown not in bad:
             _out(f"ok   {pfile.shown}\n")
             for spec in (s for specs in registry.versions.values() for s in specs if s.shown == pfile.shown):
-                for kind, name, table in named_tables(spec):    # rows and dates: did the quarter load?
+                for kind, name, table in named_tables(spec):    # on stderr: stdout lists the files that are ok
                     span = f", effective dates {table.first} to {table.last}" if kind == "ptp" and table.rows else ""
-                    _out(f"     {kind} {name}: {render.plural(table.rows, 'row')}{span}\n")
+                    _say(f"table {name} ({kind}, named by {pfile.shown}): {render.plural(table.rows, 'row')}{span}")
     _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
     # bill and compare find payers only in the rules path: say so when a valid file checked is not in it
     trees = [Path(t).resolve() for t in [RULES_DIR, *args.rules]]

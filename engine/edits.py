@@ -46,8 +46,13 @@ def load(kind: str, path, display: str, shown: str):
             table = LOADERS[kind](path, display)
         except T.TableError as exc:
             raise T.TableError(exc.message, shown if exc.file == display else exc.file, exc.line, exc.path) from None
+        table.file = path                   # where its bytes are (the audit log stores them)
         _loaded[key] = table
     return table
+
+
+def loaded_tables() -> list:
+    return list(_loaded.values())
 
 
 @dataclass(frozen=True)
@@ -92,15 +97,17 @@ def _add(made, warnings, trace, severity, rule, message, codes, source, row, eff
 
 def _ptp(lines, date, edits, warnings, trace, made):
     source = edits.sources["ptp"]
-    if date is None:
-        warnings.append({"severity": "warning", "rule": "ncci-ptp", "codes": [],
-                         "message": "no date_of_service: the NCCI PTP edits depend on it and were not checked "
-                                    "(give date_of_service or --date)"})
-        trace.append({"rule": "ncci-ptp", "source": source, "facts": ["session"],
-                      "effect": "not checked: no date of service"})
-        made.append((trace[-1], None))
-        return
     codes = list(dict.fromkeys(line["code"] for line in lines))
+    if date is None:    # which edits are in force depends on the date: not guessed, said for pairs with rows
+        rows = [r for table in edits.ptp for a in codes for b in codes if a != b
+                for r in table.pair_rows(a, b) if r.modifier != 9]
+        if rows:
+            pairs = ", ".join(dict.fromkeys(f"{r.column1}/{r.column2}" for r in rows))
+            _add(made, warnings, trace, "warning", "ncci-ptp",
+                 f"no date_of_service: the NCCI PTP edits of {pairs} depend on it and were not checked (give "
+                 "date_of_service or --date)", [rows[0].column2, rows[0].column1], source, rows[0],
+                 "not checked: no date of service")
+        return
     found = sorted((e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9),
                    key=lambda e: (codes.index(e.column2), codes.index(e.column1), e.path, e.line))
     for edit in found:

@@ -660,10 +660,17 @@ def named_tables(spec: Spec, kind: str | None = None) -> list:
     per process; TableError for a table that cannot be read."""
     folder = (spec.path or Path(spec.shown)).parent
     base, shown_base = posixpath.dirname(spec.file), posixpath.dirname(spec.shown)
-    return [(k, posixpath.join(shown_base, name),
-             load_table(k, folder / name, posixpath.join(base, name), posixpath.join(shown_base, name)))
-            for k, names in (spec.data.get("tables") or {}).items() if kind in (None, k)
-            for name in names if not _escapes(name)]
+    out = []
+    for k, names in (spec.data.get("tables") or {}).items():
+        for i, name in enumerate(names if kind in (None, k) else ()):
+            if _escapes(name):
+                continue
+            path = folder / name
+            if not path.is_file():      # said at the line naming it
+                raise spec.err(("tables", k, i), f"{name}: no such table file ({posixpath.join(shown_base, name)})")
+            out.append((k, posixpath.join(shown_base, name),
+                        load_table(k, path, posixpath.join(base, name), posixpath.join(shown_base, name))))
+    return out
 
 
 def _edit_tables(merged: _Merged) -> EditTables:

@@ -134,6 +134,10 @@ def test_without_a_date_the_ptp_edits_are_not_guessed(tmp_path):
     E.apply(res, None, tables(tmp_path, PAIRS))
     assert [(w["severity"], w["rule"]) for w in res["warnings"]] == [("warning", "ncci-ptp")]
     assert "date_of_service" in res["warnings"][0]["message"]
+    assert "97110/97112" in res["warnings"][0]["message"]          # the pair with a row (line 3)
+    quiet = result(("97110", 2), ("97140", 1))                          # no row for this pair: nothing to say
+    E.apply(quiet, None, tables(tmp_path, PAIRS))
+    assert quiet["warnings"] == []
 
 
 def test_bypass_not_honoured_for_a_pair_is_an_error_citing_the_setting(tmp_path):
@@ -322,8 +326,9 @@ def test_validate_reports_rows_and_the_ptp_date_range(tree):
     proc = run_cli("validate", str(tree))
     assert proc.returncode == 0, proc.stderr
     # PAIRS: 5 rows, effective dates 2015-01-01 (line 6) to 2025-01-01 (line 7); MUE: 1 row
-    assert f"     ptp {tree}/ncci/ptp.txt: 5 rows, effective dates 2015-01-01 to 2025-01-01\n" in proc.stdout
-    assert f"     mue {tree}/ncci/mue.csv: 1 row\n" in proc.stdout
+    assert (f"table {tree}/ncci/ptp.txt (ptp, named by {tree}/clinic.yaml): 5 rows, effective dates 2015-01-01 to "
+            "2025-01-01\n") in proc.stderr
+    assert f"table {tree}/ncci/mue.csv (mue, named by {tree}/clinic.yaml): 1 row\n" in proc.stderr
 
 
 def test_explain_shows_the_edit_with_its_table_row_and_why_not(tree, tmp_path):
