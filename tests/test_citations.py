@@ -187,5 +187,10 @@ def test_rule_index_covers_every_bundled_rule_and_family():
         expected |= {(file, "family " + f["id"]) for f in document.get("families", [])}
         if "method" in document:
             expected.add((file, "method"))
+        # the data tables and PTP settings a file names (docs/domain.md §16), and the edits' rule ids
+        expected |= {(file, f"tables.{kind}") for kind in document.get("tables", {})}
+        expected |= {(file, f"ptp.{key}") for key in document.get("ptp", {})}
+        if "tables" in document:
+            expected.add((file, "ncci-ptp"))
     settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable"}}
     assert indexed - settings == expected
