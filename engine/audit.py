@@ -97,8 +97,7 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None)
     else:
         edits = outcome.payer.edits
         # the data tables (NCCI PTP/MUE) billed with are logged like rule files, by content
-        rules = (outcome.payer.digest, outcome.payer.files + tuple((path, sha) for _, path, sha in edits.digests)
-                 if edits else outcome.payer.files)
+        rules = (outcome.payer.digest, outcome.payer.files + edits.named if edits else outcome.payer.files)
         payer_id, date = outcome.payer.id, outcome.session.date_of_service
         fired = frozenset([t["rule"] for t in record["trace"]])
     billing_input, digest = b"null", None

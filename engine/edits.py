@@ -62,6 +62,7 @@ class EditTables:
     mue: tuple = ()                 # MueTable, ...
     sources: dict = field(default_factory=dict)         # kind -> path:line of the `tables:` entry naming it
     not_honoured: dict = field(default_factory=dict)    # frozenset({code, code}) -> path:line of the setting
+    named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
 
     def __bool__(self) -> bool:
         return bool(self.ptp or self.mue)

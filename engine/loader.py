@@ -678,7 +678,7 @@ def _edit_tables(merged: _Merged) -> EditTables:
     PTP settings."""
     if not merged.tables:
         return NO_EDITS
-    loaded, sources = {}, {}
+    loaded, sources = {}, {}     # (a table a parent names is replaced only by a child naming that kind)
     for kind, spec in merged.tables.items():
         loaded[kind] = tuple(table for _, _, table in named_tables(spec, kind))
         sources[kind] = f"{spec.file}:{spec.line('tables', kind)}"
@@ -689,7 +689,9 @@ def _edit_tables(merged: _Merged) -> EditTables:
             not_honoured[frozenset(map(_code, pair))] = f"{spec.file}:{spec.line('ptp', 'bypass_not_honoured', i)}"
     sources.setdefault("ptp", sources.get("mue", ""))
     sources.setdefault("mue", sources["ptp"])
-    return EditTables(loaded.get("ptp", ()), loaded.get("mue", ()), sources, not_honoured)
+    # every table a file of the payer names, the replaced ones too: a replay rebuilds each of its files
+    named = tuple(dict.fromkeys((t.path, t.digest) for spec in merged.specs for _, _, t in named_tables(spec)))
+    return EditTables(loaded.get("ptp", ()), loaded.get("mue", ()), sources, not_honoured, named)
 
 
 def _next_day(text: str) -> str | None:

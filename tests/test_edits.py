@@ -338,3 +338,53 @@ def test_explain_shows_the_edit_with_its_table_row_and_why_not(tree, tmp_path):
     assert "table extra/ncci/ptp.txt:3: column 1 97110, column 2 97112, effective 2020-01-01" in proc.stdout
     assert "97110 / 97112: in force: applied" in proc.stdout
     assert "97112 / 97110: no row in the PTP table(s)" in proc.stdout
+
+
+# ---------------------------------------------------------------- the bundled excerpt, audit, compare
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIR_SESSION = {"session_id": "P", "payer": "medicare", "date_of_service": "2025-03-04", "discipline": "PT",
+                "services": [{"code": "97140", "minutes": 15}, {"code": "97530", "minutes": 23}]}
+
+
+def test_medicare_applies_its_excerpt_row_on_both_engines(bill):
+    res = bill(PAIR_SESSION)
+    # 38 min -> 3 units: 97140 1 full (0 left), 97530 1 full (8 left) + the remaining unit -> 97140 x1, 97530 x2
+    assert {l["code"]: l["units"] for l in res["lines"]} == {"97140": 1, "97530": 2}
+    (edit,) = [w for w in res["warnings"] if w["rule"] == "ncci-ptp"]
+    assert edit["severity"] == "error" and edit["codes"] == ["97530", "97140"]
+    assert edit["table"] == "rules/ncci/ptp-practitioner-excerpt.txt:9"
+    (entry,) = [t for t in res["trace"] if t["rule"] == "ncci-ptp"]
+    path, line = entry["source"].rsplit(":", 1)
+    assert (ROOT / path).read_text().splitlines()[int(line) - 1].strip() == "ptp: [ncci/ptp-practitioner-excerpt.txt]"
+    row = (ROOT / "rules/ncci/ptp-practitioner-excerpt.txt").read_text().splitlines()[8]
+    assert row.startswith("97140\t97530\t\t19960101\t*\t1\t")
+
+
+def test_the_audit_log_stores_the_table_and_replay_reproduces_or_says_it_is_missing(tree, tmp_path):
+    import sqlite3
+    path, db = tmp_path / "s.json", tmp_path / "log.sqlite"
+    path.write_text(json.dumps({**session(("97110", 23), ("97112", 23)), "payer": "clinic"}))
+    assert run_cli("bill", "--rules", str(tree), str(path), "--audit-db", str(db)).returncode == 1   # an edit error
+    (row,) = json.loads(run_cli("audit", str(db), "--format", "json").stdout)
+    # clinic's tables, and medicare's excerpt it replaced (the replay rebuilds medicare.yaml, which names it)
+    assert {t["file"] for t in row["tables"]} == {"extra/ncci/ptp.txt", "extra/ncci/mue.csv",
+                                                  "rules/ncci/ptp-practitioner-excerpt.txt"}
+    (tree / "ncci/ptp.txt").unlink()        # replay needs only the log
+    replay = run_cli("audit", str(db), "--replay")
+    assert replay.returncode == 0 and "1 reproduced" in replay.stderr, replay.stderr
+    with sqlite3.connect(db) as con:
+        sha = next(t["sha256"] for t in row["tables"] if t["file"] == "extra/ncci/ptp.txt")
+        con.execute("DELETE FROM rule_files WHERE sha256 = ?", (sha,))
+    replay = run_cli("audit", str(db), "--replay")
+    assert "logged table extra/ncci/ptp.txt is missing or does not match its sha256" in replay.stdout + replay.stderr
+
+
+def test_compare_says_where_payers_differ_on_an_edit(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(PAIR_SESSION))
+    # example-full-unit names no tables: only medicare has the 97140/97530 edit
+    proc = run_cli("compare", str(path), "--payers", "medicare,example-full-unit")
+    assert "Payers differ on the claim edits (NCCI tables) of 97530" in proc.stdout
+    same = run_cli("compare", str(path), "--payers", "medicare,example-midpoint")
+    assert "claim edits" not in same.stdout
