@@ -372,7 +372,7 @@ def test_the_audit_log_stores_the_table_and_replay_reproduces_or_says_it_is_miss
                                                   "rules/ncci/ptp-practitioner-excerpt.txt"}
     (tree / "ncci/ptp.txt").unlink()        # replay needs only the log
     replay = run_cli("audit", str(db), "--replay")
-    assert replay.returncode == 0 and "1 reproduced" in replay.stderr, replay.stderr
+    assert replay.returncode == 0 and "1 reproduced" in replay.stdout, replay.stdout + replay.stderr
     with sqlite3.connect(db) as con:
         sha = next(t["sha256"] for t in row["tables"] if t["file"] == "extra/ncci/ptp.txt")
         con.execute("DELETE FROM rule_files WHERE sha256 = ?", (sha,))
