@@ -98,7 +98,10 @@ def _add(made, warnings, trace, severity, rule, message, codes, source, row, eff
 
 def _ptp(lines, date, edits, warnings, trace, made):
     source = edits.sources["ptp"]
-    codes = list(dict.fromkeys(line["code"] for line in lines))
+    position: dict = {}                 # code -> its place among the session's billed codes
+    for line in lines:
+        position.setdefault(line["code"], len(position))
+    codes = list(position)
     if date is None:    # which edits are in force depends on the date: not guessed, said for pairs with rows
         rows = [r for table in edits.ptp for a in codes for b in codes if a != b
                 for r in table.pair_rows(a, b) if r.modifier != 9]
@@ -109,8 +112,9 @@ def _ptp(lines, date, edits, warnings, trace, made):
                  "date_of_service or --date)", [rows[0].column2, rows[0].column1], source, rows[0],
                  "not checked: no date of service")
         return
-    found = sorted((e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9),
-                   key=lambda e: (codes.index(e.column2), codes.index(e.column1), e.path, e.line))
+    found = [e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9]
+    if len(found) > 1:
+        found.sort(key=lambda e: (position[e.column2], position[e.column1], e.path, e.line))
     for edit in found:
         col1, col2 = edit.column1, edit.column2
         pair = frozenset((col1, col2))
@@ -144,17 +148,17 @@ def _ptp(lines, date, edits, warnings, trace, made):
 
 
 def _mue(lines, edits, warnings, trace, made):
-    source = edits.sources["mue"]
+    source, tables = edits.sources["mue"], edits.mue
     totals: dict = {}
     for line in lines:
         totals[line["code"]] = totals.get(line["code"], 0) + line["units"]
-    values: dict = {}
     for line in lines:
         code = line["code"]
-        if code not in values:
-            values[code] = next((v for table in edits.mue if (v := table.lookup(code)) is not None), None)
-        mue = values[code]
-        if mue is None:
+        for table in tables:
+            mue = table.lookup(code)
+            if mue is not None:
+                break
+        else:
             continue
         units = line["units"] if mue.mai == 1 else totals[code]
         if units <= mue.value:
