@@ -394,8 +394,8 @@ class AuditLog:
 
 
 def _table_content(sha: str) -> bytes | None:
-    """A data table billed with, zlib-compressed (a CMS PTP file of 125 MB is stored in about 9 MB), once
-    per content; None when no table of that sha256 was read or its file has changed since."""
+    """A data table billed with, zlib-compressed (the benchmark's 125 MB synthetic PTP file: 23 MB, 2.8 s
+    CPU), once per content; None when no table of that sha256 was read or its file has changed since."""
     from .edits import loaded_tables
     for table in loaded_tables():
         if table.digest == sha:
