@@ -43,8 +43,9 @@ def _edits_differ(comparison: dict) -> list:
     """Codes whose claim edits (NCCI PTP/MUE warnings: rule, severity, message) differ between payers."""
     out, results = [], comparison["results"]
     for code in (row["code"] for row in comparison["rows"]):
-        seen = {pid: sorted((w["rule"], w["severity"], w["message"]) for w in r.get("warnings", ())
-                            if "table" in w and w["codes"][:1] == [code]) for pid, r in results.items() if "error" not in r}
+        seen = {pid: sorted((w["rule"], w["severity"], w["message"]) for w in r["warnings"]
+                            if "table" in w and w["codes"][:1] == [code])
+                for pid, r in results.items() if "error" not in r}
         if len({repr(v) for v in seen.values()}) > 1:
             out.append(code)
     return out

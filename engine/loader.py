@@ -646,7 +646,8 @@ class Registry:
         edits = _edit_tables(merged)
         digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()
                                 + "".join(d for _, _, d in edits.digests).encode()).hexdigest()
-        return Payer(edits=edits, id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
+        return Payer(edits=edits,
+                     id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
                      families=families, rules=tuple(rules), effective_from=spec.effective[0],
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,

@@ -34,8 +34,8 @@ NOTICE = "SYNTHETIC test table, not CMS data."
 def ptp_file(path: Path, rows: list) -> Path:
     """rows: (col1, col2, effective, deletion or '*', indicator); row k (0-based) is on line k + 3."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([NOTICE, PTP_HEADER] + [f"{a}\t{b}\t\t{e}\t{d}\t{m}\tsynthetic" for a, b, e, d, m in rows])
-                    + "\n")
+    body = [f"{a}\t{b}\t\t{e}\t{d}\t{m}\tsynthetic" for a, b, e, d, m in rows]
+    path.write_text("\n".join([NOTICE, PTP_HEADER] + body) + "\n")
     return path
 
 
@@ -322,7 +322,8 @@ def test_a_broken_table_stops_the_run_before_any_output(tree, tmp_path):
     proc = run_cli("bill", "--rules", str(tree), str(sessions))
     assert proc.returncode == 2 and proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {tree / 'ncci/mue.csv'}:3: ") and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: {tree / 'ncci/mue.csv'}:3: ")
+    assert "Traceback" not in proc.stderr
 
 
 def test_validate_reports_rows_and_the_ptp_date_range(tree):
@@ -404,3 +405,11 @@ def test_the_readme_explain_example_is_what_explain_prints(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr            # the session has an error warning: exit status 1
     assert_shows(proc.stdout, "...\n" + shown.split("\n", 1)[1])
+
+
+def test_an_empty_list_drops_the_parents_tables_of_that_kind(tmp_path):
+    root = tmp_path / "extra"
+    root.mkdir()
+    (root / "bare.yaml").write_text("payer: bare\nname: Bare\nextends: medicare\ntables:\n  ptp: []\n")
+    payer = Registry([root]).resolve("bare", "2025-03-04")
+    assert not payer.edits and payer.edits.ptp == ()        # medicare's excerpt is not inherited
