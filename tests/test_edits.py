@@ -413,3 +413,20 @@ def test_an_empty_list_drops_the_parents_tables_of_that_kind(tmp_path):
     (root / "bare.yaml").write_text("payer: bare\nname: Bare\nextends: medicare\ntables:\n  ptp: []\n")
     payer = Registry([root]).resolve("bare", "2025-03-04")
     assert not payer.edits and payer.edits.ptp == ()        # medicare's excerpt is not inherited
+
+
+def test_explain_json_lists_the_edits_with_their_rows(tree, tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**session(("97110", 23), ("97112", 23)), "payer": "clinic"}))
+    proc = run_cli("explain", "--rules", str(tree), str(path), "--format", "json", "--why-not", "ncci-mue")
+    (doc,) = json.loads(proc.stdout) if proc.stdout.lstrip().startswith("[") else [json.loads(proc.stdout)]
+    (edit,) = doc["edits"]
+    # 97110/97112 is row 3 of PAIRS (indicator 0). 23 + 23 = 46 min -> 3 units, each 1 full with 8 left
+    # over: a tie, and the tie-break (minutes, then order) gives the unit to 97110 -> 97110 x2, at its MUE
+    # of 2 (MAI 3): no MUE edit
+    assert (edit["rule"], edit["table"], edit["source"]) == ("ncci-ptp", "extra/ncci/ptp.txt:3", "extra/clinic.yaml:5")
+    assert edit["row"].startswith("column 1 97110, column 2 97112, effective 2020-01-01, deletion * (in force), "
+                                  "modifier indicator 0")
+    (why,) = doc["why_not"]
+    assert why["fired"] == 0
+    assert "97110: 2 units on the date <= MUE 2 (MAI 3) [table extra/ncci/mue.csv:4]" in why["checks"]
