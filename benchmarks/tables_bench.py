@@ -176,8 +176,9 @@ def phase_lookup(ptp: str, mue: str, count: int) -> dict:
     plain = {code: mue_table.lookup(code) for code in THERAPY}
     mue_plain = per_item(lambda: [plain.get(code) for code in mue_codes], len(mue_codes))
     billing, edits_share = share_of_billing(table, mue_table)
+    off, on, found_each = billing_with_edits(Path(ptp), Path(mue))
     return {"first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
-            "billing_us": billing * 1e6, "edits_us": edits_share * 1e6,
+            "billing_us": billing * 1e6, "edits_us": edits_share * 1e6, "off_us": off * 1e6, "on_us": on * 1e6, "found_each": found_each,
             "dict_build_s": dict_build, "same": found == expected, "edits_found": sum(map(len, found)),
             "first_edits": sum(map(len, first)), "mue_us": mue_each * 1e6, "mue_dict_us": mue_plain * 1e6,
             "rss_mb": rss_mb()}
@@ -213,6 +214,44 @@ def share_of_billing(table, mue_table, count: int = 5000) -> tuple[float, float]
     bill()
     lookups()
     return per_item(bill, count), per_item(lookups, count)
+
+
+def billing_with_edits(ptp: Path, mue: Path, count: int = 5000) -> tuple[float, float]:
+    """CPU seconds per session of billing bench.py's workload sessions (python engine, memo on, trace,
+    JSONL) under two payers that extend medicare, written beside the tables: `bench-off` names no table
+    (`ptp: []` replaces medicare's excerpt), `bench-on` names the SYNTHETIC PTP and MUE files."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from engine.batch import render_one
+    from engine.billing import Biller
+    from engine.loader import Registry
+    from engine.sessions import parse_session
+    from engine.yamlload import Located
+    from workload import make_sessions
+    folder = ptp.parent / "payers"
+    folder.mkdir(exist_ok=True)
+    (folder / "off.yaml").write_text("payer: bench-off\nname: edits off\nextends: medicare\ntables:\n  ptp: []\n")
+    (folder / "on.yaml").write_text(f"payer: bench-on\nname: edits on\nextends: medicare\ntables:\n"
+                                    f"  ptp: [{ptp.name}]\n  mue: [{mue.name}]\n")
+    for table in (ptp, mue):        # beside the payer file: a table stays inside its payer's folder
+        target = folder / table.name
+        if not target.exists():
+            os.link(table, target)
+    biller = Biller(Registry([folder]), "python")
+    sessions = {}
+    for payer in ("bench-off", "bench-on"):
+        data = make_sessions(count, payer=payer)
+        sessions[payer] = [parse_session(d, Located(d, {(): i}, "bench"), (), i) for i, d in enumerate(data, 1)]
+
+    def run(payer):
+        def bill():
+            for session in sessions[payer]:
+                render_one(biller.bill(session), "jsonl")
+        return bill
+
+    for payer in sessions:
+        run(payer)()
+    found = sum("table" in w for s in sessions["bench-on"] for w in biller.bill(s)["warnings"])
+    return per_item(run("bench-off"), count), per_item(run("bench-on"), count), found / count
 
 
 def run_phase(name: str, cache: Path, *args) -> dict:
@@ -261,6 +300,10 @@ def main() -> None:
         print(f"billing the benchmark workload (bench.py's sessions, python engine, trace, JSONL): "
               f"{look['billing_us']:.1f} us CPU per session; its PTP and MUE lookups {look['edits_us']:.1f} us "
               f"({look['edits_us'] / look['billing_us']:.1%} of billing; target for billing with edits on: <= 1.2x)")
+        print(f"billing with edits on (SYNTHETIC {args.rows:,}-row PTP + MUE) vs off, the same 5,000 sessions: "
+              f"{look['on_us']:.1f} us vs {look['off_us']:.1f} us CPU per session, ratio "
+              f"{look['on_us'] / look['off_us']:.2f}x (target <= 1.2x); {look['found_each']:.2f} edit warnings per "
+              "session (the synthetic file gives a third of the therapy pairs an edit: far denser than CMS's)")
         print(f"MUE per code: index {look['mue_us']:.2f} us, plain dict {look['mue_dict_us']:.2f} us "
               f"(ratio {look['mue_us'] / look['mue_dict_us']:.1f}x); lookup process peak RSS {look['rss_mb']:.0f} MB "
               f"(includes the plain dict)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import assistants as A
 from . import units as U
 from .compiler import compile_payer
+from .edits import apply as apply_edits
 from .errors import SessionError
 from .facts import Line, build_facts, merge_services
 from .model import Payer, Session
@@ -103,6 +104,7 @@ class Outcome:
     allocation: U.Allocation    # the unit method's arithmetic over the timed services
     notes: dict                 # service key -> how its units were computed
     result: dict
+    edits: list = ()            # (trace entry, table row or None) of each claim edit (engine/edits.py)
 
     @property
     def facts(self) -> list:
@@ -141,7 +143,10 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     if not A.plain(session.services) or any([len(state.modifiers) > 4 for state in states]):
         _claim_lines(session, payer, states, warnings, trace)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
-    return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
+    # NCCI PTP/MUE tables: over the final lines, after the network and its memo
+    edits = apply_edits(result, session.date_of_service, payer.edits) if payer.edits else []
+    return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result,
+                   edits)
 
 
 def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, trace: list) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import signal
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ from pathlib import Path
 from . import __version__, render
 from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
 from .billing import Biller
+from .edits import RULES as EDIT_RULES
 from .errors import (EvaluationError, InputError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError,
                      date_problem, suggest)
-from .loader import PayerFile, Registry, rule_files
+from .loader import PayerFile, Registry, named_tables, rule_files
 from .network import ENGINES, default_engine
 from .paths import RULES_DIR, RULES_ENV, env_rules
 from .sessions import FORMATS, SessionInput, check_input, load_sessions
@@ -428,7 +430,7 @@ def _check_why_not(registry, rule_ids: list, payer_ids: set) -> None:
     """A --why-not id that is no rule of the payer on any date is a usage error; one that is a rule, but
     not in effect on the session's date, is explained in the text."""
     for payer_id in sorted(payer_ids):
-        known = registry.rule_ids(payer_id)
+        known = registry.rule_ids(payer_id) | set(EDIT_RULES)     # and the table edits (ncci-ptp, ncci-mue)
         for rule_id in rule_ids:
             if rule_id not in known:
                 raise UsageError(f"--why-not: payer {payer_id} has no rule {rule_id!r} on any date"
@@ -456,13 +458,21 @@ def cmd_validate(args) -> int:
             {p.path.resolve() for p in files}
     checked = [p for p in registry.files if not args.paths or p.path.resolve() in named]
     shown = {p.shown for p in checked}      # paths the user can open, as messages name them
-    errors = [e for e in registry.errors() if e.file in shown]
+    # a table a checked file names (tables.ptp: [...]) is checked with it: its error makes the file invalid
+    owner = {posixpath.join(posixpath.dirname(spec.shown), name): spec.shown for specs in registry.versions.values()
+             for spec in specs if spec.shown in shown for names in (spec.data.get("tables") or {}).values()
+             for name in names}
+    errors = [e for e in registry.errors() if e.file in shown or e.file in owner]
     for error in errors:
         _error(str(error))
-    bad = {e.file for e in errors}
+    bad = {owner.get(e.file, e.file) for e in errors}
     for pfile in checked:
         if pfile.shown not in bad:
             _out(f"ok   {pfile.shown}\n")
+            for spec in (s for specs in registry.versions.values() for s in specs if s.shown == pfile.shown):
+                for kind, name, table in named_tables(spec):    # on stderr: stdout lists the files that are ok
+                    span = f", effective dates {table.first} to {table.last}" if kind == "ptp" and table.rows else ""
+                    _say(f"table {name} ({kind}, named by {pfile.shown}): {render.plural(table.rows, 'row')}{span}")
     _say(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
     # bill and compare find payers only in the rules path: say so when a valid file checked is not in it
     trees = [Path(t).resolve() for t in [RULES_DIR, *args.rules]]

@@ -46,6 +46,18 @@ def compare_session(session, payer_ids: list, biller, date=None, base: str | Non
             "totals": totals, "differs": differs, "modifiers_differ": modifiers_differ}
 
 
+def _edits_differ(comparison: dict) -> list:
+    """Codes whose claim edits (NCCI PTP/MUE warnings: rule, severity, message) differ between payers."""
+    out, results = [], comparison["results"]
+    for code in (row["code"] for row in comparison["rows"]):
+        seen = {pid: sorted((w["rule"], w["severity"], w["message"]) for w in r["warnings"]
+                            if "table" in w and w["codes"][:1] == [code])
+                for pid, r in results.items() if "error" not in r}
+        if len({repr(v) for v in seen.values()}) > 1:
+            out.append(code)
+    return out
+
+
 def _row_codes(session, results) -> list:
     """(code, minutes): the session's codes (duplicates merged) in order of first appearance, then any
     line a payer created (an add-on from its primary's minutes) right after the code before it."""
@@ -91,6 +103,10 @@ def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
                                                         for m in row["modifiers"][p]) or "not billed")
                                   for p in payers if row["modifiers"][p] is not None)
                 lines += wrap(f"Modifiers differ on {row['code']}: {shown}", width, "  ", "    ")
+        edits = _edits_differ(c)
+        if edits:
+            lines += wrap(f"Payers differ on the claim edits (NCCI tables) of {', '.join(edits)}: see the warnings",
+                          width, "  ", "    ")
         for pid in payers:
             result = c["results"][pid]
             if "error" in result:

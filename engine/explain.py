@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .billing import Outcome
 from .compiler import Derived, condition_tests
+from .edits import NONE as NO_EDITS, RULES as EDIT_RULES, row_text, why_not as edit_why_not
 from .errors import suggest
 from .facts import derive
 from .network import predicate
@@ -25,6 +26,7 @@ def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
                     for (rule, fact_ids), entry in zip(outcome.firings, result["trace"])],
         "modifiers": claim_trace(outcome),
         "unbilled": result["unbilled"],
+        "edits": [{**entry, "row": row_text(row) if row else None} for entry, row in outcome.edits],
         "why_not": [why_not_json(outcome, rule_id) for rule_id in why_not],
         "result": result,
     }
@@ -94,6 +96,12 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
                 f"     source: {rule.source}",
                 f"     at {rule.location}; matched {matched}",
                 f"     effect: {entry['effect']}"]
+    if outcome.edits:
+        out += ["", "Claim edits from data tables (after the lines were final):"]
+        for n, (entry, row) in enumerate(outcome.edits, 1):
+            out += [f"{n:3}. {entry['rule']} — {entry['effect']}", f"     named at {entry['source']}"]
+            if row is not None:
+                out.append(f"     table {row.where}: {row_text(row)}")
     out += ["", *method_text(outcome)]
     decided = claim_trace(outcome)
     if decided:
@@ -194,6 +202,11 @@ def method_text(outcome: Outcome) -> list:
 # --- why a rule did not fire ---------------------------------------------------------------------------
 
 def why_not_json(outcome: Outcome, rule_id: str) -> dict:
+    if rule_id in EDIT_RULES:
+        return {"rule": rule_id, "in_effect": True, "table_edit": True,
+                "fired": sum(entry["rule"] == rule_id for entry, _ in outcome.edits),
+                "checks": [c.strip() for c in edit_why_not(outcome.result, outcome.session.date_of_service,
+                                                           outcome.payer.edits or NO_EDITS, rule_id)]}
     rule = next((r for r in outcome.payer.rules if r.id == rule_id), None)
     if rule is None:
         ids = sorted({r.id for r in outcome.payer.rules})
@@ -220,6 +233,10 @@ def why_not_text(outcome: Outcome, rule_id: str) -> list:
     info = why_not_json(outcome, rule_id)
     if not info["in_effect"]:
         return [f"Why not {rule_id}: {info['reason']}"]
+    if info.get("table_edit"):
+        return [f"Why not {rule_id} (claim edit from the payer's tables): "
+                + (f"it applied {plural(info['fired'], 'time')}." if info["fired"] else "it did not apply."),
+                *(f"  {c}" for c in info["checks"])]
     out = [f"Why not {rule_id} ({info['location']}): "
            + (f"it fired {plural(info['fired'], 'time')}." if info["fired"] else "it did not fire.")]
     if not info["candidates"]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import posixpath
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from . import cache
 from .compiler import compile_payer
+from .edits import NONE as NO_EDITS, EditTables, load as load_table
 from .errors import EvaluationError, RuleFileError, SessionError, UsageError, date_problem, is_date, suggest
 from .model import Assistants, Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR, shown
@@ -55,6 +57,7 @@ class Spec:
     # parts with schema errors, as (section,) and (section, item) paths: left out of every check, so that
     # the rest of the file is checked too (such a file is never billed: it has errors)
     broken: frozenset = frozenset()
+    path: Path | None = None    # the file on disk: its folder holds the tables it names
 
     def items(self, section: str) -> list:
         """(index, item) of a list section (rules, override, families, disable), its broken items left out."""
@@ -172,14 +175,14 @@ def read_spec(pfile: PayerFile):
                                         pfile.shown, doc.line_of(()))]
         errors = schema_errors("payer", doc, RuleFileError)
         if errors:
-            spec = Spec(doc, digest, raw, pfile.display, frozenset(e.at[:2] for e in errors))
+            spec = Spec(doc, digest, raw, pfile.display, frozenset(e.at[:2] for e in errors), pfile.path)
             errors = sorted(errors + _file_errors(spec), key=_line_order)
             # (a misspelt key's error is at the misspelling: "nam" stands for the missing "name")
             structural = any(type(doc.data.get(key)) is not str for key in ("payer", "name")) or \
                 any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
             return None if structural else spec, errors
         cache.store(digest, doc)
-    spec = Spec(doc, digest, raw, pfile.display)
+    spec = Spec(doc, digest, raw, pfile.display, path=pfile.path)
     return spec, sorted(_file_errors(spec), key=_line_order)
 
 
@@ -205,6 +208,11 @@ def _file_errors(spec: Spec) -> list:
             errors.append(spec.err((key,), date_problem(data[key])))
     if _backwards(spec.effective):
         errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
+    for kind, names in (data.get("tables") or {}).items() if ("tables",) not in broken else ():
+        for i, name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(name, str) and _escapes(name):
+                errors.append(spec.err(("tables", kind, i), f"{name!r}: a table's path is relative to this file's "
+                                                            "folder and stays inside it (no absolute path, no ..)"))
     if not broken & {("payer",), ("extends",)} and spec.extends == data.get("payer"):
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
@@ -234,6 +242,12 @@ def _file_errors(spec: Spec) -> list:
                                                        "'engine.' are the engine's own safety nets"))
             errors.extend(_rule_errors(spec, rule, path))
     return errors
+
+
+def _escapes(name: str) -> bool:
+    """Whether a table's path leaves the payer file's folder (absolute, or with a .. part)."""
+    return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute()
+            or ".." in PurePosixPath(name.replace("\\", "/")).parts)
 
 
 def _floats(value, path):
@@ -307,6 +321,8 @@ class _Merged:
     specs: list = field(default_factory=list)       # every file used, parent first
     errors: list = field(default_factory=list)      # what the files do wrong to what they extend
     unsure: frozenset = frozenset()                 # ids of rules left out for their schema errors
+    tables: dict = field(default_factory=dict)      # kind -> the Spec whose `tables:` names them (kind by kind)
+    ptp: Spec | None = None                         # the Spec whose `ptp:` settings apply
     claim: dict = field(default_factory=dict)   # (section, key) of assistant_modifiers/modifier_order -> (value, "file:line")
 
 
@@ -362,7 +378,7 @@ class Registry:
         own = {file: {key(e) for e in found} for file, (_, found) in merged.items()}
         for spec, found in merged.values():
             for e in found:
-                if e.file == spec.shown or key(e) in own.get(e.file, ()):
+                if e.file == spec.shown or e.file not in own or key(e) in own[e.file]:   # (a table: as it is)
                     errors.append(e)
                 else:   # the parent is fine alone: this file's changes (a list, a method key) broke it
                     errors.append(spec.err(("extends",), f"with this file's changes, {e.file}:{e.line}: "
@@ -563,7 +579,12 @@ class Registry:
                       dict(base.families), list(base.rules), base.specs + [spec], list(base.errors),
                       base.unsure | {r.get("id") for section in ("rules", "override")
                                      for i, r in enumerate(data.get(section, [])) if (section, i) in spec.broken
-                                     and isinstance(r, dict) and type(r.get("id")) is str})
+                                     and isinstance(r, dict) and type(r.get("id")) is str},
+                      dict(base.tables), base.ptp)
+        if ("tables",) not in spec.broken:
+            out.tables.update({kind: spec for kind in data.get("tables") or {}})
+        if "ptp" in data and ("ptp",) not in spec.broken:
+            out.ptp = spec
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
@@ -632,9 +653,12 @@ class Registry:
             rules.append(Rule(id=r["id"], description=r["description"], source=r["source"],
                               when=_normalise_when(r["when"]), then=then, file=source.file,
                               line=source.line(*path, "id"), index=index))
-        digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()).hexdigest()
+        edits = _edit_tables(merged)
+        digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()
+                                + "".join(d for _, _, d in edits.digests).encode()).hexdigest()
         order, order_source = merged.claim.get(("modifier_order", ""), ((), ""))
-        return Payer(id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
+        return Payer(edits=edits,
+                     id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
                      families=families, rules=tuple(rules), effective_from=spec.effective[0],
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
@@ -659,6 +683,43 @@ def _assistants(claim: dict) -> Assistants:
                       two_units_9_to_14=value.get("two_units_9_to_14", "one_each"),
                       evaluations=value.get("evaluation_codes", ""), payment_note=value.get("payment_note", ""),
                       sources=tuple(sorted((key, where) for key, (_, where) in given.items())))
+def named_tables(spec: Spec, kind: str | None = None) -> list:
+    """(kind, path as the user gave it, table) of each table the file names (of one kind), each read once
+    per process; TableError for a table that cannot be read."""
+    folder = (spec.path or Path(spec.shown)).parent
+    base, shown_base = posixpath.dirname(spec.file), posixpath.dirname(spec.shown)
+    out = []
+    for k, names in (spec.data.get("tables") or {}).items():
+        for i, name in enumerate(names if kind in (None, k) else ()):
+            if _escapes(name):
+                continue
+            path = folder / name
+            if not path.is_file():      # said at the line naming it
+                raise spec.err(("tables", k, i), f"{name}: no such table file ({posixpath.join(shown_base, name)})")
+            out.append((k, posixpath.join(shown_base, name),
+                        load_table(k, path, posixpath.join(base, name), posixpath.join(shown_base, name))))
+    return out
+
+
+def _edit_tables(merged: _Merged) -> EditTables:
+    """The payer's PTP and MUE tables, each read once per process (TableError: a broken table), and its
+    PTP settings."""
+    if not merged.tables:
+        return NO_EDITS
+    loaded, sources = {}, {}     # (a table a parent names is replaced only by a child naming that kind)
+    for kind, spec in merged.tables.items():
+        loaded[kind] = tuple(table for _, _, table in named_tables(spec, kind))
+        sources[kind] = f"{spec.file}:{spec.line('tables', kind)}"
+    not_honoured = {}
+    if merged.ptp is not None:
+        spec = merged.ptp
+        for i, pair in enumerate(spec.data["ptp"].get("bypass_not_honoured", [])):
+            not_honoured[frozenset(map(_code, pair))] = f"{spec.file}:{spec.line('ptp', 'bypass_not_honoured', i)}"
+    sources.setdefault("ptp", sources.get("mue", ""))
+    sources.setdefault("mue", sources["ptp"])
+    # every table a file of the payer names, the replaced ones too: a replay rebuilds each of its files
+    named = tuple(dict.fromkeys((t.path, t.digest) for spec in merged.specs for _, _, t in named_tables(spec)))
+    return EditTables(loaded.get("ptp", ()), loaded.get("mue", ()), sources, not_honoured, named)
 
 
 def _next_day(text: str) -> str | None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -112,6 +112,7 @@ class Payer:
     assistants: Assistants = Assistants()
     modifier_order: tuple = ()      # claim order of modifiers; others follow in the order they came
     modifier_order_source: str = ""
+    edits: object = field(default=None, compare=False)     # edits.EditTables: the PTP/MUE tables and settings
 
     def __post_init__(self):
         # lookups made for every line of every session, computed once

@@ -149,6 +149,7 @@ def _matches(warning: dict, want: dict) -> bool:
         "severity" not in want or warning["severity"] == want["severity"],
         "message" not in want or want["message"] in warning["message"],
         "codes" not in want or sorted(warning["codes"]) == sorted(map(str, want["codes"])),
+        "table" not in want or warning.get("table") == want["table"],     # a claim edit's table row, path:line
     ])
 
 

@@ -506,6 +506,15 @@ class PtpTable(_Table):
         return found
 
 
+    def pair_rows(self, column1: str, column2: str) -> list[PtpEdit]:
+        """Every row of the pair (column 1, column 2), whatever its dates: for explaining why an edit did
+        not apply (deleted, not yet in effect)."""
+        group = self._groups.get(column1)
+        if group is None:
+            group = self._group(column1)
+        return [self._edits.get(row[1]) or self._edit(column2, row) for _, _, row in group.get(column2, ())]
+
+
 class MueTable(_Table):
     """A practitioner MUE file's values by code (a quarter's file: no dates)."""
     kind = "mue"

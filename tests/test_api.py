@@ -121,7 +121,7 @@ def engine_name(request):
 
 def test_corpus_holds_every_kind():
     sessions = corpus()
-    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 28 and len(GOLDEN_SESSIONS) >= 20
+    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 30 and len(GOLDEN_SESSIONS) >= 20
     assert all(bad in sessions for bad in BAD)
 
 
@@ -327,7 +327,8 @@ def test_error_records_are_the_commands(books, tmp_path):
     assert all(set(r) == {"session_id", "error"} for r in got)
     assert got[0] == {"session_id": "session-1", "error": "a session must be a mapping"}
     assert got[6] == {"session_id": "S-bad", "error": "unknown payer 'acme'; known: example-full-unit, "
-                                                      "example-midpoint, example-unit-limits, medicare"}
+                                                      "example-midpoint, example-ncci-bypass, example-unit-limits, "
+                                                      "medicare"}
 
 
 def test_values_json_cannot_write_are_error_records(books):

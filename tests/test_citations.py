@@ -190,6 +190,11 @@ def test_rule_index_covers_every_bundled_rule_and_family():
         if "method" in document:
             expected.add((file, "method"))
         expected |= {(file, key) for key in ("assistant_modifiers", "modifier_order") if key in document}
+        # the data tables and PTP settings a file names (docs/domain.md §17), and the edits' rule ids
+        expected |= {(file, f"tables.{kind}") for kind in document.get("tables", {})}
+        expected |= {(file, f"ptp.{key}") for key in document.get("ptp", {})}
+        if "tables" in document:
+            expected.add((file, "ncci-ptp"))
     settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable",
                                                      "assistant_modifiers.both_ge_8_minutes"}}
     assert indexed - settings == expected

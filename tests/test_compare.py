@@ -376,7 +376,8 @@ def test_all_payers_includes_every_listed_payer(tmp_path):
     assert sorted(c["payers"]) == sorted(ids) and len(c["payers"]) == len(ids)
     check_contract(c, c["payers"])
     # EX1: example-unit-limits is medicare here (no 97140, no unlisted code) → 3
-    assert c["totals"] == {"medicare": 3, "example-midpoint": 4, "example-full-unit": 2, "example-unit-limits": 3}
+    assert c["totals"] == {"medicare": 3, "example-midpoint": 4, "example-full-unit": 2, "example-unit-limits": 3,
+                           "example-ncci-bypass": 3}     # medicare's units: it changes only an NCCI setting
 
 
 def test_unknown_payer_is_a_usage_error_naming_it(tmp_path):
@@ -549,7 +550,7 @@ def test_all_payers_are_measured_against_medicare(tmp_path):
     # 2 (-1), 4 (+1), 3, 3; columns in the order example-full-unit, example-midpoint, example-unit-limits,
     # medicare
     total = next(cells(l) for l in lines if l.split() and l.split()[0] == "Total")
-    assert total == ["Total", "2 (-1)", "4 (+1)", "3", "3"], total
+    assert total == ["Total", "2 (-1)", "4 (+1)", "3", "3", "3"], total     # example-ncci-bypass: 3, before unit-limits
     assert any(l.strip().endswith("units more/fewer than medicare") for l in lines), table.stdout
 
 

@@ -67,6 +67,7 @@ def test_wheel_installs_payer_rules_and_no_engine_package(wheel):
     assert {n.split("/")[0] for n in names} == {"payer_rules", f"payer_rules-{engine.__version__}.dist-info"}
     for path in ("payer_rules/py.typed", "payer_rules/__main__.py", "payer_rules/api.py",
                  "payer_rules/rules/medicare.yaml", "payer_rules/rules/private_payers/example-midpoint.yaml",
+                 "payer_rules/rules/ncci/ptp-practitioner-excerpt.txt",     # the table medicare.yaml names
                  "payer_rules/schemas/session.schema.json", "payer_rules/schemas/payer.schema.json"):
         assert path in names
     assert re.search(r"^payrules = payer_rules:run$", entry_points, re.M), entry_points

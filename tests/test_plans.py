@@ -34,7 +34,7 @@ from engine.billing import Biller
 from engine.loader import Registry
 
 
-BUNDLED_PAYERS = ["example-full-unit", "example-midpoint", "example-unit-limits", "medicare"]
+BUNDLED_PAYERS = ["example-full-unit", "example-midpoint", "example-ncci-bypass", "example-unit-limits", "medicare"]
 
 
 def without_session_id(result: dict) -> dict:

@@ -235,7 +235,8 @@ def test_a_change_to_the_validating_code_misses_the_cache(tmp_path):
     cache_dir = tmp_path / "cache"
 
     def entries():
-        return sorted(p.name for p in cache_dir.iterdir())
+        # rule entries (the bundled medicare.yaml's NCCI table has an index entry of its own, tables.py)
+        return sorted(p.name for p in cache_dir.iterdir() if not p.name.startswith("table-"))
 
     assert run_with_cache(cache_dir, "validate", rules / "fixed.yaml").returncode == 0
     first = entries()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,7 @@ def test_a_copy_of_a_bundled_payer_in_a_tree_named_rules_names_the_bundled_file_
     copy = tmp_path / "rules"
     copy.mkdir()
     (copy / "medicare.yaml").write_bytes((ROOT / "rules/medicare.yaml").read_bytes())
+    shutil.copytree(ROOT / "rules/ncci", copy / "ncci")     # the table medicare.yaml names
     proc = run("payers", cwd=tmp_path, rules_env="rules")
     assert proc.returncode == 2
     bundled = (ROOT / "rules/medicare.yaml").as_posix()

@@ -1,0 +1,225 @@
+"""Claim edits from data tables: NCCI procedure-to-procedure (PTP) pairs and medically unlikely edits (MUE).
+
+A pass over a session's billed lines once their units and modifiers are final (billing.evaluate_session
+calls `apply` on the result): it adds warnings and trace entries, each with `"table": "path:line"` of the
+table row that decided it and the `source` of the payer file's `tables:` (or `ptp:` setting) that named the
+table. It reads only the result's lines, the date of service and the payer's tables, after the rule
+network and its plans memo: nothing here is memoized, so an edit can depend on every line of the session,
+and both engines give the same edits by construction.
+
+Rule ids (what a scenario's `expect` names): `ncci-ptp` for a PTP edit, `ncci-mue` for an MUE.
+
+- PTP (docs/domain.md §17): for each ordered pair of distinct billed codes with an edit in force on the date
+  of service (effective <= date < deletion), on each line of the column 2 code: indicator 0, an error
+  (never payable with column 1); indicator 1, an info when the line carries a documented 59, XE, XS, XP or
+  XU (and the payer honours it for the pair), else an error saying which documentation would allow it (the
+  engine never adds 59 itself); indicator 9, nothing. Without a date of service the PTP edits cannot be
+  chosen: a warning says so and none is applied (a date is not guessed).
+- MUE: MAI 1 compares each line's units with the value; MAI 2 and 3 compare the units of all the
+  session's lines of the code (one date of service). Units above the value deny the whole line: an error
+  on the line naming the value and the MAI. The line stays in `lines` (it is what the claim as entered
+  would carry), flagged by the error, like every error warning of the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import tables as T
+
+BYPASS = ("59", "XE", "XS", "XP", "XU")
+MAI_TEXT = {1: "MAI 1, per line", 2: "MAI 2, per date of service, policy: not appealable",
+            3: "MAI 3, per date of service, clinical: appealable with documentation"}
+# CMS's own example of distinct services for one pair (docs/domain.md §17)
+DISTINCT = {frozenset(("97140", "97530")): "in distinct 15-minute time blocks"}
+LOADERS = {"ptp": T.load_ptp, "mue": T.load_mue}
+
+_loaded: dict = {}      # (kind, real path, display) -> table: each file read once per process
+
+
+def load(kind: str, path, display: str, shown: str):
+    """A table, read once per process (and by its content hash from the disk cache); TableError naming the
+    file as the user gave it (`shown`)."""
+    key = (kind, str(path.resolve()), display)
+    table = _loaded.get(key)
+    if table is None:
+        try:
+            table = LOADERS[kind](path, display)
+        except T.TableError as exc:
+            raise T.TableError(exc.message, shown if exc.file == display else exc.file, exc.line, exc.path) from None
+        table.file = path                   # where its bytes are (the audit log stores them)
+        _loaded[key] = table
+    return table
+
+
+def loaded_tables() -> list:
+    return list(_loaded.values())
+
+
+@dataclass(frozen=True)
+class EditTables:
+    """A resolved payer's tables and PTP settings."""
+    ptp: tuple = ()                 # PtpTable, ...
+    mue: tuple = ()                 # MueTable, ...
+    sources: dict = field(default_factory=dict)         # kind -> path:line of the `tables:` entry naming it
+    not_honoured: dict = field(default_factory=dict)    # frozenset({code, code}) -> path:line of the setting
+    named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
+
+    def __bool__(self) -> bool:
+        return bool(self.ptp or self.mue)
+
+    @property
+    def digests(self) -> tuple:
+        """(kind, display path, sha256) of every table: what the audit log and a memo key on."""
+        return tuple((kind, t.path, t.digest) for kind in ("ptp", "mue") for t in getattr(self, kind))
+
+
+NONE = EditTables()
+
+
+def apply(result: dict, date: str | None, edits: EditTables) -> list:
+    """Add the edits of `edits` to a result's warnings and trace (in place). Returns (trace entry, table
+    row: PtpEdit, MueValue or None) of each, for explain."""
+    lines, made = result["lines"], []
+    if not edits or not lines:
+        return made
+    warnings, trace = result["warnings"], result["trace"]
+    if edits.ptp:
+        _ptp(lines, date, edits, warnings, trace, made)
+    if edits.mue:
+        _mue(lines, edits, warnings, trace, made)
+    return made
+
+
+def _add(made, warnings, trace, severity, rule, message, codes, source, row, effect):
+    warnings.append({"severity": severity, "rule": rule, "message": message, "codes": codes, "table": row.where})
+    trace.append({"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": row.where})
+    made.append((trace[-1], row))
+
+
+def _ptp(lines, date, edits, warnings, trace, made):
+    source = edits.sources["ptp"]
+    position: dict = {}                 # code -> its place among the session's billed codes
+    for line in lines:
+        position.setdefault(line["code"], len(position))
+    codes = list(position)
+    if date is None:    # which edits are in force depends on the date: not guessed, said for pairs with rows
+        rows = [r for table in edits.ptp for a in codes for b in codes if a != b
+                for r in table.pair_rows(a, b) if r.modifier != 9]
+        if rows:
+            pairs = ", ".join(dict.fromkeys(f"{r.column1}/{r.column2}" for r in rows))
+            _add(made, warnings, trace, "warning", "ncci-ptp",
+                 f"no date_of_service: the NCCI PTP edits of {pairs} depend on it and were not checked (give "
+                 "date_of_service or --date)", [rows[0].column2, rows[0].column1], source, rows[0],
+                 "not checked: no date of service")
+        return
+    found = [e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9]
+    if len(found) > 1:
+        found.sort(key=lambda e: (position[e.column2], position[e.column1], e.path, e.line))
+    for edit in found:
+        col1, col2 = edit.column1, edit.column2
+        pair = frozenset((col1, col2))
+        for line in lines:
+            if line["code"] != col2:
+                continue
+            if edit.modifier == 0:
+                _add(made, warnings, trace, "error", "ncci-ptp",
+                     f"{col2} is never payable with {col1} on one date of service (NCCI PTP edit, modifier "
+                     f"indicator 0; {edit.rationale or 'no rationale given'})", [col2, col1], source, edit,
+                     f"{col2} denied with {col1}: indicator 0")
+                continue
+            documented = [m for m in line["modifiers"] if m in BYPASS]
+            refused = edits.not_honoured.get(pair)
+            if documented and refused is None:
+                _add(made, warnings, trace, "info", "ncci-ptp",
+                     f"{col2} with {col1}: NCCI PTP edit bypassed by the documented modifier {documented[0]} "
+                     "(modifier indicator 1)", [col2, col1], source, edit,
+                     f"{col2} billed with {col1}: {documented[0]} documented")
+            elif documented:
+                _add(made, warnings, trace, "error", "ncci-ptp",
+                     f"{col2} with {col1}: this payer does not honour {documented[0]} for this pair (NCCI PTP "
+                     f"edit, modifier indicator 1); expect a denial and appeal with the documentation",
+                     [col2, col1], refused, edit, f"{col2} denied with {col1}: bypass not honoured")
+            else:
+                distinct = DISTINCT.get(pair, "as distinct services")
+                _add(made, warnings, trace, "error", "ncci-ptp",
+                     f"{col2} with {col1}: not payable together unless documented {distinct}, with modifier 59 "
+                     f"or XE/XS/XP/XU on {col2} (NCCI PTP edit, modifier indicator 1); the engine does not add "
+                     "it", [col2, col1], source, edit, f"{col2} denied with {col1}: no 59/X modifier documented")
+
+
+def _mue(lines, edits, warnings, trace, made):
+    source, tables = edits.sources["mue"], edits.mue
+    totals: dict = {}
+    for line in lines:
+        totals[line["code"]] = totals.get(line["code"], 0) + line["units"]
+    for line in lines:
+        code = line["code"]
+        for table in tables:
+            mue = table.lookup(code)
+            if mue is not None:
+                break
+        else:
+            continue
+        units = line["units"] if mue.mai == 1 else totals[code]
+        if units <= mue.value:
+            continue
+        counted = f"{units} units on the line" if mue.mai == 1 else f"{units} units on the date of service"
+        _add(made, warnings, trace, "error", "ncci-mue",
+             f"{code}: {counted} exceed the MUE of {mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, "
+             "not only the excess", [code], source, mue,
+             f"{code} line of {line['units']} units denied: {units} > MUE {mue.value} (MAI {mue.mai})")
+
+
+RULES = ("ncci-ptp", "ncci-mue")
+
+
+def row_text(row) -> str:
+    """A table row as explain shows it."""
+    if isinstance(row, T.PtpEdit):
+        return (f"column 1 {row.column1}, column 2 {row.column2}, effective {row.effective}, deletion "
+                f"{row.deletion or '* (in force)'}, modifier indicator {row.modifier}"
+                + (f": {row.rationale}" if row.rationale else ""))
+    return f"{row.code}: MUE {row.value}, MAI {row.mai}" + (f": {row.rationale}" if row.rationale else "")
+
+
+def why_not(result: dict, date: str | None, edits: EditTables, rule_id: str) -> list:
+    """Lines saying, for `ncci-ptp` each ordered pair of the billed codes and for `ncci-mue` each billed
+    code, which table rows there are and why each did or did not apply."""
+    codes = list(dict.fromkeys(line["code"] for line in result["lines"]))
+    tables = edits.ptp if rule_id == "ncci-ptp" else edits.mue
+    if not tables:
+        return [f"  the payer names no {rule_id[5:].upper()} table"]
+    out = []
+    if rule_id == "ncci-mue":
+        for code in codes:
+            mue = next((v for t in tables if (v := t.lookup(code)) is not None), None)
+            units = [line["units"] for line in result["lines"] if line["code"] == code]
+            if mue is None:
+                out.append(f"  {code}: no row in the MUE table(s)")
+                continue
+            counted = max(units) if mue.mai == 1 else sum(units)
+            out.append(f"  {code}: {counted} units {'on a line' if mue.mai == 1 else 'on the date'} "
+                       f"{'>' if counted > mue.value else '<='} MUE {mue.value} (MAI {mue.mai}) "
+                       f"[table {mue.where}]")
+        return out
+    day = date and T._day(date)
+    for col1 in codes:
+        for col2 in codes:
+            if col1 == col2:
+                continue
+            rows = [r for t in tables for r in t.pair_rows(col1, col2)]
+            if not rows:
+                out.append(f"  {col1} / {col2}: no row in the PTP table(s)")
+            for r in rows:
+                if day is None:
+                    why = "not checked: no date of service"
+                elif T._day(r.effective) > day:
+                    why = f"not yet in effect on {date}"
+                elif r.deletion and T._day(r.deletion) <= day:
+                    why = f"deleted before {date}"
+                elif r.modifier == 9:
+                    why = "indicator 9: no edit"
+                else:
+                    why = "in force: applied"
+                out.append(f"  {col1} / {col2}: {why} [table {r.where}: {row_text(r)}]")
+    return out or ["  fewer than two billed codes: no pair to check"]
