@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -277,7 +278,7 @@ async def ui_batch(request: Request, service: Service) -> Response:
     body = await service.body(request)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"name": "day.csv", "text": "..."}')
-    name = Path(str(body.get("name") or "upload.jsonl")).name or "upload.jsonl"
+    name = _file_name(body.get("name"), "upload.jsonl")
     with tempfile.TemporaryDirectory(prefix="payrules-upload-") as folder:
         path = Path(folder) / name
         path.write_text(body["text"], encoding="utf-8")
@@ -300,11 +301,17 @@ async def ui_batch(request: Request, service: Service) -> Response:
     return HTMLResponse(render_batch(records, counts, name))
 
 
+def _file_name(value: Any, default: str) -> str:
+    """An uploaded file's name as a plain file name (its extension chooses the format), else `default`."""
+    name = Path(value).name if isinstance(value, str) and "\0" not in value else ""
+    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}", name) else default
+
+
 async def ui_validate(request: Request, service: Service) -> Response:
     body = await service.body(request)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"text": "payer YAML"}')
-    name = Path(str(body.get("name") or "pasted.yaml")).name
+    name = _file_name(body.get("name"), "pasted.yaml")
     if not name.endswith((".yaml", ".yml")):
         name += ".yaml"
     errors = validate_text(service.book, body["text"], name)
