@@ -367,3 +367,23 @@ def test_serve_on_a_public_address_needs_a_token():
     proc = serve("--host", "0.0.0.0", "--port", str(free_port()), env={"PAYRULES_TOKEN": ""})
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.startswith("error: --host 0.0.0.0 is not a loopback address: set PAYRULES_TOKEN")
+
+
+def test_the_readme_curl_example_works_as_printed(book):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (command,) = [line for line in readme.splitlines() if line.startswith("curl ")]
+    assert "http://127.0.0.1:8080/v1/bill" in command
+    port = free_port()
+    proc = serve("--port", str(port))
+    try:
+        wait_ready(proc, port)
+        run = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        stop(proc)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    # 23 min: one 15-minute unit and 8 minutes more, which earn a second unit under the 8-minute rule
+    assert answer["lines"][0]["units"] == 2 and answer["session_id"] == "S-1"
+    shown = re.search(r"answers `(\{.*?)\.\.\.`", readme).group(1)
+    assert run.stdout.startswith(shown)
