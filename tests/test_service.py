@@ -14,7 +14,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 import warnings
 from pathlib import Path
@@ -248,6 +250,27 @@ def test_loopback_addresses(host, loopback):
     assert is_loopback(host) is loopback
 
 
+def test_every_endpoint_runs_in_the_event_loop_thread_never_a_threadpool(book, monkeypatch):
+    """A rule network must never be driven from two threads (durable-rules-notes.md §1): Starlette runs a
+    sync endpoint in its threadpool, so every endpoint is a coroutine, and the book is only ever called
+    from one thread, the event loop's."""
+    import inspect
+    app = create_app(book)
+    routes = app.app.routes
+    assert routes and all(inspect.iscoroutinefunction(route.endpoint) for route in routes)
+    threads = set()
+    for name in ("bill", "compare", "explain"):
+        real = getattr(book, name)
+        monkeypatch.setattr(book, name, lambda *a, _real=real, **k: threads.add(threading.get_ident()) or _real(*a, **k))
+    client = TestClient(app)
+    client.post("/v1/bill", json=OT)
+    client.post("/v1/bill", json=[OT, OT])
+    client.post("/v1/compare", json={"session": OT, "payers": ["medicare"]})
+    client.post("/v1/explain", json=OT)
+    client.post("/ui/check", json={"session": OT, "payers": ["medicare"]})
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
 # --- the page's fragments ------------------------------------------------------------------------------
 def test_page_and_fragments(client, book):
     page = client.get("/")
@@ -345,6 +368,10 @@ def test_serve_answers_as_the_command_and_logs_no_session_data(book, workers):
         secret = {**OT, "session_id": "S-LIVE", "context": {"name": "PATIENT-SECRET"}}
         for _ in range(4):      # several requests: with 2 workers both answer some
             assert post(port, "/v1/bill", secret) == (200, book.bill(secret))
+        sessions = [{**OT, "session_id": f"C-{n}", "services": [{"code": "97110", "minutes": n}]} for n in range(60)]
+        with ThreadPoolExecutor(12) as pool:    # concurrent clients: each answer is its own session's
+            answers = list(pool.map(lambda s: post(port, "/v1/bill", s), sessions))
+        assert [a[1] for a in answers] == [book.bill(s) for s in sessions]
         assert post(port, "/v1/bill", {"services": []})[0] == 422
     finally:
         log = stop(proc)
