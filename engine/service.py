@@ -225,7 +225,9 @@ async def page(request: Request, service: Service) -> Response:
     text = service.page.substitute(version=_e(__version__), payer_checks=checks,
                                    payer_options="".join(f'<option value="{_e(p)}">{_e(p)}</option>' for p in ids),
                                    token_needed="true" if service.token else "false")
-    return HTMLResponse(text)
+    # nothing from another site, no inline script: the page works offline and pasted text cannot run
+    return HTMLResponse(text, headers={"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                                       "X-Content-Type-Options": "nosniff"})
 
 
 async def static(request: Request, service: Service) -> Response:
@@ -686,6 +688,7 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
         raise UsageError(f"--host {host} is not a loopback address: set {TOKEN_ENV} to the bearer token "
                          "that clients must send (Authorization: Bearer ...)")
     book = RuleBook(rules, engine)          # every rule file read, checked and compiled here
+    _check_address(host, port)
     _configure_logging()
     options = dict(host=host, port=port, access_log=False, log_level="info", timeout_keep_alive=30,
                    server_header=False)
@@ -700,6 +703,20 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     config = _TcpConfig(f"{__name__}:worker_app", factory=True, workers=workers, **options)
     Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """An address that cannot be listened on (in use, not this machine's, not a host name) is the one
+    line of a usage error, exit 2, before uvicorn starts (it would log and exit 3)."""
+    from .errors import UsageError
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 class _TcpConfig(uvicorn.Config):

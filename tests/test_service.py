@@ -277,6 +277,7 @@ def test_page_and_fragments(client, book):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<label for="date_of_service">' in page.text and 'src="/static/app.js"' in page.text
     assert "http://" not in page.text and "https://" not in page.text       # nothing from another site
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
     check = client.post("/ui/check", json={"session": OT, "payers": ["medicare", "example-midpoint"]})
     assert check.status_code == 200 and 'class="differs"><th scope="row">97140' in check.text
@@ -414,3 +415,17 @@ def test_the_readme_curl_example_works_as_printed(book):
     assert answer["lines"][0]["units"] == 2 and answer["session_id"] == "S-1"
     shown = re.search(r"answers `(\{.*?)\.\.\.`", readme).group(1)
     assert run.stdout.startswith(shown)
+
+
+def test_serve_on_an_address_it_cannot_listen_on_is_one_error_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = serve("--port", str(port))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    proc = serve("--host", "no-such-host.invalid", "--port", "8080", env={"PAYRULES_TOKEN": "t"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.startswith("error: cannot listen on no-such-host.invalid:8080: ")
+    assert len(err.splitlines()) == 1
