@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def run() -> int:
     """The `payrules` command (and `python -m engine`): Ctrl-C while its modules load is the exit code of
     an interrupted run, 130, not a traceback. The installed script imports only this small module first."""

@@ -22,12 +22,12 @@ from typing import Any, Union
 
 from .billing import Biller
 from .cli import _check_why_not, _date, _ids
-from .compare import compare_session
+from .compare import choose_base, compare_session
 from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
 from .model import Session
-from .network import ENGINES, default_engine
+from .network import ENGINES, default_engine, durable_available
 from .sessions import ParseError, parse_session
 from .yamlload import Located
 
@@ -35,6 +35,7 @@ __all__ = ["RuleBook", "bill", "PayrulesError"]
 
 RulesPath = Union[str, "os.PathLike[str]"]   # a rules directory, as --rules takes it
 Record = dict[str, Any]                     # a result (design.md §5) or an error record
+DateLike = Union[str, datetime.date]        # a date of service: "2026-03-02" or datetime.date(2026, 3, 2)
 
 
 class RuleBook:
@@ -59,7 +60,7 @@ class RuleBook:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._biller.close)
 
-    def bill(self, session: Any, *, payer: str | None = None, date: str | None = None) -> Record:
+    def bill(self, session: Any, *, payer: str | None = None, date: DateLike | None = None) -> Record:
         """The result of one session (design.md §5), or its error record `{"session_id", "error"}`.
 
         `session` is a session as JSON gives it (design.md §4); `payer` bills it under that payer whatever
@@ -69,7 +70,7 @@ class RuleBook:
         return self._bill(session, 1, payer, date)
 
     def bill_many(self, sessions: Iterable[Any], *, payer: str | None = None,
-                  date: str | None = None) -> Iterator[Record]:
+                  date: DateLike | None = None) -> Iterator[Record]:
         """The result or error record of each session, in input order, one per session, billed as the
         iterator is read (a generator input is read one session at a time). An element that is not a
         session (not a mapping, or one the schema refuses) is an error record in its place. A session
@@ -85,10 +86,12 @@ class RuleBook:
         payer, date = self._options(payer, date)
         return (self._bill(item, number, payer, date) for number, item in enumerate(items, 1))
 
-    def compare(self, session: Any, payers: Iterable[str] | str, *, date: str | None = None) -> dict[str, Any]:
-        """One session under several payers (`payrules compare --payers A,B --format json` for one
-        session): {"session_id", "payers", "results": {id: result}, "rows", "totals", "differs"}.
-        `payers`: payer ids (or one comma-separated text), the first the baseline; repeats are dropped."""
+    def compare(self, session: Any, payers: Iterable[str] | str, *, base: str | None = None,
+                date: DateLike | None = None) -> dict[str, Any]:
+        """One session under several payers (`payrules compare --payers A,B [--base ID] --format json` for
+        one session): {"session_id", "payers", "base", "results": {id: result}, "rows", "totals", "differs"}.
+        `payers`: payer ids (or one comma-separated text); repeats are dropped. `base`: the payer the others
+        are measured against, one of `payers` (default: medicare when compared, else the first)."""
         try:
             ids = _ids(",".join(_texts(payers, "payers", "payer ids")))
         except argparse.ArgumentTypeError as exc:
@@ -96,12 +99,13 @@ class RuleBook:
         for payer_id in ids:
             if not self._registry.has(payer_id):
                 raise UsageError(self._registry.unknown_message(payer_id))
+        base = choose_base(ids, base)
         date = self._date(date)
         parsed = _parse(session, 1)
         with self._lock:
-            return compare_session(parsed, ids, self._biller, date)
+            return compare_session(parsed, ids, self._biller, date, base)
 
-    def explain(self, session: Any, *, payer: str | None = None, date: str | None = None,
+    def explain(self, session: Any, *, payer: str | None = None, date: DateLike | None = None,
                 why_not: Iterable[str] | str = ()) -> dict[str, Any]:
         """How one session was billed (`payrules explain --format json` for one session): every rule that
         fired with its source and facts, the unit arithmetic, why each unbilled code got nothing, the
@@ -160,9 +164,12 @@ class RuleBook:
 
 
 def _engine(engine: Any) -> str | None:
-    """`engine` checked as argparse checks --engine's choices."""
+    """`engine` checked as argparse checks --engine's choices, and "durable" where it is not installed."""
     if engine is not None and (not isinstance(engine, str) or engine not in ENGINES):
         raise UsageError(f"engine: invalid choice: {engine!r} (choose from {', '.join(map(repr, ENGINES))})")
+    if engine == "durable" and not durable_available():
+        raise UsageError('engine: the durable engine is not installed on this Python; use engine="python" '
+                         '(or None, the default)')
     return engine
 
 
@@ -225,7 +232,7 @@ def _book(rules: tuple[str, ...], engine: str | None) -> RuleBook:
 
 
 def bill(session: Any, *, rules: RulesPath | Iterable[RulesPath] = (), engine: str | None = None,
-         payer: str | None = None, date: str | None = None) -> Record:
+         payer: str | None = None, date: DateLike | None = None) -> Record:
     """Bill one session: `RuleBook(rules, engine).bill(session, payer=..., date=...)`, with the RuleBook
     made at the first call for these `rules` and `engine` and kept for the next (rule files edited after
     it are not seen: make a RuleBook to choose when they are read)."""

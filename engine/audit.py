@@ -5,7 +5,7 @@ found (`payrules audit PATH --session/--rule/--payer/--from/--to`) and reproduce
 A session's row holds its id, position in the run, payer and date of service as billed, the sha256 of the
 whole session as read (context included: it proves which input it was without keeping the context), the
 rule set it was billed with and the set of rules that fired. Its billing input (discipline and services:
-code, minutes, group_size, provider — what a rule can read) and its result (as `bill --format jsonl`
+code, minutes, group_size, provider, modifiers — what a rule can read) and its result (as `bill --format jsonl`
 writes it) are in its batch: the sessions of one write transaction, compressed together with zlib, which
 shrinks them about 20-fold (the same words recur session after session). Rule files are stored once each,
 content and all, by sha256; a rule set lists the files (display path, sha256) a payer was built from.
@@ -112,7 +112,7 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None)
 
 def input_doc(session: Session) -> dict:
     """The session as read, without its context: {session_id, payer, date_of_service, discipline,
-    services: [{code, minutes, group_size, provider}]}, fields it did not give left out, session id and
+    services: [{code, minutes, group_size, provider, modifiers}]}, fields it did not give left out, session id and
     codes as text; its keys in sorted order. The input sha256 is that of this object with the context
     (when the session has one) written as JSON with sorted keys and no spaces (orjson.dumps(doc,
     option=OPT_SORT_KEYS))."""
@@ -123,8 +123,9 @@ def input_doc(session: Session) -> dict:
         doc["discipline"] = session.discipline
     if session.payer is not None:
         doc["payer"] = session.payer
-    doc["services"] = [{"code": s[0], "minutes": s[1]} if s[2] is None and s[3] is None else
-                       {k: v for k, v in sorted(zip(Service._fields, s)) if v is not None} for s in session.services]
+    doc["services"] = [{"code": s[0], "minutes": s[1]} if s[2] is None and s[3] is None and not s[4] else
+                       {k: list(v) if k == "modifiers" else v for k, v in sorted(zip(Service._fields, s))
+                        if v is not None and v != ()} for s in session.services]
     doc["session_id"] = session.session_id
     return doc
 
@@ -545,8 +546,8 @@ def _session(entry: dict) -> Session:
     """The logged session as billed: its input, with the payer and date of service it was billed under
     (--payer and --date applied)."""
     given = entry["input"]
-    services = tuple(Service(s["code"], s["minutes"], s.get("group_size"), s.get("provider"))
-                     for s in given["services"])
+    services = tuple(Service(s["code"], s["minutes"], s.get("group_size"), s.get("provider"),
+                             tuple(s.get("modifiers", ()))) for s in given["services"])
     return Session(given["session_id"], services, entry["payer"], entry["date_of_service"], given.get("discipline"))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import assistants as A
 from . import units as U
 from .compiler import compile_payer
 from .errors import SessionError
@@ -22,7 +23,7 @@ class LineState:
     line are copied here) and the units it is billed."""
 
     __slots__ = ("line", "plan", "modifiers", "rules", "holds", "decision", "family",
-                 "units", "capped_from", "reason", "reason_rules")
+                 "units", "capped_from", "reason", "reason_rules", "split")
 
     def __init__(self, line: Line, plan: Plan = EMPTY_PLAN):
         self.line = line
@@ -36,6 +37,7 @@ class LineState:
         self.capped_from = 0                # units earned before a max_units limit
         self.reason = ""
         self.reason_rules = ()
+        self.split = None                   # [(units, minutes, modifiers)]: the line's claim lines
 
 
 class Biller:
@@ -136,8 +138,116 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     # a firing's effect text is known from its plan, unless it tells the units the session gave the line
     trace = [{"rule": f.rule_id, "source": f.source, "facts": [*f.names],
               "effect": f.text if f.text is not None else _effect_text(f, state)} for _, f, state in fired]
+    if not A.plain(session.services) or any([len(state.modifiers) > 4 for state in states]):
+        _claim_lines(session, payer, states, warnings, trace)
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result)
+
+
+def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, trace: list) -> None:
+    """Each billed line's units by modifier set (design.md §5): the payer's modifiers for the line, the
+    assistant modifier of each unit (CQ/CO, assistants.py) and the modifiers documented on the entries
+    that furnished the unit, in the payer's claim order; a line of more than 4 is an error (837P)."""
+    settings = payer.assistants
+    evaluations = payer.codes.get(settings.evaluations, ()) if settings.evaluations else ()
+    marked = []
+    for state in states:
+        if state.units <= 0:
+            continue
+        line = state.line
+        if not any(e.modifiers or e.provider in A.ASSISTANTS for e in line.entries):
+            # the common case: nothing but the rules' modifiers, one line (_result puts them in order)
+            if len(state.modifiers) > 4:
+                state.split = [(state.units, line.minutes, A.claim_order(state.modifiers, payer.modifier_order))]
+                _limit(state, state.split[0][2], payer, warnings, trace)
+            continue
+        entries = [(e.provider, e.minutes) for e in line.entries]
+        assisted = A.has_assistant(entries)
+        if assisted and line.code in evaluations:
+            who = ", ".join(sorted({p for p, _ in entries if p in A.ASSISTANTS}))
+            warnings.append({"severity": "error", "rule": "engine.assistant-evaluation", "codes": [line.code],
+                             "message": f"{line.code} is an evaluation or re-evaluation: the therapist furnishes it, "
+                                        f"not an assistant ({who})"})
+            trace.append({"rule": "engine.assistant-evaluation", "source": settings.source("evaluation_codes"),
+                          "facts": [line.code], "effect": f"{line.code}: an assistant on an evaluation is an error"})
+            assisted = False
+        if assisted and settings.enabled and session.discipline in ("PT", "OT"):
+            other = sorted({p for p, _ in entries if p in A.ASSISTANTS and p != session.discipline + "A"})
+            if other:       # CQ goes with GP (a PTA), CO with GO (an OTA)
+                warnings.append({"severity": "warning", "rule": "engine.assistant-modifier", "codes": [line.code],
+                                 "message": f"{line.code}: {', '.join(other)} minutes under a {session.discipline} "
+                                            "plan of care (CQ goes with GP, CO with GO): check who furnished them"})
+        if assisted and settings.enabled and session.discipline != "SLP":
+            uncapped = state.capped_from or state.units
+            if state.decision and state.decision[0] == "timed_units" and state.family is None:
+                method = payer.method
+                units = A.timed(entries, uncapped, settings, method.unit_minutes, method.first_unit_minutes)
+            else:
+                units = A.untimed(entries, uncapped, settings)
+            units = units[:state.units]
+            for n, unit in enumerate(units, 1):
+                source = settings.source(unit.setting or "by_provider")
+                trace.append({"rule": "engine.assistant-modifier", "source": source, "facts": [line.code],
+                              "effect": f"{line.code} unit {n}: {unit.why}"})
+            if any(u.modifier for u in units):
+                marked.append(line.code)
+        else:
+            units = [A.Unit(None, line.minutes, tuple(dict(A.by_provider(entries))), "")] * state.units
+        documented = {}
+        for e in line.entries:
+            documented.setdefault(A.role(e.provider, entries), []).extend(e.modifiers)
+        for e in line.entries:
+            if e.modifiers:     # kept as documented, placed by the payer's claim order
+                where = next(i for i, s in enumerate(session.services) if s is e)
+                trace.append({"rule": "engine.documented-modifier", "source": _order_source(payer),
+                              "facts": [line.code], "effect": f"{line.code}: {' '.join(e.modifiers)} documented "
+                                                              f"in the input (services[{where}].modifiers)"})
+        groups: dict = {}
+        keys: dict = {}         # (assistant modifier, providers) -> the unit's modifiers in claim order
+        for unit in units:
+            key = keys.get(unit[:1] + unit[2:3])
+            if key is None:
+                mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
+                mods += [m for p in unit.providers for m in documented.get(p, ())]
+                key = keys[unit[:1] + unit[2:3]] = tuple(A.claim_order(mods, payer.modifier_order))
+            group = groups.setdefault(key, [0, 0])
+            group[0] += 1
+            group[1] += unit.minutes
+        placed = {m for key in groups for m in key}
+        for provider, mods in documented.items():
+            for m in mods:
+                if m not in placed:
+                    placed.add(m)
+                    warnings.append({"severity": "warning", "rule": "engine.documented-modifier",
+                                     "codes": [line.code],
+                                     "message": f"{line.code}: {m} is documented on the {provider} minutes, which "
+                                                "earned no billed unit: it is on no line of the claim"})
+        if len(groups) == 1:
+            state.split = [(state.units, line.minutes, list(key)) for key in groups]
+        else:
+            state.split = [[n, minutes, list(key)] for key, (n, minutes) in groups.items()]
+            state.split[0][1] += line.minutes - sum(g[1] for g in state.split)
+        for _, _, mods in state.split:
+            if len(mods) > 4:
+                _limit(state, mods, payer, warnings, trace)
+    if marked and settings.payment_note:
+        warnings.append({"severity": "info", "rule": "engine.assistant-modifier", "codes": marked,
+                         "message": settings.payment_note})
+
+
+def _order_source(payer: Payer) -> str:
+    """file:line of the payer's modifier_order (or of its `payer:` key when it has none)."""
+    return payer.modifier_order_source or f"{payer.file}:{payer.line}"
+
+
+def _limit(state: LineState, mods: list, payer: Payer, warnings: list, trace: list) -> None:
+    """A claim line holds at most 4 modifiers (837P SV101): more is an error naming them all; none is dropped."""
+    code = state.line.code
+    warnings.append({"severity": "error", "rule": "engine.modifier-limit", "codes": [code],
+                     "message": f"{code} {' '.join(mods)}: {len(mods)} modifiers, a claim line holds at most 4 "
+                                "(837P): none was dropped; correct the documentation"})
+    trace.append({"rule": "engine.modifier-limit", "source": _order_source(payer),
+                  "facts": [code], "effect": f"{code}: {len(mods)} modifiers, at most 4"})
 
 
 def _effect_text(firing, state: LineState) -> str:
@@ -333,6 +443,8 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
         extras = {}
         for parent, generated in extra_lines:
             extras.setdefault(id(parent), []).append(generated)
+            if parent.split:        # an add-on made from its primary's minutes: the primary's modifiers
+                generated.split = [(generated.units, 0, list(parent.split[0][2]))]
         ordered = []
         for state in states:
             ordered.append(state)
@@ -340,8 +452,15 @@ def _result(session, payer, states, extra_lines, warnings, trace, method_notes) 
     for state in ordered:
         if state.units > 0:
             total_units += state.units
-            billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
-                           "modifiers": [*state.modifiers], "rules": [*state.rules]})
+            if state.split is None:         # one line (the common case)
+                mods = state.modifiers
+                billed.append({"code": state.line.code, "units": state.units, "minutes": state.line.minutes,
+                               "modifiers": A.claim_order(mods, payer.modifier_order) if len(mods) > 1 else [*mods],
+                               "rules": [*state.rules]})
+                continue
+            for units, minutes, mods in state.split:
+                billed.append({"code": state.line.code, "units": units, "minutes": minutes, "modifiers": mods,
+                               "rules": [*state.rules]})
         else:
             unbilled.append({"code": state.line.code, "minutes": state.line.minutes, "reason": state.reason,
                              "rules": state.reason_rules or list(state.rules)})

@@ -133,12 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     sessions = argparse.ArgumentParser(add_help=False, parents=[rules, engine])
     sessions.add_argument("inputs", nargs="+", metavar="INPUT",
                           help="YAML/JSON file (one session or a list), .jsonl or .csv file, or - for standard input")
-    sessions.add_argument("--date", type=_date, help="date of service for every session (YYYY-MM-DD)")
+    sessions.add_argument("--date", metavar="YYYY-MM-DD", type=_date, help="date of service for every session (YYYY-MM-DD)")
 
     bill = sub.add_parser("bill", parents=[sessions], help="bill each session of the input(s)",
                           description="Bill each session of the input(s): claim lines with units and modifiers, "
                                       "warnings, and the rule (file:line) behind each decision.")
-    bill.add_argument("--payer", help="bill every session under this payer (overrides the session's payer)")
+    bill.add_argument("--payer", metavar="ID", help="bill every session under this payer (overrides the session's payer)")
     bill.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="json",
                       help="output format (default: json)")
     bill.add_argument("--audit-db", metavar="PATH", help="append every session's result and trace to this SQLite log")
@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
                              description="Bill the same session(s) under several payers and show the units "
                                          "side by side.")
     which = compare.add_mutually_exclusive_group(required=True)
-    which.add_argument("--payers", type=_ids, help="comma-separated payer ids")
+    which.add_argument("--payers", metavar="ID,ID,...", type=_ids, help="comma-separated payer ids")
     which.add_argument("--all-payers", action="store_true", help="every known payer")
     compare.add_argument("--base", metavar="ID", help="measure the others against this payer (default: medicare "
                          "when compared, else the first payer)")
@@ -163,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="every rule that fired and why each unit went where it went",
                              description="Explain each session's billing: every rule that fired and why, the "
                                          "unit arithmetic step by step, why each unbilled code got nothing.")
-    explain.add_argument("--payer", help="payer id (default: the session's payer)")
+    explain.add_argument("--payer", metavar="ID", help="payer id (default: the session's payer)")
     explain.add_argument("--why-not", action="append", default=[], metavar="RULE_ID",
                          help="also say, fact by fact, which condition of this rule failed (repeatable)")
     explain.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
@@ -173,11 +173,11 @@ def _parser() -> argparse.ArgumentParser:
                            description="Query an audit log written by bill --audit-db, or replay its sessions "
                                        "and say which bill differently.")
     audit.add_argument("database", metavar="PATH", help="the SQLite audit log")
-    audit.add_argument("--session", help="a session id")
-    audit.add_argument("--rule", help="sessions this rule touched (fired on)")
-    audit.add_argument("--payer", help="a payer id")
-    audit.add_argument("--from", dest="date_from", type=_date, help="date of service from (YYYY-MM-DD)")
-    audit.add_argument("--to", dest="date_to", type=_date, help="date of service up to (YYYY-MM-DD)")
+    audit.add_argument("--session", metavar="ID", help="a session id")
+    audit.add_argument("--rule", metavar="RULE_ID", help="sessions this rule touched (fired on)")
+    audit.add_argument("--payer", metavar="ID", help="a payer id")
+    audit.add_argument("--from", dest="date_from", metavar="DATE", type=_date, help="date of service from (YYYY-MM-DD)")
+    audit.add_argument("--to", dest="date_to", metavar="DATE", type=_date, help="date of service up to (YYYY-MM-DD)")
     audit.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     audit.add_argument("--replay", action="store_true",
                        help="bill the logged sessions again from the logged input and rule files; say which differ")

@@ -26,17 +26,24 @@ def compare_session(session, payer_ids: list, biller, date=None, base: str | Non
     codes = _row_codes(session, results)
     rows = []
     for code, minutes in codes:
-        units = {}
+        units, modifiers = {}, {}
         for pid, result in results.items():
             if "error" in result:
-                units[pid] = None
+                units[pid] = modifiers[pid] = None
             else:
-                units[pid] = next((l["units"] for l in result["lines"] if l["code"] == code), 0)
-        rows.append({"code": code, "minutes": minutes, "units": units})
+                # a code's units over all its lines; its lines' modifier sets (a line per set, design.md §5)
+                lines = [l for l in result["lines"] if l["code"] == code]
+                units[pid] = sum(l["units"] for l in lines)
+                modifiers[pid] = [{"modifiers": l["modifiers"], "units": l["units"]} for l in lines]
+        rows.append({"code": code, "minutes": minutes, "units": units, "modifiers": modifiers})
     totals = {pid: (None if "error" in r else r["total_units"]) for pid, r in results.items()}
     differs = [row["code"] for row in rows if len(set(row["units"].values())) > 1]
+    # payers that bill a code with different modifier sets (not merely different units)
+    modifiers_differ = [row["code"] for row in rows
+                        if len({frozenset(tuple(l["modifiers"]) for l in m)
+                                for m in row["modifiers"].values() if m}) > 1]
     return {"session_id": session_id, "payers": list(payer_ids), "base": base, "results": results, "rows": rows,
-            "totals": totals, "differs": differs}
+            "totals": totals, "differs": differs, "modifiers_differ": modifiers_differ}
 
 
 def _row_codes(session, results) -> list:
@@ -78,6 +85,12 @@ def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
         if c["differs"]:
             lines += wrap(f"Payers differ on {', '.join(c['differs'])}; (+n)/(-n) = units more/fewer than {base}",
                           width, "  ", "    ")
+        for row in c["rows"]:
+            if row["code"] in c.get("modifiers_differ", ()):
+                shown = "; ".join(f"{p} " + (" + ".join(f"x{m['units']} {' '.join(m['modifiers']) or '-'}"
+                                                        for m in row["modifiers"][p]) or "not billed")
+                                  for p in payers if row["modifiers"][p] is not None)
+                lines += wrap(f"Modifiers differ on {row['code']}: {shown}", width, "  ", "    ")
         for pid in payers:
             result = c["results"][pid]
             if "error" in result:

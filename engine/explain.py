@@ -23,6 +23,7 @@ def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
                      "location": rule.location, "facts": [_fact_view(facts[f]) for f in fact_ids],
                      "effect": entry["effect"]}
                     for (rule, fact_ids), entry in zip(outcome.firings, result["trace"])],
+        "modifiers": claim_trace(outcome),
         "unbilled": result["unbilled"],
         "why_not": [why_not_json(outcome, rule_id) for rule_id in why_not],
         "result": result,
@@ -94,6 +95,10 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
                 f"     at {rule.location}; matched {matched}",
                 f"     effect: {entry['effect']}"]
     out += ["", *method_text(outcome)]
+    decided = claim_trace(outcome)
+    if decided:
+        out += ["", "Who furnished it, and the documented modifiers (unit by unit, in line order):"]
+        out += [f"  {entry['effect']}  [{entry['source']}]" for entry in decided]
     lines = result["lines"]
     out += ["", "Billed: " + (", ".join(f"{l['code']} x{l['units']}" + (f" {' '.join(l['modifiers'])}"
                                                                        if l["modifiers"] else "") for l in lines)
@@ -108,6 +113,12 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
     for rule_id in why_not:
         out += ["", *why_not_text(outcome, rule_id)]
     return "\n".join(out) + "\n"
+
+
+def claim_trace(outcome: Outcome) -> list:
+    """The trace entries of the modifiers the engine decided after the rules (CQ/CO per unit, documented
+    modifiers, the 4-modifier limit): each with the payer setting's file:line, or the input's place."""
+    return outcome.result["trace"][len(outcome.fired):]
 
 
 def _fact_text(fact: dict) -> str:

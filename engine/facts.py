@@ -23,22 +23,23 @@ class Line:
     minutes: int
     order: int
     group_size: int | None = None
-    provider: str | None = None
-    entries: int = 1
+    provider: str | None = None     # the one provider of all its entries, else None
+    entries: tuple = ()             # Service of each entry, as entered: who furnished which minutes
 
 
 def merge_services(session: Session) -> list:
-    """One Line per code, minutes added, in order of first appearance (domain.md §3.4, §3.1 rule 8)."""
+    """One Line per code, minutes added, in order of first appearance (domain.md §3.4, §3.1 rule 8);
+    each entry kept (its provider and documented modifiers decide the line's modifiers, billing.py)."""
     lines: dict = {}
     for service in session.services:
         line = lines.get(service.code)
         if line is None:
             order = len(lines)
             lines[service.code] = Line(_line_id(order), service.code, service.minutes, order,
-                                       service.group_size, service.provider)
+                                       service.group_size, service.provider, (service,))
             continue
         line.minutes += service.minutes
-        line.entries += 1
+        line.entries += (service,)
         if line.group_size is None:
             line.group_size = service.group_size
         if line.provider != service.provider:

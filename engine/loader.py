@@ -17,7 +17,7 @@ from pathlib import Path
 from . import cache
 from .compiler import compile_payer
 from .errors import EvaluationError, RuleFileError, SessionError, UsageError, date_problem, is_date, suggest
-from .model import Action, Family, Method, Payer, Rule
+from .model import Assistants, Action, Family, Method, Payer, Rule
 from .paths import RULES_DIR, shown
 from .schema import schema_errors
 from .yamlload import Located, format_path, load_text
@@ -174,7 +174,9 @@ def read_spec(pfile: PayerFile):
         if errors:
             spec = Spec(doc, digest, raw, pfile.display, frozenset(e.at[:2] for e in errors))
             errors = sorted(errors + _file_errors(spec), key=_line_order)
-            structural = any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
+            # (a misspelt key's error is at the misspelling: "nam" stands for the missing "name")
+            structural = any(type(doc.data.get(key)) is not str for key in ("payer", "name")) or \
+                any(e.at[:1] in _STRUCTURAL or e.at in _SECTIONS for e in errors if hasattr(e, "at"))
             return None if structural else spec, errors
         cache.store(digest, doc)
     spec = Spec(doc, digest, raw, pfile.display)
@@ -203,7 +205,7 @@ def _file_errors(spec: Spec) -> list:
             errors.append(spec.err((key,), date_problem(data[key])))
     if _backwards(spec.effective):
         errors.append(spec.err(("effective_to",), "effective_to is before effective_from"))
-    if spec.extends == spec.id and not broken & {("payer",), ("extends",)}:
+    if not broken & {("payer",), ("extends",)} and spec.extends == data.get("payer"):
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
     for i, fam in items("families"):
@@ -305,6 +307,7 @@ class _Merged:
     specs: list = field(default_factory=list)       # every file used, parent first
     errors: list = field(default_factory=list)      # what the files do wrong to what they extend
     unsure: frozenset = frozenset()                 # ids of rules left out for their schema errors
+    claim: dict = field(default_factory=dict)   # (section, key) of assistant_modifiers/modifier_order -> (value, "file:line")
 
 
 class Registry:
@@ -560,10 +563,17 @@ class Registry:
                       dict(base.families), list(base.rules), base.specs + [spec], list(base.errors),
                       base.unsure | {r.get("id") for section in ("rules", "override")
                                      for i, r in enumerate(data.get(section, [])) if (section, i) in spec.broken
-                                     and isinstance(r, dict)})
+                                     and isinstance(r, dict) and type(r.get("id")) is str})
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
+        out.claim = dict(base.claim)
+        if "assistant_modifiers" in data:
+            out.claim[("assistant_modifiers", "")] = (None, f"{spec.file}:{spec.line('assistant_modifiers')}")
+        for key, value in (data.get("assistant_modifiers") or {}).items():
+            out.claim[("assistant_modifiers", key)] = (value, f"{spec.file}:{spec.line('assistant_modifiers', key)}")
+        if "modifier_order" in data:
+            out.claim[("modifier_order", "")] = (data["modifier_order"], f"{spec.file}:{spec.line('modifier_order')}")
         for name, items in data.get("codes", {}).items():
             # a broken list keeps its good codes: the rules naming the list are not wrong
             out.codes[name] = frozenset(_code(c) for c in items if type(c) in (str, int)) \
@@ -623,13 +633,32 @@ class Registry:
                               when=_normalise_when(r["when"]), then=then, file=source.file,
                               line=source.line(*path, "id"), index=index))
         digest = hashlib.sha256("".join(s.digest for s in merged.specs).encode()).hexdigest()
+        order, order_source = merged.claim.get(("modifier_order", ""), ((), ""))
         return Payer(id=spec.id, name=spec.data["name"], file=spec.file, method=method, codes=dict(merged.codes),
                      families=families, rules=tuple(rules), effective_from=spec.effective[0],
                      effective_to=spec.effective[1], description=spec.data.get("description", ""),
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
-                     line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs))
+                     line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs),
+                     assistants=_assistants(merged.claim), modifier_order=tuple(order),
+                     modifier_order_source=order_source)
 
 
+
+
+def _assistants(claim: dict) -> Assistants:
+    """The payer's assistant_modifiers settings (docs/domain.md §16), each key inherited from the parent
+    unless the child sets it."""
+    given = {key: value for (section, key), value in claim.items() if section == "assistant_modifiers"}
+    if not given:
+        return Assistants()
+    value = {key: v for key, (v, _) in given.items()}
+    return Assistants(enabled=bool(value.get("enabled", False)),
+                      modifiers=tuple(sorted((value.get("by_provider") or {}).items())),
+                      de_minimis_percent=value.get("de_minimis_percent", 10),
+                      both_ge_8_minutes=value.get("both_ge_8_minutes", "therapist"),
+                      two_units_9_to_14=value.get("two_units_9_to_14", "one_each"),
+                      evaluations=value.get("evaluation_codes", ""), payment_note=value.get("payment_note", ""),
+                      sources=tuple(sorted((key, where) for key, (_, where) in given.items())))
 
 
 def _next_day(text: str) -> str | None:
@@ -678,6 +707,13 @@ def _merged_errors(merged: _Merged) -> list:
             else:
                 errors.append(spec.err(path + (role,), f"code {code} is in none of the code lists"
                                                        f"{suggest(code, known)}; add it to one"))
+    setter = next((spec for spec in reversed(merged.specs)
+                   if "evaluation_codes" in (spec.data.get("assistant_modifiers") or {})), None)
+    if setter is not None:
+        ref = setter.data["assistant_modifiers"]["evaluation_codes"]
+        if isinstance(ref, str) and ref not in codes:
+            errors.append(setter.err(("assistant_modifiers", "evaluation_codes"), f"no code list named {ref!r}"
+                                     f"{suggest(ref, codes) or '; define it under codes:'}"))
     for spec, path, rule in merged.rules:
         line_cond = rule["when"].get("line") or {}
         for key in ("code_in", "code_not_in"):

@@ -46,6 +46,23 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Assistants:
+    """How a payer marks units furnished by an assistant (CQ/CO, docs/domain.md §16): the payer file's
+    `assistant_modifiers` settings, each with the file:line that set it (for traces)."""
+    enabled: bool = False
+    modifiers: tuple = ()                   # (provider, modifier) pairs, e.g. ("PTA", "CQ")
+    de_minimis_percent: int = 10
+    both_ge_8_minutes: str = "therapist"    # therapist | assistant
+    two_units_9_to_14: str = "one_each"     # one_each | both_assistant
+    evaluations: str = ""                   # the code list of therapist-only codes
+    payment_note: str = ""
+    sources: tuple = ()                     # (setting key, "file:line") pairs
+
+    def source(self, key: str) -> str:
+        return dict(self.sources).get(key) or dict(self.sources).get("", "")
+
+
+@dataclass(frozen=True)
 class Family:
     """A primary code and its add-on: units are split primary x1 and add-on x(n-1)."""
     id: str
@@ -92,6 +109,9 @@ class Payer:
     digest: str = ""                # sha256 of the rule file(s) the payer was built from
     line: int = 1                   # line of the `payer:` key
     files: tuple = ()               # (file, sha256) of every rule file used, parent first
+    assistants: Assistants = Assistants()
+    modifier_order: tuple = ()      # claim order of modifiers; others follow in the order they came
+    modifier_order_source: str = ""
 
     def __post_init__(self):
         # lookups made for every line of every session, computed once
@@ -124,6 +144,7 @@ class Service(NamedTuple):
     minutes: int
     group_size: int | None = None
     provider: str | None = None
+    modifiers: tuple = ()            # documented modifiers (59, XE, 76, ...), as entered
 
 
 class Session(NamedTuple):

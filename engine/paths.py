@@ -21,18 +21,37 @@ RULES_ENV = "PAYRULES_RULES"
 
 def env_rules(environ=os.environ) -> list:
     """The rules trees PAYRULES_RULES names: directories separated by os.pathsep, in their order; an empty
-    entry is ignored. One that is missing or cannot be read is a UsageError naming the variable."""
+    entry is ignored and a leading ~ is the home directory (as a shell expands it, also when the value was
+    quoted). One that is missing or cannot be read is a UsageError naming the variable, with what is
+    likely wrong: a relative entry is looked up from the working directory, so it is found from one
+    directory and not from another; a file is not a tree; spaces around an entry are part of its name."""
     from .errors import UsageError
     from .loader import check_tree      # (loader imports this module)
     trees = []
     for entry in environ.get(RULES_ENV, "").split(os.pathsep):
         if entry:
+            path = Path(os.path.expanduser(entry))
             try:
-                check_tree(Path(entry))
+                check_tree(path)
             except UsageError as exc:
-                raise UsageError(f"{RULES_ENV}: {exc.message}") from None
-            trees.append(Path(entry))
+                raise UsageError(f"{RULES_ENV}: {exc.message}{_hint(entry, path)}") from None
+            trees.append(path)
     return trees
+
+
+def _hint(entry: str, path: Path) -> str:
+    if path.is_file():
+        return " (it is a file: list the directory that holds it)"
+    if entry != entry.strip():
+        return f" (the entry {entry!r} has spaces around it)"
+    if not path.is_absolute() and not path.exists():
+        try:
+            where = os.getcwd()
+        except OSError:
+            where = "the working directory"
+        return (f" (a relative entry is looked up from the working directory, {where}: "
+                f"write it as an absolute path)")
+    return ""
 
 
 def shown(path: Path) -> str:

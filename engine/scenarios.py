@@ -77,20 +77,37 @@ def run_scenario(scenario: Scenario, biller) -> list:
     if "error" in expect:
         return [f"expected an error containing {expect['error']!r}, but the session was billed"]
     diffs = []
-    got = {line["code"]: line for line in result["lines"]}
+    got: dict = {}          # code -> {modifiers as written ("GP CQ"): units}, its lines in order
+    for line in result["lines"]:
+        got.setdefault(line["code"], {})[" ".join(line["modifiers"])] = line["units"]
     reasons = {u["code"]: u["reason"] for u in result["unbilled"]}
     if "lines" in expect:
-        wanted = {str(code): units for code, units in expect["lines"].items()}
-        for code in list(wanted) + [c for c in got if c not in wanted]:
-            want, have = wanted.get(code), got[code]["units"] if code in got else None
-            if want != have:
-                why = f" (not billed: {reasons[code]})" if code in reasons else " (no such line)"
+        # "97110": 2 -> the code's units over all its lines; "97110 GP CQ": 1 -> the code's lines exactly,
+        # each by its modifiers in claim order (design.md §5)
+        totals, sets = {}, {}
+        for key, units in expect["lines"].items():
+            code, *mods = str(key).split()
+            if mods:
+                sets.setdefault(code, {})[" ".join(mods)] = units
+            else:
+                totals[code] = units
+        for code in [*totals, *sets] + [c for c in got if c not in totals and c not in sets]:
+            have = got.get(code)
+            if code in sets:
+                if sets[code] != have:
+                    diffs.append(f"lines.{code}: expected {_by_set(sets[code])}, got "
+                                 + (_by_set(have) if have else "none" + _why(code, reasons)))
+                continue
+            want, n = totals.get(code), sum(have.values()) if have else None
+            if want != n:
                 diffs.append(f"lines.{code}: expected {_units(want, 'no billed line')}, "
-                             f"got {_units(have, 'none' + why)}")
+                             f"got {_units(n, 'none' + _why(code, reasons))}")
     for code, mods in expect.get("modifiers", {}).items():
-        have = got.get(str(code), {}).get("modifiers")
-        if have != mods:
-            diffs.append(f"modifiers.{code}: expected {mods}, got {have if have is not None else 'no billed line'}")
+        have = got.get(str(code))
+        have = None if have is None else [m.split() for m in have]
+        if have is None or have != [mods]:
+            shown = "no billed line" if have is None else have[0] if len(have) == 1 else f"several lines {have}"
+            diffs.append(f"modifiers.{code}: expected {mods}, got {shown}")
     if "unbilled" in expect:
         wanted, have = sorted(map(str, expect["unbilled"])), sorted(reasons)
         if wanted != have:
@@ -112,6 +129,14 @@ def run_scenario(scenario: Scenario, biller) -> list:
             if i not in matched:
                 diffs.append(f"warnings: unexpected {w['severity']} {w['rule']}: {w['message']}")
     return diffs
+
+
+def _why(code: str, reasons: dict) -> str:
+    return f" (not billed: {reasons[code]})" if code in reasons else " (no such line)"
+
+
+def _by_set(lines: dict) -> str:
+    return "; ".join(f"x{units} {mods or '(no modifiers)'}" for mods, units in lines.items())
 
 
 def _units(n, absent: str) -> str:

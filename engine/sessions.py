@@ -32,7 +32,8 @@ csv.field_size_limit(MAX_RECORD_BYTES)
 MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
-CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider")
+CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider",
+               "modifiers")
 CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline")
 _CHUNK = 1 << 16
 
@@ -309,8 +310,10 @@ class SessionInput:
                                     key, session_id=sid)
             if values:
                 data[key] = values.pop()
-        data["services"] = [{k: _csv_number(r[k]) if k in ("minutes", "group_size") else r[k]
-                             for k in ("code", "minutes", "group_size", "provider") if r.get(k)} for r in rows]
+        data["services"] = [{k: _csv_number(r[k]) if k in ("minutes", "group_size") else
+                             r[k].replace(",", " ").split() if k == "modifiers" else r[k]
+                             for k in ("code", "minutes", "group_size", "provider", "modifiers") if r.get(k)}
+                            for r in rows]
         lines = {(): line}
         lines.update({("services", i): r["_line"] for i, r in enumerate(rows)})
         return parse_session(data, Located(data, lines, self.display), (), number)
@@ -533,7 +536,12 @@ def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
 _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context"))
-_SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider"))
+_SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider", "modifiers"))
+_MODIFIER = re.compile(r"[0-9A-Z]{2}")      # fullmatch: "59\n" is not a modifier
+# modifiers the engine itself decides from the payer's rules: never taken as documented input
+ENGINE_MODIFIERS = {"GP": "the plan of care's discipline", "GO": "the plan of care's discipline",
+                    "GN": "the plan of care's discipline", "CQ": "who furnished the minutes (provider)",
+                    "CO": "who furnished the minutes (provider)", "KX": "the payer's threshold rules"}
 _DISCIPLINES = frozenset(("PT", "OT", "SLP"))
 _PROVIDERS = frozenset(("PT", "PTA", "OT", "OTA", "SLP"))
 
@@ -577,7 +585,7 @@ def fast_services(data):
             return None
         total += minutes
         if len(s) == 2:         # code and minutes (both found above), nothing else: the common case
-            out.append(_tuple_new(Service, (code, minutes, None, None)))
+            out.append(_tuple_new(Service, (code, minutes, None, None, ())))
             continue
         if not s.keys() <= _SERVICE_KEYS:
             return None
@@ -591,7 +599,15 @@ def fast_services(data):
                 return None     # entries of one code disagree on group_size: _services_errors says so
         if "provider" in s and (type(provider) is not str or provider not in _PROVIDERS):
             return None
-        out.append(_tuple_new(Service, (code, minutes, group_size, provider)))
+        modifiers = ()
+        if "modifiers" in s:
+            modifiers = s["modifiers"]
+            if type(modifiers) is not list or len(modifiers) > 4 or \
+                    any(type(m) is not str or not _MODIFIER.fullmatch(m) or m in ENGINE_MODIFIERS for m in modifiers) \
+                    or len(set(modifiers)) != len(modifiers):
+                return None
+            modifiers = tuple(modifiers)
+        out.append(_tuple_new(Service, (code, minutes, group_size, provider, modifiers)))
     return (tuple(out), keys) if total <= MAX_DAY_MINUTES else None
 
 
@@ -636,6 +652,14 @@ def _services_errors(services: tuple, data, doc: Located, path: tuple) -> list:
     if total > MAX_DAY_MINUTES:
         errors.append(_error(f"services add up to {total} minutes; a day has at most 1,440", data, doc, path,
                              ("services",)))
+    for i, s in enumerate(services):
+        for k, m in enumerate(s.modifiers):
+            if not _MODIFIER.fullmatch(m):
+                errors.append(_error(f"modifier {m!r} is not two capital letters or digits", data, doc, path,
+                                     ("services", i, "modifiers", k)))
+            elif m in ENGINE_MODIFIERS:
+                errors.append(_error(f"modifier {m} is not documented input: the engine decides it from "
+                                     f"{ENGINE_MODIFIERS[m]}", data, doc, path, ("services", i, "modifiers", k)))
     first = {}
     for i, s in enumerate(services):
         if s.group_size is None:
@@ -736,7 +760,9 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
             services = tuple(Service(code=str(int(s["code"]) if isinstance(s["code"], float) else s["code"]),
                                      minutes=int(s["minutes"]),
                                      group_size=None if s.get("group_size") is None else int(s["group_size"]),
-                                     provider=s.get("provider")) for s in data["services"])
+                                     provider=s.get("provider"),
+                                     modifiers=tuple(str(m) for m in s.get("modifiers", ())))
+                             for s in data["services"])
             errors += _services_errors(services, data, doc, path)
     else:
         errors, counted = [], [0]

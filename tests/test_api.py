@@ -121,7 +121,7 @@ def engine_name(request):
 
 def test_corpus_holds_every_kind():
     sessions = corpus()
-    assert len(example_sessions()) == 5 and len(scenario_sessions()) == 25 and len(GOLDEN_SESSIONS) >= 20
+    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 28 and len(GOLDEN_SESSIONS) >= 20
     assert all(bad in sessions for bad in BAD)
 
 
@@ -515,3 +515,83 @@ def test_any_json_like_value_gives_a_record_or_a_payrules_error(books, value):
             call()
         except payer_rules.PayrulesError as exc:
             assert str(exc)
+
+
+# --- review of issue 11: compare's base and the date type --------------------------------------------------
+
+def test_compare_base_equals_the_commands_base(books, engine_name):
+    """`--base ID` has its API twin: compare(..., base=ID) is what `compare --base ID --format json` prints
+    (item 7). Without base, medicare is the base when compared (README, compare)."""
+    path = REPO / "examples" / "ot-session.yaml"
+    payers = ["example-midpoint", "medicare", "example-full-unit"]
+    book = books[engine_name]
+    for base in ("example-full-unit", "example-midpoint"):
+        want = cli_json("compare", path, "--payers", ",".join(payers), "--base", base, "--format", "json",
+                        "--engine", engine_name)
+        have = book.compare(yaml_data(path), payers, base=base)
+        assert have == want and have["base"] == base
+    assert book.compare(yaml_data(path), payers)["base"] == "medicare"
+
+
+def test_compare_base_that_is_not_compared_raises_the_commands_message(books):
+    line = cli_error("compare", "examples/ot-session.yaml", "--payers", "example-midpoint,medicare", "--base", "acme")
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        books[ENGINES[0]].compare({}, ["example-midpoint", "medicare"], base="acme")
+    assert str(caught.value) == line
+    with pytest.raises(payer_rules.PayrulesError):
+        books[ENGINES[0]].compare({}, ["medicare"], base=5)
+
+
+def test_date_parameters_are_typed_to_take_a_date_object():
+    """A datetime.date is accepted at run time (test_a_date_object_is_its_iso_text), so the annotations say
+    so: a typed caller passing date=datetime.date(...) is not told by mypy that it is wrong."""
+    import datetime
+    import typing
+    for function in (payer_rules.bill, payer_rules.RuleBook.bill, payer_rules.RuleBook.bill_many,
+                     payer_rules.RuleBook.compare, payer_rules.RuleBook.explain):
+        hint = typing.get_type_hints(function, vars(api))["date"]
+        assert datetime.date in typing.get_args(hint) and str in typing.get_args(hint), (function, hint)
+
+
+def test_a_rulebook_does_not_read_payrules_rules(tmp_path, monkeypatch):
+    """As the README says: the trees a RuleBook reads are the bundled one and its `rules=`, whatever the
+    environment of the program that uses it."""
+    tree = acme(tmp_path)
+    monkeypatch.setenv("PAYRULES_RULES", str(tree))
+    with payer_rules.RuleBook(engine="python") as book:
+        assert "acme" not in {p["id"] for p in book.payers()}
+    with payer_rules.RuleBook(rules=[tree], engine="python") as book:
+        assert "acme" in {p["id"] for p in book.payers()}
+
+
+def test_a_rule_file_with_several_mistakes_raises_all_of_them(tmp_path):
+    """Three mistakes, three `error:` lines from the command; the exception's text is those lines joined
+    by "; " (as the README says), each with its file and line."""
+    tree = acme(tmp_path, "method: {name: midpoint}\nrules:\n  - id: x\n    description: d\n"
+                          "    when: {line: {code: 9714}}\n    then: [{max_unit: 2}]\n")
+    run = cli("payers", "--rules", tree)
+    assert run.returncode == 2
+    lines = [line.removeprefix("error: ") for line in run.stderr.splitlines()]
+    # method.name 'midpoint' (line 4), rules[0] without source (line 6), code 9714 (line 8), max_unit (line 9)
+    assert len(lines) == 4 and all(line.startswith(f"{tree / 'acme.yaml'}:") for line in lines), lines
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        payer_rules.RuleBook(rules=[tree], engine="python")
+    assert str(caught.value) == "; ".join(lines)
+
+
+def test_durable_asked_for_where_it_is_not_installed_says_what_to_pass(monkeypatch):
+    """On Python 3.13+ durable-rules is not installed: RuleBook(engine="durable") says so in the API's own
+    words (engine="python"), not the command's (--engine python)."""
+    from engine import network
+    monkeypatch.setattr(network, "_durable", None)
+    with pytest.raises(payer_rules.PayrulesError) as caught:
+        payer_rules.RuleBook(engine="durable")
+    assert str(caught.value) == ("engine: the durable engine is not installed on this Python; "
+                                 "use engine=\"python\" (or None, the default)")
+    assert payer_rules.RuleBook().engine == "python"
+
+
+def test_dir_of_the_package_lists_the_api():
+    # RuleBook, bill and PayrulesError load on first use; dir() (and so an editor's completion) lists them
+    import engine
+    assert {"RuleBook", "bill", "PayrulesError", "run", "__version__"} <= set(dir(engine))

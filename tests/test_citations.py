@@ -72,8 +72,9 @@ def all_problems(root: Path) -> list:
 
 def test_every_bundled_source_names_an_existing_file_and_section():
     citations = bundled_citations(ROOT)
-    # the walk reaches every level: medicare.yaml has method.source, 5 families and 20 rules
-    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 5 + 20
+    # the walk reaches every level: medicare.yaml has method.source, assistant_modifiers.source, 5 families
+    # and 20 rules
+    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 1 + 5 + 20
     assert any(".tests.yaml: scenarios[" in where for where, _ in citations)
     assert all_problems(ROOT) == []
 
@@ -121,8 +122,9 @@ def test_a_broken_citation_in_a_copy_of_the_rules_tree_is_found(tmp_path):
     medicare.write_text(text.replace("Ch.5 §20.1; docs/domain.md §10\"", "Ch.5 §20.1; docs/domain.md §41\"", 1),
                         encoding="utf-8")
     family = tmp_path / "rules" / "private_payers" / "example-full-unit.yaml"
-    family.write_text(family.read_text(encoding="utf-8").replace(
-        "    addon: 97546\n", "    addon: 97546\n    source: \"see docs/gone.md\"\n", 1), encoding="utf-8")
+    family_text = family.read_text(encoding="utf-8")
+    assert family_text.count("docs/domain.md §5, §9\"") == 1                 # the work-hardening family
+    family.write_text(family_text.replace("docs/domain.md §5, §9\"", "docs/gone.md\"", 1), encoding="utf-8")
     assert all_problems(tmp_path) == [
         "rules/medicare.yaml: rules[16].source: docs/domain.md §41: no such section",   # modifier-gp
         "rules/private_payers/example-full-unit.yaml: families[0].source: docs/gone.md: no such file in the repository",
@@ -187,5 +189,21 @@ def test_rule_index_covers_every_bundled_rule_and_family():
         expected |= {(file, "family " + f["id"]) for f in document.get("families", [])}
         if "method" in document:
             expected.add((file, "method"))
-    settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable"}}
+        expected |= {(file, key) for key in ("assistant_modifiers", "modifier_order") if key in document}
+    settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable",
+                                                     "assistant_modifiers.both_ge_8_minutes"}}
     assert indexed - settings == expected
+
+
+def test_every_bundled_rule_and_family_has_a_source():
+    """A rule or family with no `source:` at all is not found by the walk above: each must have one."""
+    import yaml
+    bare = []
+    for path in sorted((ROOT / "rules").rglob("*.yaml")):
+        if path.name.endswith(".tests.yaml"):
+            continue
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for section in ("rules", "override", "families"):
+            bare += [f"{path.name}: {section}[{i}]" for i, item in enumerate(data.get(section) or [])
+                     if not item.get("source")]
+    assert bare == []

@@ -61,3 +61,18 @@ def test_help_lists_every_command_with_a_line_each():
     for name, (_, line) in _subcommands(_parser()).items():
         assert re.search(rf"^\s+{name}\s+{re.escape(line)}$", proc.stdout, re.M), (name, proc.stdout)
     assert "--version" in proc.stdout and "PAYRULES_RULES" in proc.stdout
+
+
+def test_usage_names_values_as_the_readme_does():
+    """Each command's usage line names an option's value as the README's command table does (`--from
+    DATE`, `--session ID`, `--payers ID,ID,...`), not by argparse's default, the option's dest in capitals
+    (`--from DATE_FROM`, `--session SESSION`)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for command in ("bill", "compare", "explain", "audit"):
+        proc = run("-m", "engine", command, "--help")
+        usage = proc.stdout.split("\n\n", 1)[0]
+        shown = re.findall(r"\[?(--[\w-]+) ([A-Z][\w,.-]*)", usage)
+        assert shown, usage
+        for option, value in shown:
+            documented = re.search(rf"`payrules {command} [^`]*?{re.escape(option)} ([^\]|`\s]+)", readme)
+            assert documented and documented.group(1).replace("\\", "") == value, (command, option, value)

@@ -31,7 +31,7 @@ from jsonschema import Draft202012Validator
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_VALIDATOR = Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text("utf-8")))
 CONTRACT_KEYS = {"session_id", "payers", "results", "rows", "totals"}
-OPTIONAL_KEYS = {"differs", "base"}
+OPTIONAL_KEYS = {"differs", "base", "modifiers_differ"}
 EX_PAYERS = ["medicare", "example-midpoint", "example-full-unit"]
 
 
@@ -123,15 +123,19 @@ def check_contract(c: dict, payers: list) -> None:
             assert result["payer"] == pid
             assert c["totals"][pid] == result["total_units"]
     for row in c["rows"]:
-        assert set(row) == {"code", "minutes", "units"}, row
+        assert set(row) == {"code", "minutes", "units", "modifiers"}, row
         assert set(row["units"]) == set(payers), row
         for pid in payers:
             result = c["results"][pid]
             if "error" in result:
                 assert row["units"][pid] is None, (pid, row)
             else:
-                billed = {line["code"]: line["units"] for line in result["lines"]}
+                billed: dict = {}
+                for line in result["lines"]:        # a code's units over its lines (one per modifier set)
+                    billed[line["code"]] = billed.get(line["code"], 0) + line["units"]
                 assert row["units"][pid] == billed.get(row["code"], 0), (pid, row)
+                assert row["modifiers"][pid] == [{"modifiers": line["modifiers"], "units": line["units"]}
+                                                 for line in result["lines"] if line["code"] == row["code"]]
     # every billed line of every payer has its row
     codes = [row["code"] for row in c["rows"]]
     assert len(codes) == len(set(codes)), codes
@@ -623,3 +627,20 @@ def test_readme_guide_compare_output_is_what_the_program_prints(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "".join(l[3:] + "\n" for l in shown.splitlines()) == proc.stdout
+
+
+def test_rows_keep_a_codes_total_units_and_show_modifier_differences(tmp_path):
+    """97110 PTA 23 + PT 13 (shared domain.md §17.1 case D): Medicare bills x1 GP CQ + x1 GP, the example
+    midpoint payer turns CQ/CO off (x2 GP): the row holds 2 units for both, and the modifiers differ."""
+    from engine.billing import Biller
+    from engine.compare import compare_session, to_table
+    from engine.loader import Registry
+    from conftest import session_from
+    session = session_from({"discipline": "PT", "services": [
+        {"code": "97110", "minutes": 23, "provider": "PTA"}, {"code": "97110", "minutes": 13, "provider": "PT"}]})
+    biller = Biller(Registry(), "python")
+    c = compare_session(session, ["medicare", "example-midpoint"], biller)
+    assert c["rows"][0]["units"] == {"medicare": 2, "example-midpoint": 2} and c["differs"] == []
+    assert c["modifiers_differ"] == ["97110"]
+    assert "Modifiers differ on 97110: medicare x1 GP CQ + x1 GP; example-midpoint x2 GP" in to_table([c])
+    biller.close()

@@ -167,6 +167,9 @@ BAD_SERVICE = {
     "minutes": st.one_of(st.sampled_from([-1, 1441, 1440, 20.0, 20.5, "20", True, False, None]), json_any),
     "group_size": st.one_of(st.sampled_from([-1, 1001, 1000, 2.0, "3", True]), json_any),
     "provider": st.one_of(st.sampled_from(["pt", "MD", "", "PT ", ["PT"], {"PT": 1}]), json_any),
+    "modifiers": st.one_of(st.sampled_from([["59"], ["GP"], ["CQ"], ["5"], ["59x"], ["xe"], [59], [5], ["59", "59"],
+                                            ["59", "XE", "XS", "XP", "XU"], [["59"]], [{"59": 1}], "59", None]),
+                           json_any),
 }
 
 
@@ -305,8 +308,13 @@ def test_medicare_invariants(billers, engine, data):
     merged: dict = {}
     for s in data["services"]:
         merged[s["code"]] = merged.get(s["code"], 0) + s["minutes"]          # duplicates merged (§3.4)
-    units = {line["code"]: line["units"] for line in result["lines"]}
-    assert len(units) == len(result["lines"]), "one line per code"
+    units: dict = {}
+    sets: dict = {}
+    for line in result["lines"]:
+        units[line["code"]] = units.get(line["code"], 0) + line["units"]
+        sets.setdefault(line["code"], []).append(tuple(line["modifiers"]))
+    # one line per code, or one per code and modifier set (design.md §5): a code's lines differ in modifiers
+    assert all(len(set(mods)) == len(mods) for mods in sets.values()), sets
     timed_minutes = sum(m for code, m in merged.items() if code in TIMED_15)
     assert result["total_timed_minutes"] == timed_minutes
     assert result["total_timed_units"] == chart(timed_minutes)                 # §3.1 items 2-3, 6

@@ -55,7 +55,8 @@ CODES = [
 ]
 SERVICE = st.fixed_dictionaries(
     {"code": st.sampled_from(CODES), "minutes": st.integers(0, 120)},
-    optional={"group_size": st.integers(0, 5), "provider": st.sampled_from(["PT", "PTA", "OT", "OTA", "SLP"])},
+    optional={"group_size": st.integers(0, 5), "provider": st.sampled_from(["PT", "PTA", "OT", "OTA", "SLP"]),
+              "modifiers": st.lists(st.sampled_from(["59", "XE", "76", "95"]), max_size=3, unique=True)},
 )
 
 

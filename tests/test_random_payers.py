@@ -156,8 +156,17 @@ def payers(draw):
         rules.append({"id": f"rule-{n}", "description": "random rule", "source": "test", "when": when,
                       "then": draw(actions("line" in when))})
     method = draw(st.sampled_from(["cms_8_minute", "midpoint_per_code"]))
-    return {"payer": "rnd", "name": "Random payer", "method": {"name": method}, "codes": lists,
-            "families": families, "rules": rules}
+    out = {"payer": "rnd", "name": "Random payer", "method": {"name": method}, "codes": lists,
+           "families": families, "rules": rules}
+    if draw(st.booleans()):         # CQ/CO settings (docs/domain.md §16): the engine's, after the rules
+        out["assistant_modifiers"] = {
+            "enabled": draw(st.booleans()), "by_provider": {"PTA": "CQ", "OTA": "CO"},
+            "both_ge_8_minutes": draw(st.sampled_from(["therapist", "assistant"])),
+            "two_units_9_to_14": draw(st.sampled_from(["one_each", "both_assistant"])),
+            "evaluation_codes": draw(st.sampled_from(sorted(lists)))}
+    if draw(st.booleans()):
+        out["modifier_order"] = draw(st.permutations(["59", "CQ", "GO", "GP", "KX", "XU"]))
+    return out
 
 
 @st.composite
@@ -171,6 +180,8 @@ def sessions(draw):
                 service["group_size"] = group_sizes.setdefault(service["code"], draw(st.integers(0, 6)))
             if draw(st.booleans()):
                 service["provider"] = draw(st.sampled_from(PROVIDERS))
+            if draw(st.booleans()):     # documented modifiers (design.md §4)
+                service["modifiers"] = draw(st.lists(st.sampled_from(["59", "XU", "76"]), max_size=3, unique=True))
             services.append(service)
         data = {"session_id": f"S{n}", "services": services}
         if draw(st.booleans()):

@@ -126,7 +126,7 @@ def test_jobs_2_with_yaml_and_jsonl_inputs_together():
             "examples/batch.jsonl", "--format", "jsonl"]
     one, two = run_cli(*args, "--jobs", "1"), run_cli(*args, "--jobs", "2")
     assert one.returncode == two.returncode == 0
-    assert one.stdout == two.stdout and len(jsonl(one)) == 5      # 3 YAML files + 2 JSONL lines
+    assert one.stdout == two.stdout and len(jsonl(one)) == 6      # 4 YAML files + 2 JSONL lines
 
 
 def _same_item(a, b) -> bool:

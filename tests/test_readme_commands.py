@@ -166,3 +166,21 @@ def test_assert_shows_checks_order_gaps_and_ends():
     for wrong in ("b\n...\nd\n", "a\n...\nc\n", "a\n...\nz\n", "c\nd\n"):
         with pytest.raises(AssertionError):
             assert_shows("a\nb\nc\nd\n", wrong)
+
+
+def test_the_guides_export_works_from_any_directory(workspace):
+    """Every `export PAYRULES_RULES=...` the README prints, run as printed in the folder that holds
+    my-rules, lets payrules find the guide's payer from another directory too (issue 11 item 2: the same
+    payers from any working directory)."""
+    work, env = workspace
+    exports = sorted(set(re.findall(r"`(export PAYRULES_RULES=[^`]*)`", README)))
+    assert any("my-rules" in e for e in exports), exports
+    (work / "elsewhere").mkdir(exist_ok=True)
+    for export in exports:
+        if "my-rules" not in export or "~" in export:
+            continue
+        script = f"{export} && cd elsewhere && payrules bill ../session.yaml --payer acme-health --format json"
+        proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, f"{export}\n{proc.stderr}"
+        assert '"acme-manual-therapy-limit"' in proc.stdout

@@ -184,7 +184,8 @@ def test_a_payrules_rules_entry_that_is_no_directory_is_one_error_line(tmp_path,
         proc = run(*args, rules_env=f"{tree(tmp_path / args[0])}{os.pathsep}{bad}")
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stdout == ""
-        assert proc.stderr == f"error: PAYRULES_RULES: rules directory not found: {bad}\n"
+        hint = " (it is a file: list the directory that holds it)" if entry == "a-file" else ""
+        assert proc.stderr == f"error: PAYRULES_RULES: rules directory not found: {bad}{hint}\n"
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any directory")
@@ -421,3 +422,27 @@ def test_a_logged_rule_file_that_cannot_be_loaded_is_named_as_it_was_logged(tmp_
     assert caught.value.lines() == ["my-rules/acme-health.yaml:3: extends: extends unknown payer 'medicare'",
                                     "my-rules/acme-health.yaml:13: rules[0].then[0].max_unit: unknown key "
                                     "'max_unit' (did you mean 'max_units'?)"]
+
+
+def test_a_relative_payrules_rules_entry_not_found_says_where_it_was_looked_up(tmp_path):
+    """The guide's `export PAYRULES_RULES=my-rules` works in the folder that holds my-rules and in no other:
+    the error says the entry was taken from the working directory and how to make it work everywhere."""
+    tree(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run("payers", cwd=tmp_path, rules_env="my-rules").returncode == 0
+    proc = run("payers", cwd=elsewhere, rules_env="my-rules")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: PAYRULES_RULES: rules directory not found: my-rules (a relative entry is "
+                           f"looked up from the working directory, {elsewhere}: write it as an absolute path)\n")
+    proc = run("payers", cwd=elsewhere, rules_env=f"{tmp_path / 'my-rules'} ")
+    assert proc.returncode == 2
+    assert proc.stderr.endswith(f"(the entry '{tmp_path / 'my-rules'} ' has spaces around it)\n")
+
+
+def test_a_payrules_rules_entry_starting_with_a_tilde_is_in_the_home_directory(tmp_path, monkeypatch):
+    """`PAYRULES_RULES="~/my-rules"` (quoted, so the shell left the ~) names the home directory's tree."""
+    from engine.paths import env_rules
+    tree(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert env_rules({"PAYRULES_RULES": f"~/my-rules{os.pathsep}"}) == [tmp_path / "my-rules"]
