@@ -16,7 +16,6 @@ import base64
 import gc
 import hmac
 import html
-import inspect
 import ipaddress
 import json
 import logging
@@ -53,7 +52,6 @@ YIELD_EVERY = 32                      # sessions of a list billed between turns 
 MAX_LOGGED_IDS = 20                   # session ids in one log line; the rest are counted
 CONFIG_ENV = "PAYRULES_SERVE_CONFIG"  # rules and engine for worker processes (--workers N > 1)
 TOKEN_ENV = "PAYRULES_TOKEN"
-_COMPARE_BASE = "base" in inspect.signature(RuleBook.compare).parameters
 
 
 class Refused(Exception):
@@ -178,17 +176,12 @@ async def bill(request: Request, service: Service) -> Response:
 def _compare_args(body: Any) -> tuple:
     if not isinstance(body, dict) or "session" not in body or "payers" not in body:
         raise Refused(400, 'compare: give {"session": {...}, "payers": ["medicare", ...]}')
-    extra = {}
-    if body.get("base") is not None:
-        if not _COMPARE_BASE:
-            raise Refused(400, "compare: base is not supported by this version")
-        extra["base"] = body["base"]
-    return body["session"], body["payers"], body.get("date"), extra
+    return body["session"], body["payers"], body.get("base"), body.get("date")
 
 
 async def compare(request: Request, service: Service) -> Response:
-    session, payers, date, extra = _compare_args(await service.body(request))
-    result = service.book.compare(session, payers, date=date, **extra)
+    session, payers, base, date = _compare_args(await service.body(request))
+    result = service.book.compare(session, payers, base=base, date=date)
     _ids(request, result)
     return _json(result)
 
@@ -405,16 +398,23 @@ def render_result(result: dict) -> str:
 
 
 def render_compare(c: dict) -> str:
-    payer_ids, base, differs = c["payers"], c.get("base", c["payers"][0]), set(c.get("differs", []))
+    """The compare table (units by payer, with each payer's modifier sets when the rows carry them; a
+    cell that differs from the base payer's highlighted) above each payer's result, side by side."""
+    payer_ids, base = c["payers"], c.get("base", c["payers"][0])
+    differs = set(c.get("differs", [])) | set(c.get("modifiers_differ", []))
     head = "".join(f'<th scope="col">{_e(p)}{" (base)" if p == base else ""}</th>' for p in payer_ids)
     rows = []
     for row in c["rows"]:
         cells = []
         for p in payer_ids:
             units = row["units"].get(p)
-            other = units != row["units"].get(base)
+            sets = (row.get("modifiers") or {}).get(p) or []
+            other = units != row["units"].get(base) or sets != (row.get("modifiers") or {}).get(base, sets)
+            detail = ", ".join(f'{" ".join(s["modifiers"]) or "no modifier"} x{s["units"]}' for s in sets
+                               if isinstance(s, dict) and "modifiers" in s and "units" in s)
             cells.append(f'<td class="{"diff" if other else ""}" data-payer="{_e(p)}">'
-                         f'{"—" if units is None else _e(units)}</td>')
+                         f'{"—" if units is None else _e(units)}'
+                         f'{f" <span class=muted>({_e(detail)})</span>" if detail else ""}</td>')
         cls = ' class="differs"' if row["code"] in differs else ""
         rows.append(f'<tr{cls}><th scope="row">{_e(row["code"])}</th><td>{_e(row["minutes"])}</td>{"".join(cells)}</tr>')
     totals = "".join(f'<td class="{"diff" if c["totals"].get(p) != c["totals"].get(base) else ""}" '
@@ -505,8 +505,8 @@ def openapi_document() -> dict:
         "type": "object", "required": ["session", "payers"],
         "properties": {"session": {"$ref": "#/components/schemas/Session"},
                        "payers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                       "date": {"type": "string", "format": "date"},
-                       **({"base": {"type": "string"}} if _COMPARE_BASE else {})}}
+                       "base": {"type": "string", "description": "the payer the others are measured against"},
+                       "date": {"type": "string", "format": "date"}}}
     components["PageRequest"] = {"type": "object", "description": "what the web page sends",
                                  "properties": {"session": {"$ref": "#/components/schemas/Session"},
                                                 "text": {"type": "string"}, "payers": {"type": "array", "items": {"type": "string"}},

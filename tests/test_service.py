@@ -154,6 +154,24 @@ def test_compare_is_the_api_and_the_command_answer(client, book):
                                      stdin=json.dumps(OT))
 
 
+def test_compare_with_a_base_payer(client, book):
+    body = {"session": OT, "payers": ["medicare", "example-midpoint"], "base": "example-midpoint"}
+    answer = client.post("/v1/compare", json=body)
+    assert answer.status_code == 200 and answer.json()["base"] == "example-midpoint"
+    assert answer.json() == book.compare(OT, ["medicare", "example-midpoint"], base="example-midpoint")
+    other = client.post("/v1/compare", json={**body, "base": "example-full-unit"})
+    assert other.status_code == 400 and "base payer 'example-full-unit'" in other.json()["error"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_is_billed_as_the_command_bills_it(client, example):
+    import yaml
+    session = yaml.safe_load((REPO / "examples" / example).read_text())
+    answer = client.post("/v1/bill", content=json.dumps(session, default=str))
+    assert answer.status_code == 200
+    assert answer.json() == cli_json("bill", f"examples/{example}", "--format", "json")
+
+
 @pytest.mark.parametrize("body, message", [({"payers": ["medicare"]}, "compare: give"),
                                            ([OT], "compare: give"),
                                            ({"session": OT, "payers": ["nope"]}, "unknown payer 'nope'"),
@@ -262,12 +280,12 @@ def test_every_endpoint_runs_in_the_event_loop_thread_never_a_threadpool(book, m
     for name in ("bill", "compare", "explain"):
         real = getattr(book, name)
         monkeypatch.setattr(book, name, lambda *a, _real=real, **k: threads.add(threading.get_ident()) or _real(*a, **k))
-    client = TestClient(app)
-    client.post("/v1/bill", json=OT)
-    client.post("/v1/bill", json=[OT, OT])
-    client.post("/v1/compare", json={"session": OT, "payers": ["medicare"]})
-    client.post("/v1/explain", json=OT)
-    client.post("/ui/check", json={"session": OT, "payers": ["medicare"]})
+    with TestClient(app) as client:     # one event loop (in its own thread) for all the requests
+        client.post("/v1/bill", json=OT)
+        client.post("/v1/bill", json=[OT, OT])
+        client.post("/v1/compare", json={"session": OT, "payers": ["medicare"]})
+        client.post("/v1/explain", json=OT)
+        client.post("/ui/check", json={"session": OT, "payers": ["medicare"]})
     assert len(threads) == 1 and threading.get_ident() not in threads
 
 
