@@ -302,6 +302,15 @@ def test_page_and_fragments(client, book):
     pasted = client.post("/ui/check", json={"text": "services:\n  - code: 97110\n    minutes: 23\n",
                                             "payers": ["medicare"]})
     assert '<td data-col="units">2</td>' in pasted.text     # 23 min: 15 + 8, two units
+    # pasted YAML with who furnished which minutes and documented modifiers: every line of the result,
+    # one per code and modifier set, is on the page with its modifiers
+    text = (REPO / "examples" / "pt-assistant.yaml").read_text()
+    assistant = client.post("/ui/check", json={"text": text, "payers": ["medicare"]})
+    import yaml
+    for line in book.bill(json.loads(json.dumps(yaml.safe_load(text), default=str)))["lines"]:
+        assert (f'<td data-col="code">{line["code"]}</td><td data-col="units">{line["units"]}</td>'
+                f'<td data-col="minutes">{line["minutes"]}</td>'
+                f'<td data-col="modifiers">{", ".join(line["modifiers"])}</td>') in assistant.text
     explained = client.post("/ui/explain", json={"session": OT, "payer": "medicare"})
     assert "60 min is in the band 53-67, which gives 4 units" in explained.text
     assert "rules/medicare.yaml:" in explained.text
