@@ -133,7 +133,7 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    async def bill_list(self, request: Request, items: list, payer: str | None, date: str | None) -> list:
+    async def bill_list(self, items: list, payer: str | None, date: str | None) -> list:
         """Every session of a list billed, in order; the time limit is checked between sessions."""
         deadline = time.monotonic() + self.time_limit
         records = []
@@ -165,7 +165,7 @@ async def bill(request: Request, service: Service) -> Response:
     body = await service.body(request)
     payer, date = _query(request, "payer"), _query(request, "date")
     if isinstance(body, list):
-        records = await service.bill_list(request, body, payer, date)
+        records = await service.bill_list(body, payer, date)
         _ids(request, *records)
         return _json(records)
     record = service.book.bill(body, payer=payer, date=date)

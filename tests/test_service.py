@@ -138,7 +138,7 @@ def test_a_body_slower_than_the_time_limit_is_408(book):
 def test_a_list_that_outlasts_the_time_limit_is_503(book):
     service = Service(book, time_limit=0.0)
     with pytest.raises(Refused) as refused:
-        asyncio.run(service.bill_list(None, [OT] * 100, None, None))
+        asyncio.run(service.bill_list([OT] * 100, None, None))
     assert refused.value.status == 503 and "after 32 of 100 sessions" in refused.value.message
 
 
