@@ -206,6 +206,16 @@ def _parser() -> argparse.ArgumentParser:
                                         "and its effective dates.")
     payers.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     payers.set_defaults(run=cmd_payers)
+    serve = sub.add_parser("serve", parents=[rules, engine], help="run the HTTP service and the web page",
+                           description="Serve the API of design.md §8 and the web page for billing staff. Rules "
+                                       "are loaded and checked first: a broken rule file stops it here. Bound to "
+                                       "anything but loopback it requires PAYRULES_TOKEN, the bearer token clients "
+                                       "send.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="worker processes, each with its own rules engine (default: 1)")
+    serve.set_defaults(run=cmd_serve)
     parser.commands = list(sub.choices)
     return parser
 
@@ -218,6 +228,18 @@ def _positive(text: str) -> int:
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs from 1 to 64")
     return value
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of worker processes from 1 to 64")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port from 0 to 65535")
+    return int(text)
 
 
 def _ids(text: str) -> list:
@@ -522,3 +544,8 @@ def cmd_payers(args) -> int:
     else:
         _out(render.payers_table(listing))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .service import serve
+    return serve(args.host, args.port, args.rules, args.engine, args.workers)

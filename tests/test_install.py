@@ -68,9 +68,23 @@ def test_wheel_installs_payer_rules_and_no_engine_package(wheel):
     for path in ("payer_rules/py.typed", "payer_rules/__main__.py", "payer_rules/api.py",
                  "payer_rules/rules/medicare.yaml", "payer_rules/rules/private_payers/example-midpoint.yaml",
                  "payer_rules/rules/ncci/ptp-practitioner-excerpt.txt",     # the table medicare.yaml names
-                 "payer_rules/schemas/session.schema.json", "payer_rules/schemas/payer.schema.json"):
+                 "payer_rules/schemas/session.schema.json", "payer_rules/schemas/payer.schema.json",
+                 "payer_rules/service.py", "payer_rules/web/page.html", "payer_rules/web/app.js",
+                 "payer_rules/web/style.css"):
         assert path in names
     assert re.search(r"^payrules = payer_rules:run$", entry_points, re.M), entry_points
+
+
+def test_installed_service_serves_the_page_and_the_openapi_schemas(installed, tmp_path):
+    script = ("import warnings; warnings.simplefilter('ignore')\n"
+              "from starlette.testclient import TestClient\n"
+              "from payer_rules.api import RuleBook\nfrom payer_rules.service import create_app\n"
+              "c = TestClient(create_app(RuleBook()))\n"
+              "print(c.get('/').status_code, c.get('/static/app.js').status_code,"
+              " 'Session' in c.get('/openapi.json').json()['components']['schemas'])")
+    run = run_installed(installed, ["-c", script], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["200", "200", "True"]
 
 
 def test_installed_package_bills_as_the_checkout(installed, tmp_path):
