@@ -319,7 +319,8 @@ def test_page_and_fragments(client, book):
     assert 'download="day.results.jsonl"' in batch.text and "payrules-upload" not in batch.text
     invalid = client.post("/ui/validate", json={"text": "payer: mine\nname: 3\n"})
     assert "pasted.yaml:2: name: 3 is not of type string" in invalid.text
-    assert client.post("/ui/validate", json={"text": "id: x\n"}).status_code == 200     # no payer: key
+    no_payer = client.post("/ui/validate", json={"text": "id: x\n"})       # no payer: key: said, at its line
+    assert no_payer.status_code == 200 and "pasted.yaml:1: id: unknown key 'id'" in no_payer.text
     assert client.post("/ui/check", json={"text": "a: [", "payers": ["medicare"]}).status_code == 422
     assert client.post("/ui/check", json={"session": OT, "payers": []}).status_code == 400
 
