@@ -213,7 +213,7 @@ def _file_errors(spec: Spec) -> list:
             if isinstance(name, str) and _escapes(name):
                 errors.append(spec.err(("tables", kind, i), f"{name!r}: a table's path is relative to this file's "
                                                             "folder and stays inside it (no absolute path, no ..)"))
-    if not broken & {("payer",), ("extends",)} and spec.extends == data.get("payer"):
+    if not broken & {("payer",), ("extends",)} and "extends" in data and spec.extends == data.get("payer"):
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
     family_ids = set()
     for i, fam in items("families"):

@@ -72,3 +72,19 @@ def test_every_shape_of_a_payer_file_is_error_lines(tmp_path):
             except Exception as exc:        # noqa: BLE001 - what the harness looks for
                 crashes.add((where, what, type(exc).__name__))
     assert crashes == KNOWN_CRASHES
+
+
+def _messages(tmp_path, text: str) -> list:
+    (tmp_path / "acme.yaml").write_text(text, encoding="utf-8")
+    return [e.message for e in Registry([tmp_path], strict=False).errors()]
+
+
+def test_a_payer_that_extends_itself_is_said(tmp_path):
+    assert "a payer cannot extend itself" in _messages(tmp_path, "payer: acme\nname: A\nextends: acme\n")
+
+
+def test_no_payer_and_no_extends_is_not_a_payer_extending_itself(tmp_path):
+    # both keys missing are equal (None == None): only the missing keys are said
+    messages = _messages(tmp_path, "id: x\n")
+    assert "missing required key 'payer'" in messages
+    assert "a payer cannot extend itself" not in messages
