@@ -228,8 +228,8 @@ def test_a_payer_defined_in_two_trees_is_an_error_naming_both_files(tmp_path, ac
     assert proc.returncode == 2 and proc.stdout == ""
     one, two = (rules / "acme-health.yaml").as_posix(), (again / "acme-health.yaml").as_posix()
     # a line for each file (every error is reported), naming the other: both paths open
-    said = [re.fullmatch(rf"error: (\S+):1: payer: payer 'acme-health' is also defined in (\S+) for dates "
-                         rf"that overlap; .*", line).groups() for line in proc.stderr.splitlines()]
+    said = [re.fullmatch(r"error: (\S+):1: payer: payer 'acme-health' is also defined in (\S+) for dates "
+                         r"that overlap; .*", line).groups() for line in proc.stderr.splitlines()]
     assert sorted(said) == sorted([(one, two), (two, one)])
     proc = run("validate", rules_env=f"{rules}{os.pathsep}{again}")
     assert proc.returncode == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
 import schemathesis
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                  status_code_conformance)

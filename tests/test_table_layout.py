@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from engine.render import DEFAULT_WIDTH, clean, plural, to_table
+from engine.render import DEFAULT_WIDTH, plural, to_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
