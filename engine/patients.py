@@ -106,8 +106,8 @@ class Spool:
     """An external sort: tuples added in any order (their last but one item unique, so that the
     pickled last is never compared), read back sorted; at most SPOOL_BYTES of them in memory."""
 
-    def __init__(self, limit: int = SPOOL_BYTES):
-        self.limit, self.buffer, self.size, self.runs = limit, [], 0, []
+    def __init__(self, limit: int | None = None):
+        self.limit, self.buffer, self.size, self.runs = limit or SPOOL_BYTES, [], 0, []
 
     def add(self, record: tuple) -> None:
         self.buffer.append(record)
