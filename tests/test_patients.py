@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -257,3 +258,21 @@ def test_patient_sessions_are_spooled_in_bounded_memory(clinic, tmp_path, spool,
     small, large = peak(1000), peak(30_000)
     # the check of the check: with spool buffers larger than the input, the same run holds every record
     assert (large - small < 25 * 1024) == bounded, (small, large)
+
+
+def test_a_spool_that_cannot_be_written_stops_the_run_with_one_error_line(tmp_path):
+    """A full disk under TMPDIR: the records written before stay, well-formed; one error line; exit 2."""
+    docs = [session("S0", [("97110", 30)], patient=None, payer="medicare")] + \
+           [session(f"S{k}", [("97110", 30)], patient=f"P{k % 7}", payer="medicare") for k in range(1, 200)]
+    path = write_jsonl(tmp_path / "in.jsonl", docs)
+    code = ("import errno, sys, tempfile; import engine.patients as P; P.SPOOL_BYTES = 4096\n"
+            "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "tempfile.TemporaryFile = full\n"
+            f"from engine.cli import main; sys.exit(main(['bill', {str(path)!r}, '--format', 'json']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    assert [r["session_id"] for r in json.loads(proc.stdout)] == ["S0"]        # closed with `]` after S0
+    errors = [line for line in err_text(proc).splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot write the temporary spool in {tempfile.gettempdir()}: No space left on "
+                      "device; free some space or set TMPDIR"]
+    assert "payrules: 1 session read: 1 billed, 0 with errors, 0 failed to parse" in err_text(proc)
