@@ -81,12 +81,12 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=no_year) -> l
                     if made:
                         outcome.edits = [*outcome.edits, *made]
                 billed.append((record["session_id"], record["lines"], payer))
-                before = snapshot() if snapshot else None
+                state = [snapshot() if snapshot else None]
                 record = year.apply(outcome.session, record)
-                after = snapshot() if snapshot else None
-                # TODO(coordinator, issue 13 item 6): the audit entry of this session records (before, after);
-                # audit.entry takes no such argument yet (the `kx` branch edits audit.py).
-                del before, after
+                state.append(snapshot() if snapshot else None)
+                # TODO(coordinator, issue 13 item 6): the audit entry of this session is to record `state`, the
+                # year's (before, after); audit.entry, called in finish(), takes no such argument yet (the `kx`
+                # branch edits audit.py): pass it through finish() to entry() at the merge.
                 out.append((place, finish(session, outcome, record, job)))
     return out
 

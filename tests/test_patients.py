@@ -276,3 +276,24 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_one_error_line(tmp_pa
     assert errors == [f"error: cannot write the temporary spool in {tempfile.gettempdir()}: No space left on "
                       "device; free some space or set TMPDIR"]
     assert "payrules: 1 session read: 1 billed, 0 with errors, 0 failed to parse" in err_text(proc)
+
+
+def test_a_shard_is_the_unit_of_work_any_partition_by_patient_gives_the_same_records(registry):
+    """bill_shard on each patient alone, or on all of them together, gives each session the same record: what
+    lets --jobs (or a distributed engine) split the sorted spool at any patient boundary."""
+    from engine.billing import Biller
+    docs = mixed_docs(60, seed=11)
+    spool = P.Spool()
+    for place, doc in enumerate(docs):
+        item = RawLine((json.dumps(doc).encode(), "t.jsonl", place + 1, place + 1))
+        key = P.patient_key(item, None)
+        if key:
+            spool.add((*key, place, P.pickle.dumps(item)))
+    rows = list(spool)
+    biller = Biller(registry, "python")
+    whole = dict(P.bill_shard(rows, biller, Job()))
+    apart = {}
+    for patient in sorted({row[0] for row in rows}):
+        apart.update(P.bill_shard([row for row in rows if row[0] == patient], biller, Job()))
+    biller.close()
+    assert len(whole) == len(rows) > 40 and whole == apart
