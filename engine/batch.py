@@ -63,7 +63,12 @@ def process(biller, session, job: Job) -> tuple:
     if isinstance(session, RawLine):
         session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
-    record = outcome if isinstance(outcome, dict) else outcome.result
+    return finish(session, outcome, outcome if isinstance(outcome, dict) else outcome.result, job)
+
+
+def finish(session, outcome, record: dict, job: Job) -> tuple:
+    """process()'s tuple of a session billed (`outcome`) whose result is `record` (engine/patients.py
+    passes the result after the edits across sessions and the patient's year)."""
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
     text = render_one(record, job.fmt, job.width)

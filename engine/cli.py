@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 from . import __version__, render
-from .batch import Counts, Job, Progress, Writer, bill_stream, interruptible, report_lines
+from .batch import Counts, Job, Progress, Writer, interruptible, report_lines
 from .billing import Biller
 from .edits import RULES as EDIT_RULES
 from .errors import (EvaluationError, InputError, LogWriteError, OutputError, PayrulesError, SessionError, UsageError,
                      date_problem, suggest)
 from .loader import PayerFile, Registry, named_tables, rule_files
 from .network import ENGINES, default_engine
+from .patients import bill_in_order
 from .paths import RULES_DIR, RULES_ENV, env_rules
 from .sessions import FORMATS, SessionInput, check_input, load_sessions
 
@@ -295,7 +296,8 @@ def cmd_bill(args) -> int:
     previous = signal.getsignal(signal.SIGINT)
     # Ctrl-C stays held back after the stream, until the output, the log and the summary are written
     sources = _numbered(args.inputs, args.input_format, args.jobs > 1, inputs, stopped)
-    stream = interruptible(bill_stream(sources, args.rules, engine, job, args.jobs, registry), restore=False)
+    # sessions with a patient_id: billed in date order per patient, written in input order (engine/patients.py)
+    stream = interruptible(bill_in_order(sources, args.rules, engine, job, args.jobs, registry), restore=False)
     try:
         try:
             for _, (category, text, report, audit) in stream:

@@ -170,6 +170,93 @@ def _mue(lines, edits, warnings, trace, made):
              f"{code} line of {line['units']} units denied: {units} > MUE {mue.value} (MAI {mue.mai})")
 
 
+# --- one date of service, several sessions (engine/patients.py) ---------------------------------------
+
+def apply_across(result: dict, date: str | None, edits: EditTables, others: list) -> list:
+    """The edits between a session's lines and those of the patient's other sessions on the same date of
+    service, billed to the same payer, that come before it (`others`: (session id, its result lines), in
+    the order engine/patients.py takes them): two sessions of one day are one date of service (docs/domain.md
+    §17). Only what the sessions give together: a PTP pair with one code in this session and the other in
+    another, an MUE MAI 2/3 total over the sessions' lines that this session's lines alone stay within
+    (apply() has checked each session alone). Every such edit is on this, the later, session and names the
+    other one. Returns what apply() does."""
+    lines, made = result["lines"], []
+    if not edits or not lines or not others or date is None:
+        return made
+    warnings, trace = result["warnings"], result["trace"]
+    here = {line["code"] for line in lines}
+    if edits.ptp:
+        source = edits.sources["ptp"]
+        for other_id, other_lines in others:
+            there = {line["code"] for line in other_lines}
+            if there == here:
+                continue        # the same codes: each session alone had every pair
+            found = sorted((e for table in edits.ptp for e in table.edits(here | there, date) if e.modifier != 9),
+                           key=lambda e: (e.column2, e.column1, e.path, e.line))
+            for edit in found:
+                col1, col2 = edit.column1, edit.column2
+                # a column 2 line of one session whose column 1 code only the other session has
+                for col2_here, side, col1_side in ((True, here, there), (False, there, here)):
+                    if col2 in side and col1 in col1_side and col1 not in side:
+                        for line in lines if col2_here else other_lines:
+                            if line["code"] == col2:
+                                _ptp_across(edit, line, col2_here, other_id, edits, source, warnings, trace, made)
+    if edits.mue:
+        source = edits.sources["mue"]
+        own: dict = {}
+        for line in lines:
+            own[line["code"]] = own.get(line["code"], 0) + line["units"]
+        for code, units in own.items():
+            mue = next((v for table in edits.mue if (v := table.lookup(code)) is not None), None)
+            if mue is None or mue.mai == 1 or units > mue.value:
+                continue        # MAI 1 is per line; over the value alone: apply() has said so
+            with_code = [(sid, sum(x["units"] for x in other if x["code"] == code)) for sid, other in others]
+            with_code = [(sid, n) for sid, n in with_code if n]
+            total = units + sum(n for _, n in with_code)
+            if total <= mue.value:
+                continue
+            named = ", ".join(f"session {sid} ({n})" for sid, n in with_code)
+            for line in lines:
+                if line["code"] == code:
+                    _add(made, warnings, trace, "error", "ncci-mue",
+                         f"{code}: {total} units on the date of service with {named} exceed the MUE of "
+                         f"{mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, not only the excess",
+                         [code], source, mue, f"{code} line of {line['units']} units denied: {total} units on "
+                         f"the date with {named} > MUE {mue.value} (MAI {mue.mai})")
+    return made
+
+
+def _ptp_across(edit, line, col2_here, other_id, edits, source, warnings, trace, made):
+    """One PTP edit between this session and `other_id`, on the column 2 `line` (of this session when
+    `col2_here`, else of the other)."""
+    col1, col2 = edit.column1, edit.column2
+    pair = f"{col2} of {'this session' if col2_here else f'session {other_id}'} with {col1} of " \
+           f"{f'session {other_id}' if col2_here else 'this session'} (the same date of service)"
+    denied = f"{col2} denied with {col1} of {'session ' + other_id if col2_here else 'this session'}"
+    if edit.modifier == 0:
+        _add(made, warnings, trace, "error", "ncci-ptp",
+             f"{pair}: never payable together on one date of service (NCCI PTP edit, modifier indicator 0; "
+             f"{edit.rationale or 'no rationale given'})", [col2, col1], source, edit, f"{denied}: indicator 0")
+        return
+    documented = [m for m in line["modifiers"] if m in BYPASS]
+    refused = edits.not_honoured.get(frozenset((col1, col2)))
+    if documented and refused is None:
+        _add(made, warnings, trace, "info", "ncci-ptp",
+             f"{pair}: NCCI PTP edit bypassed by the documented modifier {documented[0]} (modifier indicator 1)",
+             [col2, col1], source, edit, f"{col2} billed with {col1}: {documented[0]} documented")
+    elif documented:
+        _add(made, warnings, trace, "error", "ncci-ptp",
+             f"{pair}: this payer does not honour {documented[0]} for this pair (NCCI PTP edit, modifier "
+             "indicator 1); expect a denial and appeal with the documentation", [col2, col1], refused, edit,
+             f"{denied}: bypass not honoured")
+    else:
+        distinct = DISTINCT.get(frozenset((col1, col2)), "as distinct services")
+        _add(made, warnings, trace, "error", "ncci-ptp",
+             f"{pair}: not payable together unless documented {distinct}, with modifier 59 or XE/XS/XP/XU on "
+             f"{col2} (NCCI PTP edit, modifier indicator 1); the engine does not add it", [col2, col1], source,
+             edit, f"{denied}: no 59/X modifier documented")
+
+
 RULES = ("ncci-ptp", "ncci-mue")
 
 

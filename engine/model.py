@@ -159,3 +159,4 @@ class Session(NamedTuple):
     context: Mapping = NO_CONTEXT
     file: str | None = None          # where the session came from, for messages
     line: int | None = None
+    patient_id: str | None = None    # sessions of one patient are billed in date order (engine/patients.py)

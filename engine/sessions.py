@@ -535,7 +535,8 @@ def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
 
 _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-_SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context"))
+_SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context",
+                           "patient_id"))
 _SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider", "modifiers"))
 _MODIFIER = re.compile(r"[0-9A-Z]{2}")      # fullmatch: "59\n" is not a modifier
 # modifiers the engine itself decides from the payer's rules: never taken as documented input
@@ -565,6 +566,8 @@ def fast_services(data):
     if "discipline" in data and (type(data["discipline"]) is not str or data["discipline"] not in _DISCIPLINES):
         return None
     if "context" in data and (type(data["context"]) is not dict or len(data["context"]) > 100):
+        return None
+    if "patient_id" in data and (type(data["patient_id"]) is not str or not 1 <= len(data["patient_id"]) <= 128):
         return None
     services = data.get("services")
     if type(services) is not list or not 1 <= len(services) <= 200:
@@ -777,4 +780,5 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
         errors.sort(key=lambda e: e.position)
         return SessionError.gather(errors, session_id, counted[0])
     return _tuple_new(Session, (session_id, services, payer, date, data.get("discipline"),
-                                data.get("context", NO_CONTEXT), doc.file, doc.line_of(path)))
+                                data.get("context", NO_CONTEXT), doc.file, doc.line_of(path),
+                                data.get("patient_id")))

@@ -1,0 +1,265 @@
+"""`payrules bill` with `patient_id`: a patient's sessions billed in date order, whatever the input's order,
+and every record written in input order (issue 13).
+
+Sessions without a `patient_id` (and records that cannot be read as a session) take batch.bill_stream as
+before: billed as they are read, and written as they come until the first session with a `patient_id`.
+Sessions with one are spooled to disk as they were read (the unparsed JSONL line, or the parsed session),
+with their place in the input; once the input has ended they are sorted by (patient, date of service,
+session id, place) in an external sort (sorted runs of at most SPOOL_BYTES, merged with heapq.merge), cut
+into shards of whole patients (SHARD sessions or more), and each shard is billed by bill_shard — in this
+process, or with --jobs N in N worker processes, a patient's sessions always in one shard. Records that come
+after the first patient session are spooled too (by place), and all are merged back into input order.
+
+Memory: the two spools' buffers (2 x SPOOL_BYTES) and the shards in flight (4 per worker), whatever the
+input's length. Temporary space (in TMPDIR): about the size of the patient sessions as read plus that of
+the records written after the first of them.
+
+Sessions of a patient without a date of service come after the patient's dated ones. Within one date
+sessions are taken in session id order, then input order, so that a session's record does not depend on
+the input's order (the edits across sessions of one date are on the later one)."""
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import pickle
+import tempfile
+from operator import itemgetter
+
+from . import edits as E
+from .batch import Job, _init_worker, _worker, bill_stream, finish
+from .billing import Biller
+from .errors import EvaluationError
+from .loader import Registry
+from .sessions import RawLine
+
+SHARD = 256                 # sessions per shard, at least: a shard ends at the end of a patient's sessions
+SPOOL_BYTES = 32 << 20      # bytes of records held in memory by each spool before a sorted run is written
+
+
+class NoYear:
+    """What a patient's year does to a session's result once it is billed: here nothing. THE SEAM for the
+    patient's counters (KX, visit limits: engine/counters.py's PatientYear, issue 13 items 1-3), which the
+    coordinator passes as `year_factory`; not a stand-in for this module's work. The contract:
+    year_factory(patient_id) -> an object with apply(session, result) -> result, called for each billed
+    session of the patient in the order above, and optionally snapshot() -> its state (for the audit log:
+    the state before and after each session)."""
+
+    def apply(self, session, result: dict) -> dict:
+        return result
+
+
+def no_year(patient_id: str) -> NoYear:
+    return NoYear()
+
+
+# --- the unit of work: a shard of patients ------------------------------------------------------------
+
+def bill_shard(shard: list, biller: Biller, job: Job, year_factory=no_year) -> list:
+    """[(place, process()'s tuple)] of a shard: [(patient, no date, date, session id, place, pickled item)]
+    sorted, every session of each of its patients. The same code whatever runs it (this process, a worker,
+    a distributed engine's partition)."""
+    out = []
+    for patient, sessions in itertools.groupby(shard, itemgetter(0)):
+        year = year_factory(patient)
+        snapshot = getattr(year, "snapshot", None)
+        for (_, date), day in itertools.groupby(sessions, itemgetter(1, 2)):
+            billed = []         # (session id, lines, payer) of the day's sessions billed so far
+            for *_, place, blob in day:
+                session = pickle.loads(blob)
+                if isinstance(session, RawLine):
+                    session = session.parse()
+                outcome = biller.evaluate(session, job.payer, job.date)
+                if isinstance(outcome, dict):           # not billed: an error record in its place
+                    out.append((place, finish(session, outcome, outcome, job)))
+                    continue
+                record, payer = outcome.result, outcome.payer
+                others = [(sid, lines) for sid, lines, p in billed if p is payer]
+                if others and payer.edits:
+                    made = E.apply_across(record, date or None, payer.edits, others)
+                    if made:
+                        outcome.edits = [*outcome.edits, *made]
+                billed.append((record["session_id"], record["lines"], payer))
+                state = [snapshot() if snapshot else None]
+                record = year.apply(outcome.session, record)
+                state.append(snapshot() if snapshot else None)
+                # TODO(coordinator, issue 13 item 6): the audit entry of this session is to record `state`, the
+                # year's (before, after); audit.entry, called in finish(), takes no such argument yet (the `kx`
+                # branch edits audit.py): pass it through finish() to entry() at the merge.
+                out.append((place, finish(session, outcome, record, job)))
+    return out
+
+
+def _bill_shard_in_worker(shard):
+    return bill_shard(shard, _worker["biller"], _worker["job"], _worker["year"])
+
+
+def _init_patient_worker(registry, engine, job, year_factory):
+    _init_worker(registry, engine, job)
+    _worker["year"] = year_factory
+
+
+# --- spooling ----------------------------------------------------------------------------------------
+
+class Spool:
+    """An external sort: tuples added in any order (their last but one item unique, so that the
+    pickled last is never compared), read back sorted; at most SPOOL_BYTES of them in memory."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit, self.buffer, self.size, self.runs = limit or SPOOL_BYTES, [], 0, []
+
+    def add(self, record: tuple) -> None:
+        self.buffer.append(record)
+        self.size += len(record[-1]) + 100
+        if self.size >= self.limit:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.buffer.sort()
+        try:
+            run = tempfile.TemporaryFile(prefix="payrules-spool-")
+            write, dumps = run.write, pickle.dumps
+            for record in self.buffer:
+                write(dumps(record, 5))
+            run.flush()
+            run.seek(0)
+        except OSError as exc:
+            raise EvaluationError(f"cannot write the temporary spool in {tempfile.gettempdir()}: "
+                                  f"{exc.strerror or exc}; free some space or set TMPDIR") from None
+        self.runs.append(run)
+        self.buffer, self.size = [], 0
+
+    def __iter__(self):
+        if not self.runs:
+            self.buffer.sort()
+            return iter(self.buffer)
+        if self.buffer:
+            self._flush()
+        return heapq.merge(*map(_read_run, self.runs))
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
+        self.runs, self.buffer = [], []
+
+
+def _read_run(run):
+    load = pickle.load
+    while True:
+        try:
+            yield load(run)
+        except EOFError:
+            return
+
+
+def patient_key(item, date: str | None):
+    """(patient, no date, date, session id) of a session with a patient_id, else None (it takes the
+    stateless path). `date`: --date, which replaces every session's date of service."""
+    if type(item) is RawLine:
+        raw = item[0]
+        if b'"patient_id"' not in raw:
+            return None
+        import orjson
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None                     # a parse error, said on the stateless path
+        if type(data) is not dict:
+            return None
+        patient, day, sid = data.get("patient_id"), data.get("date_of_service"), data.get("session_id")
+        sid = sid if type(sid) is str else str(sid) if type(sid) is int else f"session-{item[3]}"
+    else:
+        patient = getattr(item, "patient_id", None)     # a SessionError has none: an error record in its place
+        day, sid = getattr(item, "date_of_service", None), getattr(item, "session_id", "")
+    if type(patient) is not str or not 1 <= len(patient) <= 128:
+        return None                         # no patient, or one the schema refuses (said on that path)
+    day = date or (day if type(day) is str else None)
+    return patient, day is None, day or "", sid
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=no_year):
+    """batch.bill_stream's (item, tuple) pairs, for every session of `sources` in input order (the item is
+    None for a session billed as a patient's), each patient's sessions billed in date order."""
+    positions = collections.deque()     # places of the sessions sent down the stateless path, in order
+    patients, records = Spool(), Spool()
+    first = []                          # the place of the first patient session
+
+    def stateless():
+        for place, item in enumerate(sources):
+            key = patient_key(item, job.date)
+            if key is None:
+                positions.append(place)
+                yield item
+            else:
+                first or first.append(place)
+                patients.add((*key, place, pickle.dumps(item, 5)))
+
+    try:
+        stream = bill_stream(stateless(), rules, engine, job, jobs, registry)
+        try:
+            for item, done in stream:
+                place = positions.popleft()
+                if not first or place < first[0]:
+                    yield item, done
+                else:
+                    records.add((place, pickle.dumps(done, 5)))
+        finally:
+            stream.close()
+        if not first:
+            return
+        for place, done in _bill_patients(patients, rules, engine, job, jobs, registry, year_factory):
+            records.add((place, pickle.dumps(done, 5)))
+        patients.close()
+        for _, blob in records:
+            yield None, pickle.loads(blob)
+    finally:
+        patients.close()
+        records.close()
+
+
+def _shards(sorted_sessions):
+    shard = []
+    for patient, sessions in itertools.groupby(sorted_sessions, itemgetter(0)):
+        shard.extend(sessions)
+        if len(shard) >= SHARD:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory):
+    """(place, tuple) of every spooled session, shard by shard, in `jobs` processes."""
+    if jobs <= 1:
+        biller = Biller(registry or Registry(rules), engine)
+        try:
+            for shard in _shards(spool):
+                yield from bill_shard(shard, biller, job, year_factory)
+        finally:
+            biller.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_patient_worker, initargs=(registry or rules, engine, job, year_factory))
+    try:
+        pending = collections.deque()
+        for shard in _shards(spool):
+            pending.append(pool.submit(_bill_shard_in_worker, shard))
+            while len(pending) >= 4 * jobs:
+                yield from _result(pending.popleft(), BrokenProcessPool)
+        while pending:
+            yield from _result(pending.popleft(), BrokenProcessPool)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _result(future, broken):
+    try:
+        return future.result()
+    except broken:
+        raise EvaluationError("a worker process died (out of memory?); run again, or with fewer --jobs") from None
