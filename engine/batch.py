@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import render
 from .billing import Biller
+from .counters import InOrder
 from .loader import Registry
 from .errors import EvaluationError, OutputError, SessionError
 from .sessions import ParseError, RawLine
@@ -64,6 +65,9 @@ def process(biller, session, job: Job) -> tuple:
         session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
     record = outcome if isinstance(outcome, dict) else outcome.result
+    counters = getattr(biller, "counters", None)       # the patient's year (engine/counters.py), one process
+    states = counters.apply(session, record) if counters is not None and not isinstance(session, SessionError) \
+        else (None, None)
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
     text = render_one(record, job.fmt, job.width)
@@ -71,7 +75,7 @@ def process(biller, session, job: Job) -> tuple:
     if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
         from .audit import entry
         audit = entry(session, outcome, record, text if job.fmt == "jsonl" else encode_jsonl(record), job.payer,
-                      job.date)
+                      job.date, states)
     return category, text, report_lines(session, record) if failed else (), audit
 
 
@@ -143,6 +147,7 @@ def bill_stream(sessions, rules, engine, job: Job, jobs: int, registry=None):
     order, billed in `jobs` processes."""
     if jobs <= 1:
         biller = Biller(registry or Registry(rules), engine)
+        biller.counters = InOrder(biller.registry.resolve)
         try:
             for session in sessions:
                 yield session, process(biller, session, job)

@@ -776,5 +776,7 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
     if errors:
         errors.sort(key=lambda e: e.position)
         return SessionError.gather(errors, session_id, counted[0])
+    patient = data.get("patient_id")
     return _tuple_new(Session, (session_id, services, payer, date, data.get("discipline"),
-                                data.get("context", NO_CONTEXT), doc.file, doc.line_of(path)))
+                                data.get("context", NO_CONTEXT), doc.file, doc.line_of(path),
+                                None if patient is None else str(patient), data.get("year_to_date")))
