@@ -104,7 +104,8 @@ def build(spec, index: int, data: dict, codes: dict) -> Counter:
         return f"{spec.file}:{spec.line('counters', index, *path)}"
     thresholds = []
     for t, item in enumerate(data["thresholds"]):
-        values = tuple(Value(row.get("year"), money(row["value"]), bool(row.get("every")),
+        values = tuple(Value(row.get("year"), money(row["value"]) if data["counts"] == "amount"
+                             else Decimal(int(Decimal(str(row["value"])))), bool(row.get("every")),
                              row.get("confidence", ""), where("thresholds", t, "values", k))
                        for k, row in enumerate(item["values"]))
         thresholds.append(Threshold(item["id"], values, tuple(_actions(item.get("reached"))),
@@ -231,6 +232,8 @@ class PatientYear:
                       f"({', '.join(n for n, _ in counter.buckets)}); none was applied", counter.where)
             return
         if counter.counts == "amount" and not payer.edits.fees:
+            if self.year_to_date is None:       # as before the patient's year: nothing to say
+                return
             _warn(result, "warning", counter.thresholds[0].id, [line["code"] for line in lines],
                   f"the payer has no fee schedule: the running total of {counter.id} cannot be worked, so "
                   f"{', '.join(t.id for t in counter.thresholds)} cannot be decided (name one under tables: fees)",
