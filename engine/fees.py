@@ -101,6 +101,9 @@ def load_fees(path, display: str | None = None) -> FeeTable:
                 raise TableError(f"the header has no {', '.join(missing)} column (a fee schedule's header is "
                                  "code,modifier,amount[,effective_from,effective_to])", display, line, "header")
             continue
+        if len(record) > len(header):
+            raise TableError(f"{len(record)} cells, the header has {len(header)} (a comma inside an amount? write "
+                             "1234.00)", display, line, "row")
         cell = lambda name: (record[columns[name]].strip() if columns.get(name) is not None   # noqa: E731
                              and columns[name] < len(record) else "")
         code, modifier, amount = cell("code"), cell("modifier"), cell("amount")
