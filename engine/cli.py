@@ -399,6 +399,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from .counters import apply_all
     from .explain import explain_json, explain_text
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
@@ -413,15 +414,16 @@ def cmd_explain(args) -> int:
     finally:
         biller.close()
     records = [o if isinstance(o, dict) else o.result for o in outcomes]
+    steps = apply_all(registry.resolve, sessions, records)     # the patient's year (engine/counters.py)
     for session, record in zip(sessions, records):
         _report(session, record)
     if args.format == "json":
-        docs = [o if isinstance(o, dict) else explain_json(o, args.why_not) for o in outcomes]
+        docs = [o if isinstance(o, dict) else explain_json(o, args.why_not, s) for o, s in zip(outcomes, steps)]
         _out(render.to_json(docs, single))
     else:
         texts = [f"Session {render.clean(o['session_id'])}: NOT BILLED\n  error: {render.clean(o['error'])}\n"
                  if isinstance(o, dict)
-                 else explain_text(o, args.why_not) for o in outcomes]
+                 else explain_text(o, args.why_not, s) for o, s in zip(outcomes, steps)]
         _out("\n".join(texts))
     return 1 if _failed(records) else 0
 

@@ -159,9 +159,9 @@ def price(result: dict, date: str | None, payer) -> list:
 
 @dataclass
 class Step:
-    """One line's (or visit's) arithmetic, for explain and the trace."""
-    counter: str
-    bucket: str
+    """One line's (or visit's) arithmetic against one threshold, for explain."""
+    threshold: str
+    source: str                 # file:line of the threshold's value row
     text: str
 
 
@@ -216,7 +216,7 @@ class PatientYear:
         if date is None:
             _warn(result, "warning", payer.counters[0].thresholds[0].id, [],
                   "no date_of_service: the patient's counters (" + ", ".join(c.id for c in payer.counters)
-                  + ") need it to place the session in its year; none was applied", payer.counters[0].where)
+                  + ") need it to place the session in its year; none was applied")
             return result
         for counter in payer.counters:
             self._count(counter, payer, session, result, date)
@@ -229,15 +229,15 @@ class PatientYear:
             if bucket is None and lines and session.discipline is None:
                 _warn(result, "warning", counter.thresholds[0].id, [],
                       f"no discipline: counter {counter.id} has a total per discipline "
-                      f"({', '.join(n for n, _ in counter.buckets)}); none was applied", counter.where)
+                      f"({', '.join(n for n, _ in counter.buckets)}); none was applied")
             return
         if counter.counts == "amount" and not payer.edits.fees:
-            if self.year_to_date is None:       # as before the patient's year: nothing to say
-                return
+            names = [name for name, _ in counter.buckets] or [counter.id]
+            if not any(name in (self.year_to_date or {}) for name in names):
+                return      # no amount given for this counter: as before the patient's year, nothing to say
             _warn(result, "warning", counter.thresholds[0].id, [line["code"] for line in lines],
                   f"the payer has no fee schedule: the running total of {counter.id} cannot be worked, so "
-                  f"{', '.join(t.id for t in counter.thresholds)} cannot be decided (name one under tables: fees)",
-                  counter.where)
+                  f"{', '.join(t.id for t in counter.thresholds)} cannot be decided (name one under tables: fees)")
             return
         period = counter.period_of(date)
         year = int(period[:4])
@@ -253,7 +253,7 @@ class PatientYear:
         missing = [t.id for t in counter.thresholds if t.value_for(year) is None]
         if missing:
             _warn(result, "warning", missing[0], [line["code"] for line in lines],
-                  f"no value of {', '.join(missing)} for {year} in the payer's rules: not decided", counter.where)
+                  f"no value of {', '.join(missing)} for {year} in the payer's rules: not decided")
         for group, add, what in steps:
             before, total = total, total + add
             for threshold in counter.thresholds:
@@ -273,13 +273,14 @@ class PatientYear:
             past, reached = after > v, before < v <= after
         label = f" ({year}{', ' + value.confidence if value.confidence not in ('', 'CERTAIN') else ''})"
         arithmetic = f"{show(before)} + {what} = {show(after)}"
+        acted = False
         for fired, actions, compare in ((reached, threshold.reached, ">="), (past, threshold.past, ">")):
             if not fired or not actions:
                 continue
-            if value.every:
-                block = int((after - 1) // v) + 1 if compare == ">" else int(after // v)
-                compare = f"past authorization {block - 1} of {show(v)}" if compare == ">" else f">= {block} × "
-                relation = f"{compare} {'' if compare.startswith('past') else show(v)}".rstrip()
+            acted = True
+            if value.every:     # the multiple of the value just reached or passed
+                multiple = (int((after - 1) // v) if compare == ">" else int(after // v)) * v
+                relation = f"{compare} {show(multiple)} (every {show(v)})"
             else:
                 relation = f"{compare} {show(v)}"
             done = []
@@ -292,21 +293,24 @@ class PatientYear:
                                 _warn(result, "error", "engine.modifier-limit", [line["code"]],
                                       f"{line['code']} {' '.join(line['modifiers'])}: {len(line['modifiers'])} "
                                       "modifiers, a claim line holds at most 4 (837P): none was dropped; correct "
-                                      "the documentation", value.where)
+                                      "the documentation")
                     done.append(argument)
                 else:
                     severity = "warning" if action == "warn" else "error"
                     text = argument.format(value=show(v), total=show(after), year=year, counter=counter.id)
                     _warn(result, severity, threshold.id, [line["code"] for line in group],
-                          ("held: " if action == "hold" else "") + text, value.where, once=True)
+                          ("held: " if action == "hold" else "") + text, once=True)
                     done.append(action)
             step = f"{arithmetic} {relation}{label} → {', '.join(done)}"
-            self.steps.append(Step(counter.id, "", step))
+            self.steps.append(Step(threshold.id, value.where, step))
             result["trace"].append({"rule": threshold.id, "source": value.where,
                                     "facts": [line["code"] for line in group], "effect": step})
+        if not acted and not value.every:
+            self.steps.append(Step(threshold.id, value.where,
+                                   f"{arithmetic} {'<=' if after <= v else '>'} {show(v)}{label}: no action"))
 
 
-def _warn(result, severity, rule, codes, message, source, once=False) -> None:
+def _warn(result, severity, rule, codes, message, once=False) -> None:
     if once:
         for w in result["warnings"]:
             if w["rule"] == rule and w["message"] == message:
@@ -367,7 +371,7 @@ class InOrder:
             _warn(result, "warning", "engine.patient-order", [],
                   f"this session is dated before the patient's previous one ({self.last[key]}): the running "
                   "totals were worked in input order and may be wrong; give each patient's sessions in date "
-                  "order", "")
+                  "order")
         self.last[key] = max(date, self.last.get(key, ""))
         before = year.snapshot()
         year.apply(session, result)

@@ -425,3 +425,27 @@ def test_both_engines_give_identical_results(billers):
     outputs = {name: run(b, sessions) for name, b in billers.items()}
     assert outputs["python"] == outputs["durable"]
     assert any(kx(r) for r in outputs["python"])
+
+
+# --- scenario sequences ------------------------------------------------------------------------------
+
+def test_a_patient_scenario_names_the_session_that_differs(tmp_path):
+    (tmp_path / "kx.tests.yaml").write_text(
+        "payer: example-medicare-fees\nscenarios:\n  - name: wrong\n    patient:\n"
+        "      - session: {date_of_service: 2026-03-02, discipline: PT, year_to_date: {pt_slp: 2400},\n"
+        "                  services: [{code: '97110', minutes: 30}]}\n"
+        "        expect: {lines: {'97110 GP': 2}, amounts: {'97110': 60.0}}\n"
+        "      - session: {date_of_service: 2026-03-03, discipline: PT, services: [{code: '97110', minutes: 30}]}\n"
+        "        expect: {lines: {'97110 GP': 2}}\n"          # wrong: 2,460 + 60 = 2,520 > 2,480 -> KX
+        "  - name: both\n    session: {services: [{code: '97110', minutes: 30}]}\n    expect: {total_units: 2}\n"
+        "    patient: [{session: {services: [{code: '97110', minutes: 30}]}, expect: {total_units: 2}}]\n")
+    proc = subprocess.run([sys.executable, "-m", "engine", "test", str(tmp_path / "kx.tests.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "kx.tests.yaml:10" in proc.stderr, proc.stderr     # session and patient: refused
+    text = (tmp_path / "kx.tests.yaml").read_text()
+    (tmp_path / "kx.tests.yaml").write_text(text[:text.index("  - name: both")])
+    proc = subprocess.run([sys.executable, "-m", "engine", "test", str(tmp_path / "kx.tests.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "patient[1]: lines.97110: expected x2 GP, got x2 GP KX" in proc.stdout, proc.stdout
+    assert "patient[0]" not in proc.stdout
