@@ -66,7 +66,7 @@ def process(biller, session, job: Job) -> tuple:
     outcome = biller.evaluate(session, job.payer, job.date)
     record = outcome if isinstance(outcome, dict) else outcome.result
     counters = getattr(biller, "counters", None)       # the patient's year (engine/counters.py), one process
-    states = counters.apply(session, record) if counters is not None and not isinstance(session, SessionError) \
+    states = counters.apply(session, record, job.date) if counters is not None and not isinstance(session, SessionError) \
         else (None, None)
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")

@@ -356,7 +356,7 @@ def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):
 
 
 def cmd_compare(args) -> int:
-    from .compare import choose_base, compare_session, to_table as compare_table
+    from .compare import choose_base, compare_sessions, to_table as compare_table
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
     payer_ids = registry.ids() if args.all_payers else args.payers
@@ -367,7 +367,7 @@ def cmd_compare(args) -> int:
     sessions, single = _load_all(args.inputs)
     biller = Biller(registry, args.engine or default_engine())
     try:
-        comparisons = [compare_session(s, payer_ids, biller, args.date, base) for s in sessions]
+        comparisons = compare_sessions(sessions, payer_ids, biller, args.date, base)
     finally:
         biller.close()
     for session, c in zip(sessions, comparisons):
@@ -414,7 +414,7 @@ def cmd_explain(args) -> int:
     finally:
         biller.close()
     records = [o if isinstance(o, dict) else o.result for o in outcomes]
-    steps = apply_all(registry.resolve, sessions, records)     # the patient's year (engine/counters.py)
+    steps = apply_all(registry.resolve, sessions, records, args.date)     # the patient's year (engine/counters.py)
     for session, record in zip(sessions, records):
         _report(session, record)
     if args.format == "json":

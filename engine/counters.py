@@ -202,14 +202,15 @@ class PatientYear:
             self.totals[key] = total
         return total
 
-    def apply(self, session, result: dict) -> dict:
-        """The result with this patient's counters applied (in place), the accumulators updated."""
+    def apply(self, session, result: dict, date: str | None = None) -> dict:
+        """The result with this patient's counters applied (in place), the accumulators updated. `date`:
+        the date of service the session was billed under (--date), when not its own."""
         self.steps = []
         if "error" in result:
             return result
         if self.year_to_date is None and session.year_to_date is not None:
             self.year_to_date = dict(session.year_to_date)
-        date = session.date_of_service
+        date = date or session.date_of_service
         payer = self.resolve(result["payer"], date)
         if not payer.counters:
             return result
@@ -330,12 +331,12 @@ def patient_key(session):
     return None
 
 
-def apply_all(resolve, sessions, results) -> list:
+def apply_all(resolve, sessions, results, date: str | None = None) -> list:
     """The counters over a whole input held in memory (explain, compare, the library): each patient's
     sessions in date order, then input order, whatever the input order; results changed in place, in
     input order. Returns each session's Steps (explain shows them)."""
     steps = [[] for _ in results]
-    keyed = [(key, session.date_of_service or "", i) for i, session in enumerate(sessions)
+    keyed = [(key, date or session.date_of_service or "", i) for i, session in enumerate(sessions)
              if not isinstance(session, Exception) and (key := patient_key(session)) is not None]
     keyed.sort(key=lambda k: (str(k[0]), k[1], k[2]))
     years: dict = {}
@@ -343,7 +344,7 @@ def apply_all(resolve, sessions, results) -> list:
         year = years.get(key)
         if year is None:
             year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None)
-        year.apply(sessions[i], results[i])
+        year.apply(sessions[i], results[i], date)
         steps[i] = year.steps
     return steps
 
@@ -356,7 +357,7 @@ class InOrder:
     def __init__(self, resolve):
         self.resolve, self.years, self.last = resolve, {}, {}
 
-    def apply(self, session, result: dict) -> tuple:
+    def apply(self, session, result: dict, date: str | None = None) -> tuple:
         """(state before, state after) of the session's patient, or (None, None)."""
         key = patient_key(session)
         if key is None or "error" in result:
@@ -366,7 +367,7 @@ class InOrder:
             year = PatientYear(self.resolve, key[1] if key[0] == "patient" else None)
             if key[0] == "patient":
                 self.years[key] = year
-        date = session.date_of_service or ""
+        date = date or session.date_of_service or ""
         if date < self.last.get(key, ""):
             _warn(result, "warning", "engine.patient-order", [],
                   f"this session is dated before the patient's previous one ({self.last[key]}): the running "
@@ -374,5 +375,5 @@ class InOrder:
                   "order")
         self.last[key] = max(date, self.last.get(key, ""))
         before = year.snapshot()
-        year.apply(session, result)
+        year.apply(session, result, date or None)
         return before, year.snapshot()

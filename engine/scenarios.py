@@ -79,7 +79,7 @@ def run_scenario(scenario: Scenario, biller) -> list:
     from .counters import apply_all
     sessions = [session for session, _ in scenario.patient]
     results = [biller.bill(session, scenario.payer, scenario.date) for session in sessions]
-    apply_all(biller.registry.resolve, sessions, results)
+    apply_all(biller.registry.resolve, sessions, results, scenario.date)
     return [f"patient[{k}]: {diff}" for k, ((_, expect), result) in enumerate(zip(scenario.patient, results))
             for diff in _check(result, expect)]
 

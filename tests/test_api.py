@@ -75,10 +75,11 @@ def scenario_sessions() -> list:
     for path in sorted((REPO / "rules").rglob("*.tests.yaml")):
         doc = yaml_data(path)
         for item in doc["scenarios"]:
-            session = dict(item["session"], payer=item.get("payer", doc["payer"]))
-            if item.get("date"):
-                session["date_of_service"] = item["date"]
-            out.append(session)
+            for given in [item["session"]] if "session" in item else [step["session"] for step in item["patient"]]:
+                session = dict(given, payer=item.get("payer", doc["payer"]))    # (a patient's: each alone)
+                if item.get("date"):
+                    session["date_of_service"] = item["date"]
+                out.append(session)
     return out
 
 

@@ -31,7 +31,7 @@ from jsonschema import Draft202012Validator
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_VALIDATOR = Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text("utf-8")))
 CONTRACT_KEYS = {"session_id", "payers", "results", "rows", "totals"}
-OPTIONAL_KEYS = {"differs", "base", "modifiers_differ"}
+OPTIONAL_KEYS = {"differs", "base", "modifiers_differ", "counters_differ"}
 EX_PAYERS = ["medicare", "example-midpoint", "example-full-unit"]
 
 
@@ -550,7 +550,9 @@ def test_all_payers_are_measured_against_medicare(tmp_path):
     # 2 (-1), 4 (+1), 3, 3; columns in the order example-full-unit, example-midpoint, example-unit-limits,
     # medicare
     total = next(cells(l) for l in lines if l.split() and l.split()[0] == "Total")
-    assert total == ["Total", "2 (-1)", "4 (+1)", "3", "3", "3"], total     # example-ncci-bypass: 3, before unit-limits
+    # example-medicare-fees (3) after full-unit, example-ncci-bypass (3) before unit-limits, and
+    # example-visit-limits (3) after it: Medicare's units, all three
+    assert total == ["Total", "2 (-1)", "3", "4 (+1)", "3", "3", "3", "3"], total
     assert any(l.strip().endswith("units more/fewer than medicare") for l in lines), table.stdout
 
 
