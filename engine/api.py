@@ -123,7 +123,7 @@ class RuleBook:
             outcome = self._biller.evaluate(parsed, payer, date)
             if isinstance(outcome, dict):
                 return outcome
-            steps = apply_all(self._registry.resolve, [parsed], [outcome.result], date)[0]
+            steps = apply_all(self._registry.resolve, [parsed], [outcome.result], date, explain=True)[0]
             return explain_json(outcome, rule_ids, steps)
 
     def payers(self) -> list[dict[str, Any]]:

@@ -414,7 +414,7 @@ def cmd_explain(args) -> int:
     finally:
         biller.close()
     records = [o if isinstance(o, dict) else o.result for o in outcomes]
-    steps = apply_all(registry.resolve, sessions, records, args.date)     # the patient's year (engine/counters.py)
+    steps = apply_all(registry.resolve, sessions, records, args.date, explain=True)     # the patient's year (engine/counters.py)
     for session, record in zip(sessions, records):
         _report(session, record)
     if args.format == "json":

@@ -174,6 +174,7 @@ class PatientYear:
     totals: dict = field(default_factory=dict)
     first: dict = field(default_factory=dict)       # (payer, counter) -> the period year_to_date seeds
     steps: list = field(default_factory=list)       # the last session's Steps
+    explain: bool = False                           # also the Steps of lines that set nothing off
 
     def snapshot(self) -> dict:
         """The accumulators as JSON: keys 'payer/counter/period/bucket', totals as strings."""
@@ -272,6 +273,8 @@ class PatientYear:
             reached = int(after // v) > int(before // v) and after >= v if v else False
         else:
             past, reached = after > v, before < v <= after
+        if not (past and threshold.past or reached and threshold.reached or self.explain):
+            return      # nothing to do or say (explain shows every line's arithmetic)
         label = f" ({year}{', ' + value.confidence if value.confidence not in ('', 'CERTAIN') else ''})"
         arithmetic = f"{show(before)} + {what} = {show(after)}"
         acted = False
@@ -331,7 +334,7 @@ def patient_key(session):
     return None
 
 
-def apply_all(resolve, sessions, results, date: str | None = None) -> list:
+def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
     """The counters over a whole input held in memory (explain, compare, the library): each patient's
     sessions in date order, then input order, whatever the input order; results changed in place, in
     input order. Returns each session's Steps (explain shows them)."""
@@ -343,7 +346,7 @@ def apply_all(resolve, sessions, results, date: str | None = None) -> list:
     for key, _, i in keyed:
         year = years.get(key)
         if year is None:
-            year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None)
+            year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None, explain=explain)
         year.apply(sessions[i], results[i], date)
         steps[i] = year.steps
     return steps
