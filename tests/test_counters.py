@@ -449,3 +449,25 @@ def test_a_patient_scenario_names_the_session_that_differs(tmp_path):
     assert proc.returncode == 1
     assert "patient[1]: lines.97110: expected x2 GP, got x2 GP KX" in proc.stdout, proc.stdout
     assert "patient[0]" not in proc.stdout
+
+
+def test_units_of_a_code_list_in_a_plan_year(tmp_path):
+    """A counter of the units of one code list, in a plan year starting July 1: YAML only."""
+    tree = tmp_path / "r"
+    tree.mkdir()
+    (tree / "p.yaml").write_text(
+        "payer: plan-year\nname: x\nextends: medicare\ncodes:\n  manual: [97140]\ncounters:\n  - id: manual-units\n"
+        "    description: d\n    source: s\n    counts: units\n    codes: manual\n    period: plan_year\n"
+        "    plan_year_starts: 07-01\n    thresholds:\n      - id: manual-limit\n        values: [{year: 2026, value: 3}]\n"
+        "        past: [{error: 'manual therapy unit {total} is past {value} units of the plan year'}]\n")
+    from engine.billing import Biller
+    biller = Biller(Registry([tree]), "python")
+    # 97140 15 min = 1 unit each visit. June 30 is in the plan year of 2025-07-01 (no 2025 value: not
+    # decided, a warning); from July 1 the 2026 plan year counts 1, 2, 3 (not past), 4 (past: the error).
+    # 97110 is not in the list and never counts.
+    dates = ["2026-06-30", "2026-07-01", "2026-07-02", "2026-07-03", "2026-07-04"]
+    results = run(biller, [pt(d, ("97140", 15), ("97110", 15)) for d in dates], payer="plan-year")
+    limit = [[w["severity"] for w in r["warnings"] if w["rule"] == "manual-limit"] for r in results]
+    assert limit == [["warning"], [], [], [], ["error"]]
+    assert "manual therapy unit 4 is past 3 units" in results[4]["warnings"][-1]["message"]
+    assert results[4]["warnings"][-1]["codes"] == ["97140"]
