@@ -471,3 +471,18 @@ def test_units_of_a_code_list_in_a_plan_year(tmp_path):
     assert limit == [["warning"], [], [], [], ["error"]]
     assert "manual therapy unit 4 is past 3 units" in results[4]["warnings"][-1]["message"]
     assert results[4]["warnings"][-1]["codes"] == ["97140"]
+
+
+def test_compare_says_where_payers_counters_differ(tmp_path):
+    # 2,400 + 60 = 2,460, then + 60 = 2,520 > 2,480: KX on the second session under example-medicare-fees;
+    # example-visit-limits has no fee schedule (and year_to_date gives pt_slp): KX not decided there
+    sessions = [dict(pt("2026-03-01", ("97110", 30)), session_id="b"),
+                dict(pt("2026-02-01", ("97110", 30), year_to_date={"pt_slp": 2400}), session_id="a")]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in sessions))
+    proc = subprocess.run([sys.executable, "-m", "engine", "compare", str(src), "--payers",
+                           "example-medicare-fees,example-visit-limits", "--format", "json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    b, a = json.loads(proc.stdout)
+    assert (a["counters_differ"], b["counters_differ"]) == ([], ["kx-threshold"])
+    assert kx(b["results"]["example-medicare-fees"]) == ["97110"] and kx(b["results"]["example-visit-limits"]) == []
