@@ -22,7 +22,8 @@ from typing import Any, Union
 
 from .billing import Biller
 from .cli import _check_why_not, _date, _ids
-from .compare import choose_base, compare_session
+from .compare import choose_base, compare_sessions
+from .counters import InOrder, apply_all
 from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
@@ -67,7 +68,7 @@ class RuleBook:
         its own (`--payer`), `date` sets its date of service (`--date`). A session without a session_id is
         "session-1", as in a file of one session."""
         payer, date = self._options(payer, date)
-        return self._bill(session, 1, payer, date)
+        return self._bill(session, 1, payer, date, InOrder(self._registry.resolve))
 
     def bill_many(self, sessions: Iterable[Any], *, payer: str | None = None,
                   date: DateLike | None = None) -> Iterator[Record]:
@@ -84,7 +85,8 @@ class RuleBook:
         except TypeError:
             raise UsageError(f"sessions: {type(sessions).__name__} is not an iterable of sessions") from None
         payer, date = self._options(payer, date)
-        return (self._bill(item, number, payer, date) for number, item in enumerate(items, 1))
+        counters = InOrder(self._registry.resolve)      # a patient's sessions in date order, as bill's stream
+        return (self._bill(item, number, payer, date, counters) for number, item in enumerate(items, 1))
 
     def compare(self, session: Any, payers: Iterable[str] | str, *, base: str | None = None,
                 date: DateLike | None = None) -> dict[str, Any]:
@@ -103,7 +105,7 @@ class RuleBook:
         date = self._date(date)
         parsed = _parse(session, 1)
         with self._lock:
-            return compare_session(parsed, ids, self._biller, date, base)
+            return compare_sessions([parsed], ids, self._biller, date, base)[0]
 
     def explain(self, session: Any, *, payer: str | None = None, date: DateLike | None = None,
                 why_not: Iterable[str] | str = ()) -> dict[str, Any]:
@@ -119,7 +121,10 @@ class RuleBook:
                 or not self._registry.has(parsed.payer) else {parsed.payer}
             _check_why_not(self._registry, rule_ids, {payer} if payer else own)
             outcome = self._biller.evaluate(parsed, payer, date)
-            return outcome if isinstance(outcome, dict) else explain_json(outcome, rule_ids)
+            if isinstance(outcome, dict):
+                return outcome
+            steps = apply_all(self._registry.resolve, [parsed], [outcome.result], date, explain=True)[0]
+            return explain_json(outcome, rule_ids, steps)
 
     def payers(self) -> list[dict[str, Any]]:
         """Every version of every known payer (`payrules payers --format json`): id, name, method, file,
@@ -142,10 +147,13 @@ class RuleBook:
         return f"RuleBook(rules={self.rules!r}, engine={self.engine!r})"
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _bill(self, data: Any, number: int, payer: str | None, date: str | None) -> Record:
+    def _bill(self, data: Any, number: int, payer: str | None, date: str | None, counters) -> Record:
         session = _parse(data, number)
         with self._lock:
-            return self._biller.bill(session, payer, date)
+            record = self._biller.bill(session, payer, date)
+            if not isinstance(session, SessionError):
+                counters.apply(session, record, date)       # the patient's year (engine/counters.py)
+            return record
 
     def _options(self, payer: Any, date: Any) -> tuple[str | None, str | None]:
         """`payer` and `date` checked as the command checks --payer and --date (an empty payer is none)."""

@@ -85,7 +85,7 @@ TABLES = {"runs", "rule_files", "rule_sets", "rule_lists", "batches", "sessions"
 
 # --- what a session leaves in the log: made where it was billed (a worker, with --jobs) ---------------
 
-def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None) -> tuple:
+def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None, states=(None, None)) -> tuple:
     """(session id, payer, date of service, rule set (digest, files) or None, the ids of the rules that fired,
     billing input line, input sha256, result line): bytes and text, cheap to send between processes.
     The billing input line is the session as read without its context (see input_doc; null when the
@@ -109,6 +109,10 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None)
             digest = hashlib.sha256(_canonical(doc)).digest()
         else:
             digest = hashlib.sha256(billing_input).digest()
+        if states[0] is not None:   # the patient's accumulators before and after (engine/counters.py): replay
+            doc.pop("context", None)
+            doc["patient_year"] = {"before": states[0], "after": states[1]}
+            billing_input = _canonical(doc)
     return record["session_id"], payer_id, date, rules, fired, billing_input + b"\n", digest, line
 
 
@@ -123,12 +127,16 @@ def input_doc(session: Session) -> dict:
         doc["date_of_service"] = session.date_of_service
     if session.discipline is not None:
         doc["discipline"] = session.discipline
+    if session.patient_id is not None:
+        doc["patient_id"] = session.patient_id
     if session.payer is not None:
         doc["payer"] = session.payer
     doc["services"] = [{"code": s[0], "minutes": s[1]} if s[2] is None and s[3] is None and not s[4] else
                        {k: list(v) if k == "modifiers" else v for k, v in sorted(zip(Service._fields, s))
                         if v is not None and v != ()} for s in session.services]
     doc["session_id"] = session.session_id
+    if session.year_to_date is not None:
+        doc["year_to_date"] = dict(session.year_to_date)
     return doc
 
 
@@ -538,7 +546,13 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
                         out.append((entry, {"session_id": entry["session_id"], "error": str(biller)},
                                     [f"the logged rule files cannot be loaded: {biller}"]))
                         continue
-                    record = biller.bill(_session(entry))
+                    session = _session(entry)
+                    record = biller.bill(session)
+                    logged_year = entry["input"].get("patient_year")
+                    if logged_year is not None and "error" not in record:
+                        # the patient's year from the logged "before" state: the session replayed alone
+                        from .counters import PatientYear
+                        PatientYear.restore(biller.registry.resolve, logged_year["before"]).apply(session, record)
                     out.append((entry, record, differences(entry["result"], record)))
             finally:
                 for biller in billers.values():
@@ -582,7 +596,8 @@ def _session(entry: dict) -> Session:
     given = entry["input"]
     services = tuple(Service(s["code"], s["minutes"], s.get("group_size"), s.get("provider"),
                              tuple(s.get("modifiers", ()))) for s in given["services"])
-    return Session(given["session_id"], services, entry["payer"], entry["date_of_service"], given.get("discipline"))
+    return Session(given["session_id"], services, entry["payer"], entry["date_of_service"], given.get("discipline"),
+                   patient_id=given.get("patient_id"), year_to_date=given.get("year_to_date"))
 
 
 def differences(old: dict, new: dict) -> list:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import render
 from .billing import Biller
+from .counters import PatientYear
 from .loader import Registry
 from .errors import EvaluationError, OutputError, SessionError
 from .sessions import ParseError, RawLine
@@ -63,12 +64,21 @@ def process(biller, session, job: Job) -> tuple:
     if isinstance(session, RawLine):
         session = session.parse()
     outcome = biller.evaluate(session, job.payer, job.date)
-    return finish(session, outcome, outcome if isinstance(outcome, dict) else outcome.result, job)
+    record = outcome if isinstance(outcome, dict) else outcome.result
+    states = None, None
+    if not isinstance(outcome, dict) and outcome.session.patient_id is None and outcome.session.year_to_date is not None:
+        # a session with its own year_to_date and no patient is a patient of its own (engine/counters.py)
+        year = PatientYear(biller.registry.resolve, None)
+        before = year.snapshot()
+        record = year.apply(outcome.session, record, job.date)
+        states = before, year.snapshot()
+    return finish(session, outcome, record, job, states)
 
 
-def finish(session, outcome, record: dict, job: Job) -> tuple:
+def finish(session, outcome, record: dict, job: Job, states: tuple = (None, None)) -> tuple:
     """process()'s tuple of a session billed (`outcome`) whose result is `record` (engine/patients.py
-    passes the result after the edits across sessions and the patient's year)."""
+    passes the result after the edits across sessions and the patient's year), and the patient's year's
+    state before and after it (the audit log keeps them, so that --replay reproduces a KX decision)."""
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
     text = render_one(record, job.fmt, job.width)
@@ -76,7 +86,7 @@ def finish(session, outcome, record: dict, job: Job) -> tuple:
     if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
         from .audit import entry
         audit = entry(session, outcome, record, text if job.fmt == "jsonl" else encode_jsonl(record), job.payer,
-                      job.date)
+                      job.date, states)
     return category, text, report_lines(session, record) if failed else (), audit
 
 

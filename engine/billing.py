@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import assistants as A
 from . import units as U
 from .compiler import compile_payer
+from .counters import price
 from .edits import apply as apply_edits
 from .errors import SessionError
 from .facts import Line, build_facts, merge_services
@@ -145,6 +146,8 @@ def evaluate_session(session: Session, planner: Planner) -> Outcome:
     result = _result(session, payer, states, extra_lines, warnings, trace, method_notes)
     # NCCI PTP/MUE tables: over the final lines, after the network and its memo
     edits = apply_edits(result, session.date_of_service, payer.edits) if payer.edits else []
+    if payer.edits is not None and payer.edits.fees:       # amounts from the fee schedule (engine/counters.py)
+        price(result, session.date_of_service, payer)
     return Outcome(session, payer, lines, fired, states, method_notes["allocation"], method_notes["notes"], result,
                    edits)
 

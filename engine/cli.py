@@ -380,7 +380,7 @@ def _numbered(names, fmt: str, defer: bool, opened: list, stopped: list):
 
 
 def cmd_compare(args) -> int:
-    from .compare import choose_base, compare_session, to_table as compare_table
+    from .compare import choose_base, compare_sessions, to_table as compare_table
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
     payer_ids = registry.ids() if args.all_payers else args.payers
@@ -391,7 +391,7 @@ def cmd_compare(args) -> int:
     sessions, single = _load_all(args.inputs)
     biller = Biller(registry, args.engine or default_engine())
     try:
-        comparisons = [compare_session(s, payer_ids, biller, args.date, base) for s in sessions]
+        comparisons = compare_sessions(sessions, payer_ids, biller, args.date, base)
     finally:
         biller.close()
     for session, c in zip(sessions, comparisons):
@@ -423,6 +423,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from .counters import apply_all
     from .explain import explain_json, explain_text
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
@@ -437,15 +438,16 @@ def cmd_explain(args) -> int:
     finally:
         biller.close()
     records = [o if isinstance(o, dict) else o.result for o in outcomes]
+    steps = apply_all(registry.resolve, sessions, records, args.date, explain=True)     # the patient's year (engine/counters.py)
     for session, record in zip(sessions, records):
         _report(session, record)
     if args.format == "json":
-        docs = [o if isinstance(o, dict) else explain_json(o, args.why_not) for o in outcomes]
+        docs = [o if isinstance(o, dict) else explain_json(o, args.why_not, s) for o, s in zip(outcomes, steps)]
         _out(render.to_json(docs, single))
     else:
         texts = [f"Session {render.clean(o['session_id'])}: NOT BILLED\n  error: {render.clean(o['error'])}\n"
                  if isinstance(o, dict)
-                 else explain_text(o, args.why_not) for o in outcomes]
+                 else explain_text(o, args.why_not, s) for o, s in zip(outcomes, steps)]
         _out("\n".join(texts))
     return 1 if _failed(records) else 0
 

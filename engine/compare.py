@@ -17,11 +17,23 @@ def choose_base(payer_ids: list, base: str | None = None) -> str:
     return BASE_DEFAULT if BASE_DEFAULT in payer_ids else payer_ids[0]
 
 
-def compare_session(session, payer_ids: list, biller, date=None, base: str | None = None) -> dict:
-    """{"session_id", "payers", "base", "results", "rows", "totals", "differs"} for one session; `base` as
-    choose_base picks it."""
+def compare_sessions(sessions: list, payer_ids: list, biller, date=None, base: str | None = None) -> list:
+    """compare_session of each session of a whole input, each payer's results given its patients' counters
+    (engine/counters.py: each patient's sessions in date order under that payer)."""
+    from .counters import apply_all
+    billed = [{pid: biller.bill(session, pid, date) for pid in payer_ids} for session in sessions]
+    for pid in payer_ids:
+        apply_all(biller.registry.resolve, sessions, [results[pid] for results in billed], date)
+    return [compare_session(session, payer_ids, biller, date, base, results)
+            for session, results in zip(sessions, billed)]
+
+
+def compare_session(session, payer_ids: list, biller, date=None, base: str | None = None, results=None) -> dict:
+    """{"session_id", "payers", "base", "results", "rows", "totals", "differs", "modifiers_differ",
+    "counters_differ"} for one session; `base` as choose_base picks it; `results`: each payer's result, when
+    billed already."""
     base = choose_base(payer_ids, base)
-    results = {pid: biller.bill(session, pid, date) for pid in payer_ids}
+    results = results or {pid: biller.bill(session, pid, date) for pid in payer_ids}
     session_id = next(iter(results.values()))["session_id"]
     codes = _row_codes(session, results)
     rows = []
@@ -43,7 +55,23 @@ def compare_session(session, payer_ids: list, biller, date=None, base: str | Non
                         if len({frozenset(tuple(l["modifiers"]) for l in m)
                                 for m in row["modifiers"].values() if m}) > 1]
     return {"session_id": session_id, "payers": list(payer_ids), "base": base, "results": results, "rows": rows,
-            "totals": totals, "differs": differs, "modifiers_differ": modifiers_differ}
+            "totals": totals, "differs": differs, "modifiers_differ": modifiers_differ,
+            "counters_differ": _counters_differ(results, biller, date or getattr(session, "date_of_service", None))}
+
+
+def _counters_differ(results: dict, biller, date) -> list:
+    """Ids of the counter thresholds (KX, visit limits; docs/domain.md §18) that act on this session under
+    some payers and not others, or act differently (another line, another action)."""
+    acted: dict = {}
+    for pid, result in results.items():
+        if "error" in result:
+            continue
+        payer = biller.registry.resolve(pid, date)        # as billed: it resolves
+        ids = {t.id for c in payer.counters for t in c.thresholds}
+        acted[pid] = {(e["rule"], tuple(e["facts"]), e["effect"].rpartition("→")[2].strip())
+                      for e in result["trace"] if e["rule"] in ids}
+    rules = {entry[0] for done in acted.values() for entry in done}
+    return sorted(r for r in rules if len({frozenset(e for e in done if e[0] == r) for done in acted.values()}) > 1)
 
 
 def _edits_differ(comparison: dict) -> list:
@@ -103,6 +131,9 @@ def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
                                                         for m in row["modifiers"][p]) or "not billed")
                                   for p in payers if row["modifiers"][p] is not None)
                 lines += wrap(f"Modifiers differ on {row['code']}: {shown}", width, "  ", "    ")
+        if c.get("counters_differ"):
+            lines += wrap(f"Payers' counters differ on this session (the patient's year): "
+                          f"{', '.join(c['counters_differ'])}; see the modifiers and warnings", width, "  ", "    ")
         edits = _edits_differ(c)
         if edits:
             lines += wrap(f"Payers differ on the claim edits (NCCI tables) of {', '.join(edits)}: see the warnings",

@@ -25,13 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import tables as T
+from .fees import load_fees
 
 BYPASS = ("59", "XE", "XS", "XP", "XU")
 MAI_TEXT = {1: "MAI 1, per line", 2: "MAI 2, per date of service, policy: not appealable",
             3: "MAI 3, per date of service, clinical: appealable with documentation"}
 # CMS's own example of distinct services for one pair (docs/domain.md §17)
 DISTINCT = {frozenset(("97140", "97530")): "in distinct 15-minute time blocks"}
-LOADERS = {"ptp": T.load_ptp, "mue": T.load_mue}
+LOADERS = {"ptp": T.load_ptp, "mue": T.load_mue, "fees": load_fees}
 
 _loaded: dict = {}      # (kind, real path, display) -> table: each file read once per process
 
@@ -63,6 +64,7 @@ class EditTables:
     sources: dict = field(default_factory=dict)         # kind -> path:line of the `tables:` entry naming it
     not_honoured: dict = field(default_factory=dict)    # frozenset({code, code}) -> path:line of the setting
     named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
+    fees: tuple = ()            # fees.FeeTable, ... (priced by engine/counters.py, not an edit)
 
     def __bool__(self) -> bool:
         return bool(self.ptp or self.mue)
@@ -70,7 +72,7 @@ class EditTables:
     @property
     def digests(self) -> tuple:
         """(kind, display path, sha256) of every table: what the audit log and a memo key on."""
-        return tuple((kind, t.path, t.digest) for kind in ("ptp", "mue") for t in getattr(self, kind))
+        return tuple((kind, t.path, t.digest) for kind in ("ptp", "mue", "fees") for t in getattr(self, kind))
 
 
 NONE = EditTables()

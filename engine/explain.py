@@ -12,7 +12,7 @@ from .network import predicate
 from .render import clean, plural
 
 
-def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
+def explain_json(outcome: Outcome, why_not: list = (), steps=()) -> dict:
     payer, result = outcome.payer, outcome.result
     facts = {f["id"]: f for f in outcome.facts}
     return {
@@ -27,6 +27,8 @@ def explain_json(outcome: Outcome, why_not: list = ()) -> dict:
         "modifiers": claim_trace(outcome),
         "unbilled": result["unbilled"],
         "edits": [{**entry, "row": row_text(row) if row else None} for entry, row in outcome.edits],
+        "amounts": year_trace(outcome),
+        "patient_year": [{"threshold": s.threshold, "source": s.source, "step": s.text} for s in steps],
         "why_not": [why_not_json(outcome, rule_id) for rule_id in why_not],
         "result": result,
     }
@@ -83,7 +85,7 @@ def band(units: int, unit_minutes: int, first: int) -> str:
     return f"{low}-{low + unit_minutes - 1}"
 
 
-def explain_text(outcome: Outcome, why_not: list = ()) -> str:
+def explain_text(outcome: Outcome, why_not: list = (), steps=()) -> str:
     payer, result, session = outcome.payer, outcome.result, outcome.session
     facts = {f["id"]: f for f in outcome.facts}
     out = [f"Session {clean(result['session_id'])}: payer {payer.id} ({payer.name}), method {payer.method.name}"
@@ -107,6 +109,7 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
     if decided:
         out += ["", "Who furnished it, and the documented modifiers (unit by unit, in line order):"]
         out += [f"  {entry['effect']}  [{entry['source']}]" for entry in decided]
+    out += year_text(outcome, steps)
     lines = result["lines"]
     out += ["", "Billed: " + (", ".join(f"{l['code']} x{l['units']}" + (f" {' '.join(l['modifiers'])}"
                                                                        if l["modifiers"] else "") for l in lines)
@@ -125,8 +128,32 @@ def explain_text(outcome: Outcome, why_not: list = ()) -> str:
 
 def claim_trace(outcome: Outcome) -> list:
     """The trace entries of the modifiers the engine decided after the rules (CQ/CO per unit, documented
-    modifiers, the 4-modifier limit): each with the payer setting's file:line, or the input's place."""
-    return outcome.result["trace"][len(outcome.fired):]
+    modifiers, the 4-modifier limit): each with the payer setting's file:line, or the input's place. The
+    patient's year (amounts, counters) is shown apart: year_trace."""
+    year = _year_rules(outcome.payer)
+    return [e for e in outcome.result["trace"][len(outcome.fired):] if e["rule"] not in year]
+
+
+def _year_rules(payer) -> set:
+    return {"fee-schedule"} | {t.id for c in payer.counters for t in c.thresholds}
+
+
+def year_trace(outcome: Outcome) -> list:
+    """The fee-schedule entries of the session's lines (docs/domain.md §18.1)."""
+    return [e for e in outcome.result["trace"][len(outcome.fired):] if e["rule"] == "fee-schedule"]
+
+
+def year_text(outcome: Outcome, steps) -> list:
+    """The amounts and the running totals, line by line (docs/domain.md §18)."""
+    amounts, out = year_trace(outcome), []
+    if amounts:
+        out += ["", "Amounts from the fee schedule:"]
+        out += [f"  {e['effect']}" + (f"  [table {e['table']}]" if "table" in e else f"  [{e['source']}]")
+                for e in amounts]
+    if steps:
+        out += ["", "The patient's year (running totals in date order, then line order):"]
+        out += [f"  {step.threshold}: {step.text}  [{step.source}]" for step in steps]
+    return out
 
 
 def _fact_text(fact: dict) -> str:

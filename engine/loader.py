@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from . import cache
+from . import cache, counters as C
 from .compiler import compile_payer
 from .edits import NONE as NO_EDITS, EditTables, load as load_table
 from .errors import EvaluationError, RuleFileError, SessionError, UsageError, date_problem, is_date, suggest
@@ -215,6 +215,26 @@ def _file_errors(spec: Spec) -> list:
                                                             "folder and stays inside it (no absolute path, no ..)"))
     if not broken & {("payer",), ("extends",)} and "extends" in data and spec.extends == data.get("payer"):
         errors.append(spec.err(("extends",), "a payer cannot extend itself"))
+    counter_ids: set = set()
+    for i, counter in items("counters"):
+        if counter["id"] in counter_ids:
+            errors.append(spec.err(("counters", i, "id"), f"duplicate counter id {counter['id']!r}"))
+        counter_ids.add(counter["id"])
+        for t, threshold in enumerate(counter["thresholds"]):
+            years: set = set()
+            for k, row in enumerate(threshold["values"]):
+                if row.get("year") in years:
+                    errors.append(spec.err(("counters", i, "thresholds", t, "values", k, "year"),
+                                           f"a second value for {row.get('year') or 'every year'}"))
+                years.add(row.get("year"))
+            if "reached" not in threshold and "past" not in threshold:
+                errors.append(spec.err(("counters", i, "thresholds", t, "id"), "a threshold needs reached: or past: "
+                                       "(what happens at and past its value)"))
+        if counter.get("period") == "plan_year" and "plan_year_starts" not in counter:
+            errors.append(spec.err(("counters", i, "period"), "period plan_year needs plan_year_starts (MM-DD)"))
+    amounts = data.get("amounts") if ("amounts",) not in broken else None
+    if isinstance(amounts, dict) and "effective_from" in amounts and not is_date(amounts["effective_from"]):
+        errors.append(spec.err(("amounts", "effective_from"), date_problem(amounts["effective_from"])))
     family_ids = set()
     for i, fam in items("families"):
         if fam["id"] in family_ids:
@@ -324,6 +344,8 @@ class _Merged:
     tables: dict = field(default_factory=dict)      # kind -> the Spec whose `tables:` names them (kind by kind)
     ptp: Spec | None = None                         # the Spec whose `ptp:` settings apply
     claim: dict = field(default_factory=dict)   # (section, key) of assistant_modifiers/modifier_order -> (value, "file:line")
+    counters: dict = field(default_factory=dict)    # counter id -> (Spec, index): a child's counter of an id replaces it
+    amounts: Spec | None = None                     # the Spec whose `amounts:` settings apply
 
 
 class Registry:
@@ -585,6 +607,9 @@ class Registry:
             out.tables.update({kind: spec for kind in data.get("tables") or {}})
         if "ptp" in data and ("ptp",) not in spec.broken:
             out.ptp = spec
+        out.counters = dict(base.counters)
+        out.counters.update({c["id"]: (spec, i) for i, c in spec.items("counters")})
+        out.amounts = spec if "amounts" in data and ("amounts",) not in spec.broken else base.amounts
         if "method" in data:
             out.method.update(data["method"])
             out.method_from.update({key: spec for key in data["method"]})
@@ -664,7 +689,18 @@ class Registry:
                      example=bool(spec.data.get("example", False)), extends=spec.extends, digest=digest,
                      line=spec.line("payer"), files=tuple((s.file, s.digest) for s in merged.specs),
                      assistants=_assistants(merged.claim), modifier_order=tuple(order),
-                     modifier_order_source=order_source)
+                     modifier_order_source=order_source,
+                     counters=tuple(C.build(s, i, s.data["counters"][i], merged.codes)
+                                    for s, i in merged.counters.values()),
+                     amounts=_amounts(merged.amounts))
+
+
+def _amounts(spec) -> C.Amounts:
+    if spec is None:
+        return C.Amounts()
+    data = spec.data["amounts"]
+    return C.Amounts(data.get("assistant_percent"), tuple(data.get("assistant_modifiers", ("CQ", "CO"))),
+                     data.get("effective_from"), f"{spec.file}:{spec.line('amounts')}")
 
 
 
@@ -719,7 +755,8 @@ def _edit_tables(merged: _Merged) -> EditTables:
     sources.setdefault("mue", sources["ptp"])
     # every table a file of the payer names, the replaced ones too: a replay rebuilds each of its files
     named = tuple(dict.fromkeys((t.path, t.digest) for spec in merged.specs for _, _, t in named_tables(spec)))
-    return EditTables(loaded.get("ptp", ()), loaded.get("mue", ()), sources, not_honoured, named)
+    return EditTables(loaded.get("ptp", ()), loaded.get("mue", ()), sources, not_honoured, named,
+                      loaded.get("fees", ()))
 
 
 def _next_day(text: str) -> str | None:
@@ -775,6 +812,11 @@ def _merged_errors(merged: _Merged) -> list:
         if isinstance(ref, str) and ref not in codes:
             errors.append(setter.err(("assistant_modifiers", "evaluation_codes"), f"no code list named {ref!r}"
                                      f"{suggest(ref, codes) or '; define it under codes:'}"))
+    for counter_id, (spec, i) in merged.counters.items():
+        ref = spec.data["counters"][i].get("codes")
+        if isinstance(ref, str) and ref not in codes:
+            errors.append(spec.err(("counters", i, "codes"), f"no code list named {ref!r}"
+                                   f"{suggest(ref, codes) or '; define it under codes:'}"))
     for spec, path, rule in merged.rules:
         line_cond = rule["when"].get("line") or {}
         for key in ("code_in", "code_not_in"):

@@ -113,6 +113,8 @@ class Payer:
     modifier_order: tuple = ()      # claim order of modifiers; others follow in the order they came
     modifier_order_source: str = ""
     edits: object = field(default=None, compare=False)     # edits.EditTables: the PTP/MUE tables and settings
+    counters: tuple = ()            # counters.Counter: what the payer counts across a patient's sessions
+    amounts: object = field(default=None, compare=False)   # counters.Amounts: how a line's amount is worked
 
     def __post_init__(self):
         # lookups made for every line of every session, computed once
@@ -159,4 +161,5 @@ class Session(NamedTuple):
     context: Mapping = NO_CONTEXT
     file: str | None = None          # where the session came from, for messages
     line: int | None = None
-    patient_id: str | None = None    # sessions of one patient are billed in date order (engine/patients.py)
+    patient_id: str | None = None    # sessions of one patient share counters (engine/counters.py)
+    year_to_date: Mapping | None = None     # bucket or counter id -> amount/count before this input

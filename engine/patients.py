@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import os
 import pickle
 import tempfile
 from operator import itemgetter
@@ -30,6 +29,7 @@ from operator import itemgetter
 from . import edits as E
 from .batch import Job, _init_worker, _worker, bill_stream, finish
 from .billing import Biller
+from .counters import PatientYear
 from .errors import EvaluationError
 from .loader import Registry
 from .sessions import RawLine
@@ -38,31 +38,22 @@ SHARD = 256                 # sessions per shard, at least: a shard ends at the 
 SPOOL_BYTES = 32 << 20      # bytes of records held in memory by each spool before a sorted run is written
 
 
-class NoYear:
-    """What a patient's year does to a session's result once it is billed: here nothing. THE SEAM for the
-    patient's counters (KX, visit limits: engine/counters.py's PatientYear, issue 13 items 1-3), which the
-    coordinator passes as `year_factory`; not a stand-in for this module's work. The contract:
-    year_factory(patient_id) -> an object with apply(session, result) -> result, called for each billed
-    session of the patient in the order above, and optionally snapshot() -> its state (for the audit log:
-    the state before and after each session)."""
-
-    def apply(self, session, result: dict) -> dict:
-        return result
-
-
-def no_year(patient_id: str) -> NoYear:
-    return NoYear()
+def patient_year(resolve, patient_id: str) -> PatientYear:
+    """A patient's year (engine/counters.py: KX, visit limits): its apply(session, result, date) is called
+    for each billed session of the patient in the order above, and its snapshot() before and after each is
+    what the audit log keeps. Tests pass another factory to watch the order."""
+    return PatientYear(resolve, patient_id)
 
 
 # --- the unit of work: a shard of patients ------------------------------------------------------------
 
-def bill_shard(shard: list, biller: Biller, job: Job, year_factory=no_year) -> list:
+def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year) -> list:
     """[(place, process()'s tuple)] of a shard: [(patient, no date, date, session id, place, pickled item)]
     sorted, every session of each of its patients. The same code whatever runs it (this process, a worker,
     a distributed engine's partition)."""
     out = []
     for patient, sessions in itertools.groupby(shard, itemgetter(0)):
-        year = year_factory(patient)
+        year = year_factory(biller.registry.resolve, patient)
         snapshot = getattr(year, "snapshot", None)
         for (_, date), day in itertools.groupby(sessions, itemgetter(1, 2)):
             billed = []         # (session id, lines, payer) of the day's sessions billed so far
@@ -82,12 +73,9 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=no_year) -> l
                         outcome.edits = [*outcome.edits, *made]
                 billed.append((record["session_id"], record["lines"], payer))
                 state = [snapshot() if snapshot else None]
-                record = year.apply(outcome.session, record)
+                record = year.apply(outcome.session, record, job.date)
                 state.append(snapshot() if snapshot else None)
-                # TODO(coordinator, issue 13 item 6): the audit entry of this session is to record `state`, the
-                # year's (before, after); audit.entry, called in finish(), takes no such argument yet (the `kx`
-                # branch edits audit.py): pass it through finish() to entry() at the merge.
-                out.append((place, finish(session, outcome, record, job)))
+                out.append((place, finish(session, outcome, record, job, tuple(state))))
     return out
 
 
@@ -180,7 +168,7 @@ def patient_key(item, date: str | None):
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=no_year):
+def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=patient_year):
     """batch.bill_stream's (item, tuple) pairs, for every session of `sources` in input order (the item is
     None for a session billed as a patient's), each patient's sessions billed in date order."""
     positions = collections.deque()     # places of the sessions sent down the stateless path, in order

@@ -25,6 +25,7 @@ class Scenario:
     date: str | None
     session: object         # Session or SessionError
     expect: dict
+    patient: tuple = ()     # (Session or SessionError, expect) of a patient's sessions, instead of session
 
 
 def scenario_files(paths) -> list:
@@ -59,16 +60,31 @@ def load_scenarios(path: Path, display: str) -> list:
     out = []
     for i, item in enumerate(doc.data["scenarios"]):
         path_ = ("scenarios", i)
-        session = parse_session(item["session"], doc, path_ + ("session",), i + 1)
+        patient = tuple((parse_session({"patient_id": "scenario", **step["session"]}
+                                       if isinstance(step["session"], dict) else step["session"],
+                                       doc, path_ + ("patient", k, "session"), k + 1), step["expect"])
+                        for k, step in enumerate(item.get("patient", ())))
+        session = parse_session(item["session"], doc, path_ + ("session",), i + 1) if "session" in item else None
         out.append(Scenario(display, doc.line_of(path_ + ("name",)), item["name"],
-                            item.get("payer", doc.data["payer"]), item.get("date"), session, item["expect"]))
+                            item.get("payer", doc.data["payer"]), item.get("date"), session, item.get("expect", {}),
+                            patient))
     return out
 
 
 def run_scenario(scenario: Scenario, biller) -> list:
-    """The differences between what the payer gave and what the scenario expects ([] = pass)."""
-    result = biller.bill(scenario.session, scenario.payer, scenario.date)
-    expect = scenario.expect
+    """The differences between what the payer gave and what the scenario expects ([] = pass). A patient's
+    sessions are billed in date order with their counters (engine/counters.py), each checked alone."""
+    if not scenario.patient:
+        return _check(biller.bill(scenario.session, scenario.payer, scenario.date), scenario.expect)
+    from .counters import apply_all
+    sessions = [session for session, _ in scenario.patient]
+    results = [biller.bill(session, scenario.payer, scenario.date) for session in sessions]
+    apply_all(biller.registry.resolve, sessions, results, scenario.date)
+    return [f"patient[{k}]: {diff}" for k, ((_, expect), result) in enumerate(zip(scenario.patient, results))
+            for diff in _check(result, expect)]
+
+
+def _check(result: dict, expect: dict) -> list:
     if "error" in result:
         if "error" in expect and expect["error"] in result["error"]:
             return []
@@ -112,6 +128,11 @@ def run_scenario(scenario: Scenario, biller) -> list:
         wanted, have = sorted(map(str, expect["unbilled"])), sorted(reasons)
         if wanted != have:
             diffs.append(f"unbilled: expected {wanted}, got {have}")
+    for code, dollars in expect.get("amounts", {}).items():
+        have = [line.get("amount") for line in result["lines"] if line["code"] == str(code)]
+        total = None if not have or None in have else round(sum(have), 2)
+        if total != dollars:
+            diffs.append(f"amounts.{code}: expected {dollars}, got {'no amount' if total is None else total}")
     for key in ("total_units", "total_timed_minutes", "total_timed_units"):
         if key in expect and expect[key] != result[key]:
             diffs.append(f"{key}: expected {expect[key]}, got {result[key]}")

@@ -536,7 +536,8 @@ def load_sessions(name: str, start: int = 1, fmt: str = "auto") -> tuple:
 _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context",
-                           "patient_id"))
+                           "patient_id", "year_to_date"))
+_YTD_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider", "modifiers"))
 _MODIFIER = re.compile(r"[0-9A-Z]{2}")      # fullmatch: "59\n" is not a modifier
 # modifiers the engine itself decides from the payer's rules: never taken as documented input
@@ -567,8 +568,16 @@ def fast_services(data):
         return None
     if "context" in data and (type(data["context"]) is not dict or len(data["context"]) > 100):
         return None
-    if "patient_id" in data and (type(data["patient_id"]) is not str or not 1 <= len(data["patient_id"]) <= 128):
-        return None
+    if "patient_id" in data:
+        patient = data["patient_id"]
+        if not ((type(patient) is str and 1 <= len(patient) <= 128) or type(patient) is int):
+            return None
+    if "year_to_date" in data:
+        ytd = data["year_to_date"]
+        if type(ytd) is not dict or len(ytd) > 20 or not all(
+                type(k) is str and _YTD_KEY.fullmatch(k) and type(v) in (int, float) and 0 <= v <= 100_000_000
+                for k, v in ytd.items()):
+            return None
     services = data.get("services")
     if type(services) is not list or not 1 <= len(services) <= 200:
         return None
@@ -742,6 +751,8 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
                 keys = len(data) + fast[1]
                 if "context" in data:
                     keys += _keys(data["context"])
+                if "year_to_date" in data:
+                    keys += len(data["year_to_date"])
             else:
                 keys = _keys(data)
         except RecursionError:
@@ -779,6 +790,7 @@ def parse_session(data, doc: Located, path: tuple, number: int, text: str | None
     if errors:
         errors.sort(key=lambda e: e.position)
         return SessionError.gather(errors, session_id, counted[0])
+    patient = data.get("patient_id")
     return _tuple_new(Session, (session_id, services, payer, date, data.get("discipline"),
                                 data.get("context", NO_CONTEXT), doc.file, doc.line_of(path),
-                                data.get("patient_id")))
+                                None if patient is None else str(patient), data.get("year_to_date")))

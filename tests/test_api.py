@@ -75,10 +75,11 @@ def scenario_sessions() -> list:
     for path in sorted((REPO / "rules").rglob("*.tests.yaml")):
         doc = yaml_data(path)
         for item in doc["scenarios"]:
-            session = dict(item["session"], payer=item.get("payer", doc["payer"]))
-            if item.get("date"):
-                session["date_of_service"] = item["date"]
-            out.append(session)
+            for given in [item["session"]] if "session" in item else [step["session"] for step in item["patient"]]:
+                session = dict(given, payer=item.get("payer", doc["payer"]))    # (a patient's: each alone)
+                if item.get("date"):
+                    session["date_of_service"] = item["date"]
+                out.append(session)
     return out
 
 
@@ -121,7 +122,8 @@ def engine_name(request):
 
 def test_corpus_holds_every_kind():
     sessions = corpus()
-    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 and len(GOLDEN_SESSIONS) >= 20
+    # 29 scenario sessions + example-medicare-fees's 5 and example-visit-limits's 10 (their patients' sessions)
+    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 + 5 + 10 and len(GOLDEN_SESSIONS) >= 20
     assert all(bad in sessions for bad in BAD)
 
 
@@ -327,8 +329,8 @@ def test_error_records_are_the_commands(books, tmp_path):
     assert all(set(r) == {"session_id", "error"} for r in got)
     assert got[0] == {"session_id": "session-1", "error": "a session must be a mapping"}
     assert got[6] == {"session_id": "S-bad", "error": "unknown payer 'acme'; known: example-full-unit, "
-                                                      "example-midpoint, example-ncci-bypass, example-unit-limits, "
-                                                      "medicare"}
+                                                      "example-medicare-fees, example-midpoint, example-ncci-bypass, "
+                                                      "example-unit-limits, example-visit-limits, medicare"}
 
 
 def test_values_json_cannot_write_are_error_records(books):

@@ -72,9 +72,9 @@ def all_problems(root: Path) -> list:
 
 def test_every_bundled_source_names_an_existing_file_and_section():
     citations = bundled_citations(ROOT)
-    # the walk reaches every level: medicare.yaml has method.source, assistant_modifiers.source, 5 families
-    # and 20 rules
-    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 1 + 5 + 20
+    # the walk reaches every level: medicare.yaml has method.source, assistant_modifiers.source, 5 families,
+    # 20 rules, amounts.source and one counter
+    assert sum(where.startswith("rules/medicare.yaml: ") for where, _ in citations) == 1 + 1 + 5 + 20 + 1 + 1
     assert any(".tests.yaml: scenarios[" in where for where, _ in citations)
     assert all_problems(ROOT) == []
 
@@ -193,8 +193,13 @@ def test_rule_index_covers_every_bundled_rule_and_family():
         # the data tables and PTP settings a file names (docs/domain.md §17), and the edits' rule ids
         expected |= {(file, f"tables.{kind}") for kind in document.get("tables", {})}
         expected |= {(file, f"ptp.{key}") for key in document.get("ptp", {})}
-        if "tables" in document:
+        if {"ptp", "mue"} & set(document.get("tables", {})):
             expected.add((file, "ncci-ptp"))
+        # the patient's year (docs/domain.md §18): counters, their thresholds, amounts and their rule id
+        for counter in document.get("counters", []):
+            expected |= {(file, counter["id"])} | {(file, t["id"]) for t in counter["thresholds"]}
+        if "amounts" in document:
+            expected |= {(file, "amounts"), (file, "fee-schedule")}
     settings = {(f, n) for f, n in indexed if n in {"method.tie_break", "codes", "disable",
                                                      "assistant_modifiers.both_ge_8_minutes"}}
     assert indexed - settings == expected

@@ -31,7 +31,7 @@ from jsonschema import Draft202012Validator
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_VALIDATOR = Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text("utf-8")))
 CONTRACT_KEYS = {"session_id", "payers", "results", "rows", "totals"}
-OPTIONAL_KEYS = {"differs", "base", "modifiers_differ"}
+OPTIONAL_KEYS = {"differs", "base", "modifiers_differ", "counters_differ"}
 EX_PAYERS = ["medicare", "example-midpoint", "example-full-unit"]
 
 
@@ -377,7 +377,8 @@ def test_all_payers_includes_every_listed_payer(tmp_path):
     check_contract(c, c["payers"])
     # EX1: example-unit-limits is medicare here (no 97140, no unlisted code) → 3
     assert c["totals"] == {"medicare": 3, "example-midpoint": 4, "example-full-unit": 2, "example-unit-limits": 3,
-                           "example-ncci-bypass": 3}     # medicare's units: it changes only an NCCI setting
+                           "example-ncci-bypass": 3,     # medicare's units: it changes only an NCCI setting
+                           "example-medicare-fees": 3, "example-visit-limits": 3}   # and only counters
 
 
 def test_unknown_payer_is_a_usage_error_naming_it(tmp_path):
@@ -550,7 +551,9 @@ def test_all_payers_are_measured_against_medicare(tmp_path):
     # 2 (-1), 4 (+1), 3, 3; columns in the order example-full-unit, example-midpoint, example-unit-limits,
     # medicare
     total = next(cells(l) for l in lines if l.split() and l.split()[0] == "Total")
-    assert total == ["Total", "2 (-1)", "4 (+1)", "3", "3", "3"], total     # example-ncci-bypass: 3, before unit-limits
+    # example-medicare-fees (3) after full-unit, example-ncci-bypass (3) before unit-limits, and
+    # example-visit-limits (3) after it: Medicare's units, all three
+    assert total == ["Total", "2 (-1)", "3", "4 (+1)", "3", "3", "3", "3"], total
     assert any(l.strip().endswith("units more/fewer than medicare") for l in lines), table.stdout
 
 

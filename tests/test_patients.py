@@ -52,7 +52,7 @@ def session(sid, codes, patient="P1", date=DAY, payer="clinic", **extra) -> dict
     return data
 
 
-def bill(docs, registry, jobs=1, year_factory=P.no_year) -> list:
+def bill(docs, registry, jobs=1, year_factory=P.patient_year) -> list:
     """The records (dicts) of `docs` as JSONL lines through bill_in_order, in the order written."""
     items = (RawLine((json.dumps(d).encode(), "t.jsonl", i, i)) for i, d in enumerate(docs, 1))
     return [json.loads(done[1]) for _, done in P.bill_in_order(items, [], "python", Job(), jobs, registry, year_factory)]
@@ -121,10 +121,10 @@ class Recorder:
     """A patient's year for the test: records the order it sees sessions in, and marks each result."""
     seen: list = []
 
-    def __init__(self, patient):
+    def __init__(self, resolve, patient):
         self.patient, self.count = patient, 0
 
-    def apply(self, session, result):
+    def apply(self, session, result, date=None):
         Recorder.seen.append((self.patient, session.date_of_service, session.session_id))
         self.count += 1
         result["warnings"].append({"severity": "info", "rule": "year", "message": f"visit {self.count}", "codes": []})

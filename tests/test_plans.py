@@ -34,7 +34,8 @@ from engine.billing import Biller
 from engine.loader import Registry
 
 
-BUNDLED_PAYERS = ["example-full-unit", "example-midpoint", "example-ncci-bypass", "example-unit-limits", "medicare"]
+BUNDLED_PAYERS = ["example-full-unit", "example-medicare-fees", "example-midpoint", "example-ncci-bypass",
+                  "example-unit-limits", "example-visit-limits", "medicare"]
 
 
 def without_session_id(result: dict) -> dict:

@@ -129,7 +129,8 @@ def test_the_readme_commands_are_found():
     assert ".venv/bin/payrules bill examples/*.yaml examples/batch.jsonl --format table" in commands
     assert "payrules validate my-rules" in commands
     assert "payrules compare session.yaml --payers medicare,acme-health --rules my-rules" in commands
-    assert set(readme_files()) == {"my-rules/acme-health.yaml", "my-rules/acme-health.tests.yaml", "session.yaml"}
+    assert set(readme_files()) == {"my-rules/acme-health.yaml", "my-rules/acme-health.tests.yaml", "session.yaml",
+                                   "patient-year.yaml"}
     long_ones = {c for c in commands if c.startswith((".venv/bin/python", "payrules serve"))}
     assert long_ones == NOT_RUN
 
