@@ -324,15 +324,20 @@ def test_cli_bill_audit_and_replay_reproduce_kx(tmp_path):
     assert logged["after"]["totals"] == {"example-medicare-fees/therapy-amounts/2026/pt_slp": "2520.00"}
 
 
-def test_the_streaming_path_warns_about_a_patient_out_of_date_order(tmp_path):
+def test_the_command_takes_a_patients_sessions_in_date_order_whatever_the_input_order(tmp_path):
+    # 2026, threshold 2,480, year_to_date 2,400 on the patient's first session (a, 02-01): 97110 30 min is
+    # 2 units x 30.00 = 60.00 a session: a 2,460 (not past), b 2,520 (past -> KX). Given b first, the
+    # command still bills a first: b carries KX, a does not; output stays in input order (b, a).
     lines = [dict(pt("2026-03-01", ("97110", 30)), session_id="b", payer=FEES),
-             dict(pt("2026-02-01", ("97110", 30)), session_id="a", payer=FEES)]
+             dict(pt("2026-02-01", ("97110", 30)), session_id="a", payer=FEES, year_to_date={"pt_slp": 2400})]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    proc = subprocess.run([sys.executable, "-m", "engine", "bill", str(src), "--format", "jsonl"],
-                          capture_output=True, text=True, cwd=ROOT)
-    out = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert "engine.patient-order" not in rules(out[0]) and "engine.patient-order" in rules(out[1])
+    for jobs in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-m", "engine", "bill", str(src), "--format", "jsonl", "--jobs", jobs],
+                              capture_output=True, text=True, cwd=ROOT)
+        out = [json.loads(x) for x in proc.stdout.splitlines()]
+        assert [r["session_id"] for r in out] == ["b", "a"]
+        assert kx(out[0]) == ["97110"] and kx(out[1]) == [], proc.stderr
 
 
 # --- properties --------------------------------------------------------------------------------------
