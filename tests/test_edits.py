@@ -430,3 +430,37 @@ def test_explain_json_lists_the_edits_with_their_rows(tree, tmp_path):
     (why,) = doc["why_not"]
     assert why["fired"] == 0
     assert "97110: 2 units on the date <= MUE 2 (MAI 3) [table extra/ncci/mue.csv:4]" in why["checks"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(CODES), st.sampled_from(CODES), DATES,
+                               st.one_of(st.just("*"), DATES), st.sampled_from([0, 1, 9])), min_size=1, max_size=12),
+       mues=st.lists(st.tuples(st.sampled_from(CODES), st.integers(1, 6), st.sampled_from([1, 2, 3])),
+                     min_size=1, max_size=4, unique_by=lambda r: r[0]),
+       sessions=st.lists(st.tuples(
+           st.lists(st.tuples(st.sampled_from(CODES), st.integers(1, 5),
+                              st.sampled_from([("GP",), ("GP", "59"), ("GP", "XS")])), min_size=1, max_size=4),
+           st.sampled_from(["2016-06-01", "2021-03-01", "2026-01-01", None])), min_size=1, max_size=8))
+def test_the_edits_memo_gives_each_session_its_own_edits(tmp_path, rows, mues, sessions):
+    """One payer's tables across a batch (the memo in EditTables fills as it goes): every session's edits
+    equal a naive scan whatever came before, and changing a returned result never changes a later one."""
+    rows = [r for r in rows if r[3] == "*" or r[3] > r[2]]
+    shared = tables(tmp_path, rows, mues)
+    # each session twice (the second from the memo), and beside it the same codes with 6 more units each
+    # (over every MUE value here): a memo that forgot the units would give those the first one's edits
+    sessions = [(v, d) for lines, d in sessions for v in (lines, [(c, u + 6, m) for c, u, m in lines])]
+    for lines, date in sessions + sessions:
+        res = result(*[(c, u, list(m)) for c, u, m in lines])
+        E.apply(res, date, shared)
+        got = [(w["severity"], w["rule"], w["codes"][0], w["table"]) for w in res["warnings"]]
+        if date is not None:
+            assert sorted(got) == sorted(naive(rows, mues, lines, date))
+        for w in res["warnings"]:
+            w["codes"].append("00000")
+            w["message"] = "changed"
+        for t in res["trace"]:
+            t["facts"].append("changed")
+    again = result(*[(c, u, list(m)) for c, u, m in sessions[0][0]])
+    E.apply(again, sessions[0][1], shared)
+    assert all("00000" not in w["codes"] and w["message"] != "changed" for w in again["warnings"])
+    assert all(t["facts"] == ["session"] for t in again["trace"])
