@@ -394,19 +394,6 @@ def test_compare_says_where_payers_differ_on_an_edit(tmp_path):
     assert "claim edits" not in same.stdout
 
 
-def test_the_readme_explain_example_is_what_explain_prints(tmp_path):
-    from test_readme_commands import README, _code_blocks, assert_shows
-    blocks = [body for _, body in _code_blocks(README)]
-    session_text = next(b for b in blocks if b.startswith("# 97140 and 97530 on one day: pair-session.yaml"))
-    shown = next(b for b in blocks if b.startswith("payrules explain pair-session.yaml --why-not ncci-ptp\n"))
-    (tmp_path / "pair-session.yaml").write_text(session_text)
-    proc = subprocess.run([sys.executable, "-m", "engine", "explain", "pair-session.yaml", "--why-not", "ncci-ptp"],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr            # the session has an error warning: exit status 1
-    assert_shows(proc.stdout, "...\n" + shown.split("\n", 1)[1])
-
-
 def test_an_empty_list_drops_the_parents_tables_of_that_kind(tmp_path):
     root = tmp_path / "extra"
     root.mkdir()
