@@ -154,7 +154,7 @@ def untimed(entries, units: int, settings) -> list:
 
 
 def documented(entries, units, timed_code: bool, unit_minutes: int = 15) -> list:
-    """The documented modifiers of each of `units` (a tuple per unit): every unit goes to one modifier set
+    """The modifier set (role, documented modifiers) of each of `units`: every unit goes to one modifier set
     of the entries (a provider's entries documenting the same modifiers), whose modifiers it carries
     (docs/domain.md §16). `entries` are (role, minutes, modifiers) per entry, role as by_provider names it.
     A timed code's whole unit of one provider goes to a set of that provider with 15 minutes left, in
@@ -175,7 +175,7 @@ def documented(entries, units, timed_code: bool, unit_minutes: int = 15) -> list
     for unit in units:
         keys = [k for k in sets if k[0] in unit.providers] or list(sets)
         if not timed_code:
-            out.append(most(keys)[1])
+            out.append(most(keys))
             continue
         whole = len(unit.providers) == 1 and unit.minutes == unit_minutes
         chosen = next((k for k in keys if left[k] >= unit_minutes), None) if whole else None
@@ -185,7 +185,7 @@ def documented(entries, units, timed_code: bool, unit_minutes: int = 15) -> list
             took = min(need, left[k])
             left[k] -= took
             need -= took
-        out.append(chosen[1])
+        out.append(chosen)
     return out
 
 

@@ -203,16 +203,18 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
         else:
             units = [A.Unit(None, line.minutes, tuple(dict(A.by_provider(entries))), "")] * state.units
         sets = [(A.role(e.provider, entries), e.minutes, e.modifiers) for e in line.entries]
-        documented = A.documented(sets, units, timed_line, payer.method.unit_minutes)
-        for e in line.entries:
-            if e.modifiers:     # kept as documented, placed by the payer's claim order
+        owners = A.documented(sets, units, timed_line, payer.method.unit_minutes)
+        for e, (role, _, mods) in zip(line.entries, sets):
+            if mods:            # kept as documented, placed by the payer's claim order
                 where = next(i for i, s in enumerate(session.services) if s is e)
+                n = owners.count((role, mods))
                 trace.append({"rule": "engine.documented-modifier", "source": _order_source(payer),
-                              "facts": [line.code], "effect": f"{line.code}: {' '.join(e.modifiers)} documented "
-                                                              f"in the input (services[{where}].modifiers)"})
+                              "facts": [line.code], "effect": f"{line.code}: {' '.join(mods)} documented in the "
+                                                              f"input (services[{where}].modifiers): on {n} of "
+                                                              f"{len(units)} unit(s)"})
         groups: dict = {}
         keys: dict = {}         # (assistant modifier, documented) -> the unit's modifiers in claim order
-        for unit, mine in zip(units, documented):
+        for unit, (_, mine) in zip(units, owners):
             key = keys.get((unit.modifier, mine))
             if key is None:
                 mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else []) + list(mine)

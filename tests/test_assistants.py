@@ -378,6 +378,9 @@ def test_a_documented_modifier_goes_only_on_the_units_of_its_entry(billers):
         assert lines_of(result) == [("97140", 1, "GP"), ("97530", 1, "GP XS"), ("97530", 1, "GP")]
         ptp = [(w["severity"], w["codes"]) for w in result["warnings"] if w["rule"] == "ncci-ptp"]
         assert ptp == [("info", ["97530", "97140"]), ("error", ["97530", "97140"])]
+        # the trace (and so explain) says on how many of the code's units the documented modifier is
+        (effect,) = [t["effect"] for t in result["trace"] if t["rule"] == "engine.documented-modifier"]
+        assert effect == "97530: XS documented in the input (services[1].modifiers): on 1 of 2 unit(s)"
 
 
 def test_a_remaining_unit_goes_to_the_set_that_furnished_most_of_its_minutes(bill):
