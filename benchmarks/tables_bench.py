@@ -204,8 +204,8 @@ def phase_lookup(ptp: str, mue: str, count: int) -> dict:
     plain = {code: mue_table.lookup(code) for code in THERAPY}
     mue_plain = per_item(lambda: [plain.get(code) for code in mue_codes], len(mue_codes))
     billing, edits_share = share_of_billing(table, mue_table)
-    off, on, found_each, warm_memo = billing_with_edits(Path(ptp), Path(mue))
-    return {"memo_us": warm_memo * 1e6, "first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
+    off, on, found_each = billing_with_edits(Path(ptp), Path(mue))
+    return {"first_touch_us": first_touch * 1e6, "warm_us": warm * 1e6, "dict_us": baseline * 1e6,
             "billing_us": billing * 1e6, "edits_us": edits_share * 1e6, "off_us": off * 1e6, "on_us": on * 1e6, "found_each": found_each,
             "dict_build_s": dict_build, "same": found == expected, "edits_found": sum(map(len, found)),
             "first_edits": sum(map(len, first)), "mue_us": mue_each * 1e6, "mue_dict_us": mue_plain * 1e6,
@@ -280,13 +280,11 @@ def billing_with_edits(ptp: Path, mue: Path, count: int = 5000) -> tuple:
         run(payer)()
     found = sum("table" in w for s in sessions["bench-on"] for w in biller.bill(s)["warnings"])
     edits = biller.registry.resolve("bench-on", "2026-03-02").edits
-    warm = per_item(run("bench-on"), count)     # every session met before: the edits memo answers
 
-    def cold():             # as a new process billing these sessions once: the memo fills as it goes
-        edits.memo.clear()
+    def cold():             # as a new process would: each table row's warning text made afresh
         edits.texts.clear()
         run("bench-on")()
-    return per_item(run("bench-off"), count), per_item(cold, count), found / count, warm
+    return per_item(run("bench-off"), count), per_item(cold, count), found / count
 
 
 def run_phase(name: str, cache: Path, *args) -> dict:
@@ -308,8 +306,8 @@ def main() -> None:
         if name == "load":
             result = phase_load(*rest)
         elif name == "edits":
-            off, on, found_each, warm_memo = billing_with_edits(Path(rest[0]), Path(rest[1]))
-            result = {"off_us": off * 1e6, "on_us": on * 1e6, "found_each": found_each, "memo_us": warm_memo * 1e6}
+            off, on, found_each = billing_with_edits(Path(rest[0]), Path(rest[1]))
+            result = {"off_us": off * 1e6, "on_us": on * 1e6, "found_each": found_each}
         else:
             result = phase_lookup(rest[0], rest[1], int(rest[2]))
         print(json.dumps(result))
@@ -342,18 +340,15 @@ def main() -> None:
         print(f"billing the benchmark workload (bench.py's sessions, python engine, trace, JSONL): "
               f"{look['billing_us']:.1f} us CPU per session; its PTP and MUE lookups {look['edits_us']:.1f} us "
               f"({look['edits_us'] / look['billing_us']:.1%} of billing; target for billing with edits on: <= 1.2x)")
-        print(f"billing with edits on (SYNTHETIC {args.rows:,}-row PTP + MUE; each run with an empty edits memo) vs "
-              "off, the same 5,000 sessions: "
+        print(f"billing with edits on (SYNTHETIC {args.rows:,}-row PTP + MUE) vs off, the same 5,000 sessions: "
               f"{look['on_us']:.1f} us vs {look['off_us']:.1f} us CPU per session, ratio "
               f"{look['on_us'] / look['off_us']:.2f}x (target <= 1.2x); {look['found_each']:.2f} edit warnings per "
-              "session (dense, the worst case: a third of the ordered therapy pairs have an edit); the same "
-              f"sessions billed again (edits memo warm) {look['memo_us']:.1f} us, {look['memo_us'] / look['off_us']:.2f}x")
+              "session (dense, the worst case: a third of the ordered therapy pairs have an edit)")
         cms = run_phase("edits", cache, cms_ptp, mue)
         print(f"billing with edits on, CMS-like density (only the {len(CMS_PAIRS)} pairs shared domain.md §10.2 "
               f"lists have rows; an assumption, not CMS's file): {cms['on_us']:.1f} us vs {cms['off_us']:.1f} us "
               f"CPU per session, ratio {cms['on_us'] / cms['off_us']:.2f}x (target <= 1.2x); "
-              f"{cms['found_each']:.2f} edit warnings per session; billed again (memo warm) {cms['memo_us']:.1f} us, "
-              f"{cms['memo_us'] / cms['off_us']:.2f}x")
+              f"{cms['found_each']:.2f} edit warnings per session")
         print(f"MUE per code: index {look['mue_us']:.2f} us, plain dict {look['mue_dict_us']:.2f} us "
               f"(ratio {look['mue_us'] / look['mue_dict_us']:.1f}x); lookup process peak RSS {look['rss_mb']:.0f} MB "
               f"(includes the plain dict)")

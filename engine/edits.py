@@ -4,9 +4,8 @@ A pass over a session's billed lines once their units and modifiers are final (b
 calls `apply` on the result): it adds warnings and trace entries, each with `"table": "path:line"` of the
 table row that decided it and the `source` of the payer file's `tables:` (or `ptp:` setting) that named the
 table. It reads only the result's lines (code, units, modifiers), the date of service and the payer's tables,
-after the rule network and its plans memo, so both engines give the same edits by construction. What it
-adds is remembered per payer's tables by exactly those inputs (EditTables.memo: the date and every line's
-code, units and modifiers), and a session met again gets fresh copies of the same warnings.
+after the rule network and its plans memo, so both engines give the same edits by construction. A PTP
+row's warning is made once per documented modifier (EditTables.texts) and copied into each result.
 
 Rule ids (what a scenario's `expect` names): `ncci-ptp` for a PTP edit, `ncci-mue` for an MUE.
 
@@ -64,7 +63,6 @@ class EditTables:
     sources: dict = field(default_factory=dict)         # kind -> path:line of the `tables:` entry naming it
     not_honoured: dict = field(default_factory=dict)    # frozenset({code, code}) -> path:line of the setting
     named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
-    memo: dict = field(default_factory=dict, compare=False, repr=False)     # apply's: key -> its edits
     texts: dict = field(default_factory=dict, compare=False, repr=False)    # a PTP row's edit: _ptp_edit
 
     def __bool__(self) -> bool:
@@ -79,28 +77,21 @@ class EditTables:
 NONE = EditTables()
 
 
-MEMO_LIMIT = 20_000         # remembered sessions per payer's tables; the memo starts afresh beyond it
-
-
 def apply(result: dict, date: str | None, edits: EditTables) -> list:
     """Add the edits of `edits` to a result's warnings and trace (in place). Returns (trace entry, table
     row: PtpEdit, MueValue or None) of each, for explain."""
     lines = result["lines"]
     if not edits or not lines:
         return []
-    key = (date, *[(line["code"], line["units"], *line["modifiers"], "") for line in lines])
-    found = edits.memo.get(key)
-    if found is None:
-        found = []
-        if edits.ptp:
-            _ptp(lines, date, edits, found)
-        if edits.mue:
-            _mue(lines, edits, found)
-        if len(edits.memo) >= MEMO_LIMIT:
-            edits.memo.clear()
-        edits.memo[key] = found
+    found: list = []
+    if edits.ptp and len(lines) > 1:
+        _ptp(lines, date, edits, found)
+    if edits.mue:
+        _mue(lines, edits, found)
+    if not found:
+        return found
     warnings, trace, made = result["warnings"], result["trace"], []
-    for warning, entry, row in found:       # fresh dicts: a caller may change its result
+    for warning, entry, row in found:       # fresh dicts: the templates are shared (EditTables.texts)
         warnings.append({**warning, "codes": [*warning["codes"]]})
         trace.append({**entry, "facts": ["session"]})
         made.append((trace[-1], row))

@@ -428,13 +428,13 @@ def test_explain_json_lists_the_edits_with_their_rows(tree, tmp_path):
            st.lists(st.tuples(st.sampled_from(CODES), st.integers(1, 5),
                               st.sampled_from([("GP",), ("GP", "59"), ("GP", "XS")])), min_size=1, max_size=4),
            st.sampled_from(["2016-06-01", "2021-03-01", "2026-01-01", None])), min_size=1, max_size=8))
-def test_the_edits_memo_gives_each_session_its_own_edits(tmp_path, rows, mues, sessions):
-    """One payer's tables across a batch (the memo in EditTables fills as it goes): every session's edits
-    equal a naive scan whatever came before, and changing a returned result never changes a later one."""
+def test_one_payers_tables_give_each_session_of_a_batch_its_own_edits(tmp_path, rows, mues, sessions):
+    """One payer's tables across a batch (its row texts, EditTables.texts, fill as it goes): every session's
+    edits equal a naive scan whatever came before, and changing a returned result never changes a later one."""
     rows = [r for r in rows if r[3] == "*" or r[3] > r[2]]
-    shared = tables(tmp_path, rows, mues)
-    # each session twice (the second from the memo), and beside it the same codes with 6 more units each
-    # (over every MUE value here): a memo that forgot the units would give those the first one's edits
+    shared = tables(tmp_path, rows, mues)       # one payer's tables: the row texts (EditTables.texts) are shared
+    # each session twice, and beside it the same codes with 6 more units each (over every MUE value here):
+    # a cache that forgot the units would give those the first one's edits
     sessions = [(v, d) for lines, d in sessions for v in (lines, [(c, u + 6, m) for c, u, m in lines])]
     for lines, date in sessions + sessions:
         res = result(*[(c, u, list(m)) for c, u, m in lines])
