@@ -157,9 +157,14 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
     evaluations = payer.codes.get(settings.evaluations, ()) if settings.evaluations else ()
     marked = []
     for state in states:
-        if state.units <= 0:
-            continue
         line = state.line
+        if state.units <= 0:
+            documented = [m for e in line.entries for m in e.modifiers]
+            if documented:      # said, never dropped silently
+                warnings.append({"severity": "warning", "rule": "engine.documented-modifier", "codes": [line.code],
+                                 "message": f"{line.code}: {' '.join(dict.fromkeys(documented))} documented, but "
+                                            f"{line.code} is not billed: on no line of the claim"})
+            continue
         if not any(e.modifiers or e.provider in A.ASSISTANTS for e in line.entries):
             # the common case: nothing but the rules' modifiers, one line (_result puts them in order)
             if len(state.modifiers) > 4:

@@ -420,3 +420,15 @@ def test_a_documented_modifier_is_on_no_more_units_than_its_entries_minutes_can_
             earnable = sum(-(-m // 15) for c, _, m, mods in data if c == code and mod in mods)
             on = sum(line["units"] for line in result["lines"] if line["code"] == code and mod in line["modifiers"])
             assert on <= earnable, (code, mod, result["lines"])
+
+
+def test_a_documented_modifier_on_a_code_that_is_not_billed_is_said(bill):
+    # 97110 30 + 97140 5 (59 documented): 35 min -> 2 units, both 97110's whole units; 97140's 5 min earn
+    # none, so 97140 is unbilled and its 59 on no line: a warning says so (docs/domain.md §16: never dropped
+    # silently)
+    data = {"discipline": "PT", "services": [{"code": "97110", "minutes": 30},
+                                             {"code": "97140", "minutes": 5, "modifiers": ["59"]}]}
+    result = bill(data)
+    assert lines_of(result) == [("97110", 2, "GP")]
+    assert [(w["severity"], w["rule"], w["codes"]) for w in result["warnings"] if "59" in w["message"]] == [
+        ("warning", "engine.documented-modifier", ["97140"])]
