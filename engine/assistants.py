@@ -153,6 +153,42 @@ def untimed(entries, units: int, settings) -> list:
     return [Unit(mod if hit else None, total, tuple(p for p, _ in providers), why, "de_minimis_percent")] * units
 
 
+def documented(entries, units, timed_code: bool, unit_minutes: int = 15) -> list:
+    """The modifier set (role, documented modifiers) of each of `units`: every unit goes to one modifier set
+    of the entries (a provider's entries documenting the same modifiers), whose modifiers it carries
+    (docs/domain.md §16). `entries` are (role, minutes, modifiers) per entry, role as by_provider names it.
+    A timed code's whole unit of one provider goes to a set of that provider with 15 minutes left, in
+    entry order; any other unit to the set of its providers with the most minutes left (a tie: the set with
+    fewer documented modifiers, then the one entered first); the unit's minutes are then taken from that
+    set first, then from the others with the most left. An untimed code's units all go to the set with
+    the most minutes. So a modifier is never on a unit none of its minutes are in."""
+    sets: dict = {}
+    for role, minutes, modifiers in entries:
+        key = (role, tuple(modifiers))
+        sets[key] = sets.get(key, 0) + minutes
+    left = dict(sets)
+    rank = {key: (len(key[1]), n) for n, key in enumerate(sets)}
+
+    def most(keys):
+        return min(keys, key=lambda k: (-left[k], rank[k]))
+    out = []
+    for unit in units:
+        keys = [k for k in sets if k[0] in unit.providers] or list(sets)
+        if not timed_code:
+            out.append(most(keys))
+            continue
+        whole = len(unit.providers) == 1 and unit.minutes == unit_minutes
+        chosen = next((k for k in keys if left[k] >= unit_minutes), None) if whole else None
+        chosen = chosen or most(keys)
+        need = unit.minutes
+        for k in [chosen] + sorted((k for k in keys if k != chosen), key=lambda k: (-left[k], rank[k])):
+            took = min(need, left[k])
+            left[k] -= took
+            need -= took
+        out.append(chosen)
+    return out
+
+
 def claim_order(modifiers, order: tuple) -> list:
     """Modifiers without repeats in claim order: those the payer's modifier_order lists, in its order, then
     the others in the order they came (docs/domain.md §16)."""

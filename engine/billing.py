@@ -160,9 +160,14 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
     evaluations = payer.codes.get(settings.evaluations, ()) if settings.evaluations else ()
     marked = []
     for state in states:
-        if state.units <= 0:
-            continue
         line = state.line
+        if state.units <= 0:
+            documented = [m for e in line.entries for m in e.modifiers]
+            if documented:      # said, never dropped silently
+                warnings.append({"severity": "warning", "rule": "engine.documented-modifier", "codes": [line.code],
+                                 "message": f"{line.code}: {' '.join(dict.fromkeys(documented))} documented, but "
+                                            f"{line.code} is not billed: on no line of the claim"})
+            continue
         if not any(e.modifiers or e.provider in A.ASSISTANTS for e in line.entries):
             # the common case: nothing but the rules' modifiers, one line (_result puts them in order)
             if len(state.modifiers) > 4:
@@ -171,6 +176,8 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
             continue
         entries = [(e.provider, e.minutes) for e in line.entries]
         assisted = A.has_assistant(entries)
+        uncapped = state.capped_from or state.units
+        timed_line = bool(state.decision) and state.decision[0] == "timed_units" and state.family is None
         if assisted and line.code in evaluations:
             who = ", ".join(sorted({p for p, _ in entries if p in A.ASSISTANTS}))
             warnings.append({"severity": "error", "rule": "engine.assistant-evaluation", "codes": [line.code],
@@ -186,8 +193,7 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
                                  "message": f"{line.code}: {', '.join(other)} minutes under a {session.discipline} "
                                             "plan of care (CQ goes with GP, CO with GO): check who furnished them"})
         if assisted and settings.enabled and session.discipline != "SLP":
-            uncapped = state.capped_from or state.units
-            if state.decision and state.decision[0] == "timed_units" and state.family is None:
+            if timed_line:
                 method = payer.method
                 units = A.timed(entries, uncapped, settings, method.unit_minutes, method.first_unit_minutes)
             else:
@@ -199,37 +205,41 @@ def _claim_lines(session: Session, payer: Payer, states: list, warnings: list, t
                               "effect": f"{line.code} unit {n}: {unit.why}"})
             if any(u.modifier for u in units):
                 marked.append(line.code)
+        elif timed_line:    # no assistant modifier: the units still come from whose minutes they are
+            units = [u._replace(modifier=None) for u in A.timed(entries, uncapped, settings, payer.method.unit_minutes,
+                                                               payer.method.first_unit_minutes)][:state.units]
         else:
             units = [A.Unit(None, line.minutes, tuple(dict(A.by_provider(entries))), "")] * state.units
-        documented = {}
-        for e in line.entries:
-            documented.setdefault(A.role(e.provider, entries), []).extend(e.modifiers)
-        for e in line.entries:
-            if e.modifiers:     # kept as documented, placed by the payer's claim order
+        sets = [(A.role(e.provider, entries), e.minutes, e.modifiers) for e in line.entries]
+        owners = A.documented(sets, units, timed_line, payer.method.unit_minutes)
+        for e, (role, _, mods) in zip(line.entries, sets):
+            if mods:            # kept as documented, placed by the payer's claim order
                 where = next(i for i, s in enumerate(session.services) if s is e)
+                n = owners.count((role, mods))
                 trace.append({"rule": "engine.documented-modifier", "source": _order_source(payer),
-                              "facts": [line.code], "effect": f"{line.code}: {' '.join(e.modifiers)} documented "
-                                                              f"in the input (services[{where}].modifiers)"})
+                              "facts": [line.code], "effect": f"{line.code}: {' '.join(mods)} documented in the "
+                                                              f"input (services[{where}].modifiers): on {n} of "
+                                                              f"{len(units)} unit(s)"})
         groups: dict = {}
-        keys: dict = {}         # (assistant modifier, providers) -> the unit's modifiers in claim order
-        for unit in units:
-            key = keys.get(unit[:1] + unit[2:3])
+        keys: dict = {}         # (assistant modifier, documented) -> the unit's modifiers in claim order
+        for unit, (_, mine) in zip(units, owners):
+            key = keys.get((unit.modifier, mine))
             if key is None:
-                mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else [])
-                mods += [m for p in unit.providers for m in documented.get(p, ())]
-                key = keys[unit[:1] + unit[2:3]] = tuple(A.claim_order(mods, payer.modifier_order))
+                mods = list(state.modifiers) + ([unit.modifier] if unit.modifier else []) + list(mine)
+                key = keys[(unit.modifier, mine)] = tuple(A.claim_order(mods, payer.modifier_order))
             group = groups.setdefault(key, [0, 0])
             group[0] += 1
             group[1] += unit.minutes
         placed = {m for key in groups for m in key}
-        for provider, mods in documented.items():
+        for role, _, mods in sets:
             for m in mods:
                 if m not in placed:
                     placed.add(m)
                     warnings.append({"severity": "warning", "rule": "engine.documented-modifier",
                                      "codes": [line.code],
-                                     "message": f"{line.code}: {m} is documented on the {provider} minutes, which "
-                                                "earned no billed unit: it is on no line of the claim"})
+                                     "message": f"{line.code}: {m} is documented on {role} minutes that make no "
+                                                "billed unit (a unit carries the modifiers of the entries that "
+                                                "furnished most of its minutes): it is on no line of the claim"})
         if len(groups) == 1:
             state.split = [(state.units, line.minutes, list(key)) for key in groups]
         else:

@@ -3,9 +3,9 @@
 A pass over a session's billed lines once their units and modifiers are final (billing.evaluate_session
 calls `apply` on the result): it adds warnings and trace entries, each with `"table": "path:line"` of the
 table row that decided it and the `source` of the payer file's `tables:` (or `ptp:` setting) that named the
-table. It reads only the result's lines, the date of service and the payer's tables, after the rule
-network and its plans memo: nothing here is memoized, so an edit can depend on every line of the session,
-and both engines give the same edits by construction.
+table. It reads only the result's lines (code, units, modifiers), the date of service and the payer's tables,
+after the rule network and its plans memo, so both engines give the same edits by construction. A PTP
+row's warning is made once per documented modifier (EditTables.texts) and copied into each result.
 
 Rule ids (what a scenario's `expect` names): `ncci-ptp` for a PTP edit, `ncci-mue` for an MUE.
 
@@ -65,6 +65,7 @@ class EditTables:
     not_honoured: dict = field(default_factory=dict)    # frozenset({code, code}) -> path:line of the setting
     named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
     fees: tuple = ()            # fees.FeeTable, ... (priced by engine/counters.py, not an edit)
+    texts: dict = field(default_factory=dict, compare=False, repr=False)    # a PTP row's edit: _ptp_edit
 
     def __bool__(self) -> bool:
         return bool(self.ptp or self.mue)
@@ -81,35 +82,43 @@ NONE = EditTables()
 def apply(result: dict, date: str | None, edits: EditTables) -> list:
     """Add the edits of `edits` to a result's warnings and trace (in place). Returns (trace entry, table
     row: PtpEdit, MueValue or None) of each, for explain."""
-    lines, made = result["lines"], []
+    lines = result["lines"]
     if not edits or not lines:
-        return made
-    warnings, trace = result["warnings"], result["trace"]
-    if edits.ptp:
-        _ptp(lines, date, edits, warnings, trace, made)
+        return []
+    found: list = []
+    if edits.ptp and len(lines) > 1:
+        _ptp(lines, date, edits, found)
     if edits.mue:
-        _mue(lines, edits, warnings, trace, made)
+        _mue(lines, edits, found)
+    if not found:
+        return found
+    warnings, trace, made = result["warnings"], result["trace"], []
+    for warning, entry, row in found:       # fresh dicts: the templates are shared (EditTables.texts)
+        warnings.append({**warning, "codes": [*warning["codes"]]})
+        trace.append({**entry, "facts": ["session"]})
+        made.append((trace[-1], row))
     return made
 
 
-def _add(made, warnings, trace, severity, rule, message, codes, source, row, effect):
-    warnings.append({"severity": severity, "rule": rule, "message": message, "codes": codes, "table": row.where})
-    trace.append({"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": row.where})
-    made.append((trace[-1], row))
+def _add(found, severity, rule, message, codes, source, row, effect):
+    found.append(({"severity": severity, "rule": rule, "message": message, "codes": codes, "table": row.where},
+                  {"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": row.where}, row))
 
 
-def _ptp(lines, date, edits, warnings, trace, made):
+def _ptp(lines, date, edits, made):
     source = edits.sources["ptp"]
     position: dict = {}                 # code -> its place among the session's billed codes
     for line in lines:
         position.setdefault(line["code"], len(position))
+    if len(position) < 2:
+        return                          # no pair of codes
     codes = list(position)
     if date is None:    # which edits are in force depends on the date: not guessed, said for pairs with rows
         rows = [r for table in edits.ptp for a in codes for b in codes if a != b
                 for r in table.pair_rows(a, b) if r.modifier != 9]
         if rows:
             pairs = ", ".join(dict.fromkeys(f"{r.column1}/{r.column2}" for r in rows))
-            _add(made, warnings, trace, "warning", "ncci-ptp",
+            _add(made, "warning", "ncci-ptp",
                  f"no date_of_service: the NCCI PTP edits of {pairs} depend on it and were not checked (give "
                  "date_of_service or --date)", [rows[0].column2, rows[0].column1], source, rows[0],
                  "not checked: no date of service")
@@ -117,56 +126,64 @@ def _ptp(lines, date, edits, warnings, trace, made):
     found = [e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9]
     if len(found) > 1:
         found.sort(key=lambda e: (position[e.column2], position[e.column1], e.path, e.line))
+    texts = edits.texts
     for edit in found:
-        col1, col2 = edit.column1, edit.column2
-        pair = frozenset((col1, col2))
+        col2 = edit.column2
         for line in lines:
             if line["code"] != col2:
                 continue
-            if edit.modifier == 0:
-                _add(made, warnings, trace, "error", "ncci-ptp",
-                     f"{col2} is never payable with {col1} on one date of service (NCCI PTP edit, modifier "
-                     f"indicator 0; {edit.rationale or 'no rationale given'})", [col2, col1], source, edit,
-                     f"{col2} denied with {col1}: indicator 0")
-                continue
-            documented = [m for m in line["modifiers"] if m in BYPASS]
-            refused = edits.not_honoured.get(pair)
-            if documented and refused is None:
-                _add(made, warnings, trace, "info", "ncci-ptp",
-                     f"{col2} with {col1}: NCCI PTP edit bypassed by the documented modifier {documented[0]} "
-                     "(modifier indicator 1)", [col2, col1], source, edit,
-                     f"{col2} billed with {col1}: {documented[0]} documented")
-            elif documented:
-                _add(made, warnings, trace, "error", "ncci-ptp",
-                     f"{col2} with {col1}: this payer does not honour {documented[0]} for this pair (NCCI PTP "
-                     f"edit, modifier indicator 1); expect a denial and appeal with the documentation",
-                     [col2, col1], refused, edit, f"{col2} denied with {col1}: bypass not honoured")
-            else:
-                distinct = DISTINCT.get(pair, "as distinct services")
-                _add(made, warnings, trace, "error", "ncci-ptp",
-                     f"{col2} with {col1}: not payable together unless documented {distinct}, with modifier 59 "
-                     f"or XE/XS/XP/XU on {col2} (NCCI PTP edit, modifier indicator 1); the engine does not add "
-                     "it", [col2, col1], source, edit, f"{col2} denied with {col1}: no 59/X modifier documented")
+            documented = edit.modifier and next((m for m in line["modifiers"] if m in BYPASS), "")
+            key = (edit.path, edit.line, documented)
+            made.append(texts.get(key) or _ptp_edit(edit, documented, edits, source, key))
 
 
-def _mue(lines, edits, warnings, trace, made):
+def _ptp_edit(edit, documented: str, edits, source: str, key) -> tuple:
+    """The (warning, trace entry, row) of a PTP edit on a column 2 line whose first documented 59/X modifier
+    is `documented` ("" none), made once per row and modifier (EditTables.texts): apply copies it."""
+    col1, col2 = edit.column1, edit.column2
+    pair = frozenset((col1, col2))
+    refused = edits.not_honoured.get(pair)
+    made: list = []
+    if edit.modifier == 0:
+        _add(made, "error", "ncci-ptp",
+             f"{col2} is never payable with {col1} on one date of service (NCCI PTP edit, modifier "
+             f"indicator 0; {edit.rationale or 'no rationale given'})", [col2, col1], source, edit,
+             f"{col2} denied with {col1}: indicator 0")
+    elif documented and refused is None:
+        _add(made, "info", "ncci-ptp",
+             f"{col2} with {col1}: NCCI PTP edit bypassed by the documented modifier {documented} "
+             "(modifier indicator 1)", [col2, col1], source, edit, f"{col2} billed with {col1}: {documented} documented")
+    elif documented:
+        _add(made, "error", "ncci-ptp",
+             f"{col2} with {col1}: this payer does not honour {documented} for this pair (NCCI PTP "
+             f"edit, modifier indicator 1); expect a denial and appeal with the documentation",
+             [col2, col1], refused, edit, f"{col2} denied with {col1}: bypass not honoured")
+    else:
+        distinct = DISTINCT.get(pair, "as distinct services")
+        _add(made, "error", "ncci-ptp",
+             f"{col2} with {col1}: not payable together unless documented {distinct}, with modifier 59 "
+             f"or XE/XS/XP/XU on {col2} (NCCI PTP edit, modifier indicator 1); the engine does not add "
+             "it", [col2, col1], source, edit, f"{col2} denied with {col1}: no 59/X modifier documented")
+    edits.texts[key] = made[0]
+    return made[0]
+
+
+def _mue(lines, edits, made):
     source, tables = edits.sources["mue"], edits.mue
     totals: dict = {}
     for line in lines:
         totals[line["code"]] = totals.get(line["code"], 0) + line["units"]
     for line in lines:
         code = line["code"]
-        for table in tables:
-            mue = table.lookup(code)
-            if mue is not None:
-                break
-        else:
+        mue = next((v for table in tables if (v := table.lookup(code)) is not None), None) if len(tables) > 1 \
+            else tables[0].lookup(code)
+        if mue is None:
             continue
         units = line["units"] if mue.mai == 1 else totals[code]
         if units <= mue.value:
             continue
         counted = f"{units} units on the line" if mue.mai == 1 else f"{units} units on the date of service"
-        _add(made, warnings, trace, "error", "ncci-mue",
+        _add(made, "error", "ncci-mue",
              f"{code}: {counted} exceed the MUE of {mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, "
              "not only the excess", [code], source, mue,
              f"{code} line of {line['units']} units denied: {units} > MUE {mue.value} (MAI {mue.mai})")

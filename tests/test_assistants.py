@@ -317,10 +317,17 @@ def test_the_library_api_takes_providers_and_modifiers():
     from engine.api import RuleBook
     with RuleBook(engine="python") as book:
         result = book.bill({"payer": "medicare", "discipline": "PT", "services": [
-            {"code": "97110", "minutes": 10, "provider": "PTA"}, {"code": "97110", "minutes": 5, "provider": "PT",
-                                                                  "modifiers": ["XU"]}]})
-    # case A (15 min -> 1 unit, CQ) and the XU documented on the PT entry, whose minutes are in that unit
+            {"code": "97110", "minutes": 10, "provider": "PTA", "modifiers": ["XU"]},
+            {"code": "97110", "minutes": 5, "provider": "PT"}]})
+        other = book.bill({"payer": "medicare", "discipline": "PT", "services": [
+            {"code": "97110", "minutes": 10, "provider": "PTA"},
+            {"code": "97110", "minutes": 5, "provider": "PT", "modifiers": ["XU"]}]})
+    # case A (15 min -> 1 unit, CQ); the unit is the PTA's 10 min + the PT's 5: it carries the documented
+    # modifiers of the entry that furnished most of its minutes (docs/domain.md §16): XU on the PTA's -> on
+    # the line; XU on the PT's 5 min -> on no line, and a warning says so
     assert [(l["code"], l["units"], l["modifiers"]) for l in result["lines"]] == [("97110", 1, ["GP", "CQ", "XU"])]
+    assert [(l["code"], l["units"], l["modifiers"]) for l in other["lines"]] == [("97110", 1, ["GP", "CQ"])]
+    assert [w["rule"] for w in other["warnings"] if "XU" in w["message"]] == ["engine.documented-modifier"]
 
 
 def test_a_documented_modifier_whose_minutes_earned_no_unit_is_said_not_dropped(bill):
@@ -354,3 +361,74 @@ def test_a_modifier_documented_on_an_entry_without_a_provider_goes_on_the_therap
     result = bill(data)
     assert lines_of(result) == [("97110", 1, "GP 59"), ("97110", 1, "GP CQ")]
     assert not any(w["rule"] == "engine.documented-modifier" for w in result["warnings"])
+
+
+# --- documented modifiers go only on the units their entry furnished (review of issue 12, leftover A) ---
+
+def test_a_documented_modifier_goes_only_on_the_units_of_its_entry(billers):
+    # 97530 PT 15 min XS + PT 15 min: 30 min -> 2 units (per code: 2 whole). Whole units per modifier set
+    # first: the XS entry's 15 min are one whole unit (GP XS), the other entry's 15 another (GP). XS clears
+    # the 97140/97530 PTP edit (indicator 1) only on its own unit's line: an info there, an error on the
+    # plain line (docs/domain.md §16, §17.1)
+    for name in ENGINES:
+        data = {"discipline": "PT", "date_of_service": "2024-03-01", "services": [
+            {"code": "97140", "minutes": 15},
+            {"code": "97530", "minutes": 15, "modifiers": ["XS"]}, {"code": "97530", "minutes": 15}]}
+        result = billers[name].bill(session_from(data), "medicare")
+        assert lines_of(result) == [("97140", 1, "GP"), ("97530", 1, "GP XS"), ("97530", 1, "GP")]
+        ptp = [(w["severity"], w["codes"]) for w in result["warnings"] if w["rule"] == "ncci-ptp"]
+        assert ptp == [("info", ["97530", "97140"]), ("error", ["97530", "97140"])]
+        # the trace (and so explain) says on how many of the code's units the documented modifier is
+        (effect,) = [t["effect"] for t in result["trace"] if t["rule"] == "engine.documented-modifier"]
+        assert effect == "97530: XS documented in the input (services[1].modifiers): on 1 of 2 unit(s)"
+
+
+def test_a_remaining_unit_goes_to_the_set_that_furnished_most_of_its_minutes(bill):
+    # 97530 PT 20 min XS + PT 5 min: 25 min -> 2 units. The XS set's 20 min make a whole unit (GP XS), 5 left;
+    # the remaining unit is made of XS 5 + plain 5: a tie goes to the set with fewer documented modifiers
+    # -> GP. XS is on 1 unit, not 2
+    data = {"discipline": "PT", "services": [{"code": "97530", "minutes": 20, "modifiers": ["XS"]},
+                                             {"code": "97530", "minutes": 5}]}
+    assert lines_of(bill(data)) == [("97530", 1, "GP XS"), ("97530", 1, "GP")]
+    # XS 8 + plain 7 = 15 min -> 1 unit, of which XS furnished 8 of 15 -> GP XS
+    data["services"] = [{"code": "97530", "minutes": 7}, {"code": "97530", "minutes": 8, "modifiers": ["XS"]}]
+    assert lines_of(bill(data)) == [("97530", 1, "GP XS")]
+    # XS on an entry of 0 minutes beside 30 plain minutes: its entry furnished no minute of any unit
+    data["services"] = [{"code": "97530", "minutes": 30}, {"code": "97530", "minutes": 0, "modifiers": ["XS"]}]
+    result = bill(data)
+    assert lines_of(result) == [("97530", 2, "GP")]
+    assert [w["rule"] for w in result["warnings"] if "XS" in w["message"]] == ["engine.documented-modifier"]
+
+
+_mods = st.lists(st.sampled_from(["XS", "59", "76", "XU"]), max_size=2, unique=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(data=st.lists(st.tuples(st.sampled_from(["97110", "97530", "97140"]), providers, st.integers(0, 40), _mods),
+                     min_size=1, max_size=5))
+def test_a_documented_modifier_is_on_no_more_units_than_its_entries_minutes_can_earn(billers, engine, data):
+    """Per code, a documented modifier is on at most ceil(m/15) units for each entry of m minutes that
+    documents it (a unit holds at least one minute of its entry), so never on units made only of other
+    entries' minutes (an entry of 0 minutes: on none); and the code's units all stay on its lines."""
+    session = {"discipline": "PT", "services": [
+        {"code": c, "minutes": m, **({"provider": p} if p else {}), **({"modifiers": mods} if mods else {})}
+        for c, p, m, mods in data]}
+    result = billers[engine].bill(session_from(session), "medicare")
+    for code in {c for c, *_ in data}:
+        for mod in ("XS", "59", "76", "XU"):
+            earnable = sum(-(-m // 15) for c, _, m, mods in data if c == code and mod in mods)
+            on = sum(line["units"] for line in result["lines"] if line["code"] == code and mod in line["modifiers"])
+            assert on <= earnable, (code, mod, result["lines"])
+
+
+def test_a_documented_modifier_on_a_code_that_is_not_billed_is_said(bill):
+    # 97110 30 + 97140 5 (59 documented): 35 min -> 2 units, both 97110's whole units; 97140's 5 min earn
+    # none, so 97140 is unbilled and its 59 on no line: a warning says so (docs/domain.md §16: never dropped
+    # silently)
+    data = {"discipline": "PT", "services": [{"code": "97110", "minutes": 30},
+                                             {"code": "97140", "minutes": 5, "modifiers": ["59"]}]}
+    result = bill(data)
+    assert lines_of(result) == [("97110", 2, "GP")]
+    assert [(w["severity"], w["rule"], w["codes"]) for w in result["warnings"] if "59" in w["message"]] == [
+        ("warning", "engine.documented-modifier", ["97140"])]

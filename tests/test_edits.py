@@ -394,19 +394,6 @@ def test_compare_says_where_payers_differ_on_an_edit(tmp_path):
     assert "claim edits" not in same.stdout
 
 
-def test_the_readme_explain_example_is_what_explain_prints(tmp_path):
-    from test_readme_commands import README, _code_blocks, assert_shows
-    blocks = [body for _, body in _code_blocks(README)]
-    session_text = next(b for b in blocks if b.startswith("# 97140 and 97530 on one day: pair-session.yaml"))
-    shown = next(b for b in blocks if b.startswith("payrules explain pair-session.yaml --why-not ncci-ptp\n"))
-    (tmp_path / "pair-session.yaml").write_text(session_text)
-    proc = subprocess.run([sys.executable, "-m", "engine", "explain", "pair-session.yaml", "--why-not", "ncci-ptp"],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr            # the session has an error warning: exit status 1
-    assert_shows(proc.stdout, "...\n" + shown.split("\n", 1)[1])
-
-
 def test_an_empty_list_drops_the_parents_tables_of_that_kind(tmp_path):
     root = tmp_path / "extra"
     root.mkdir()
@@ -430,3 +417,37 @@ def test_explain_json_lists_the_edits_with_their_rows(tree, tmp_path):
     (why,) = doc["why_not"]
     assert why["fired"] == 0
     assert "97110: 2 units on the date <= MUE 2 (MAI 3) [table extra/ncci/mue.csv:4]" in why["checks"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(CODES), st.sampled_from(CODES), DATES,
+                               st.one_of(st.just("*"), DATES), st.sampled_from([0, 1, 9])), min_size=1, max_size=12),
+       mues=st.lists(st.tuples(st.sampled_from(CODES), st.integers(1, 6), st.sampled_from([1, 2, 3])),
+                     min_size=1, max_size=4, unique_by=lambda r: r[0]),
+       sessions=st.lists(st.tuples(
+           st.lists(st.tuples(st.sampled_from(CODES), st.integers(1, 5),
+                              st.sampled_from([("GP",), ("GP", "59"), ("GP", "XS")])), min_size=1, max_size=4),
+           st.sampled_from(["2016-06-01", "2021-03-01", "2026-01-01", None])), min_size=1, max_size=8))
+def test_one_payers_tables_give_each_session_of_a_batch_its_own_edits(tmp_path, rows, mues, sessions):
+    """One payer's tables across a batch (its row texts, EditTables.texts, fill as it goes): every session's
+    edits equal a naive scan whatever came before, and changing a returned result never changes a later one."""
+    rows = [r for r in rows if r[3] == "*" or r[3] > r[2]]
+    shared = tables(tmp_path, rows, mues)       # one payer's tables: the row texts (EditTables.texts) are shared
+    # each session twice, and beside it the same codes with 6 more units each (over every MUE value here):
+    # a cache that forgot the units would give those the first one's edits
+    sessions = [(v, d) for lines, d in sessions for v in (lines, [(c, u + 6, m) for c, u, m in lines])]
+    for lines, date in sessions + sessions:
+        res = result(*[(c, u, list(m)) for c, u, m in lines])
+        E.apply(res, date, shared)
+        got = [(w["severity"], w["rule"], w["codes"][0], w["table"]) for w in res["warnings"]]
+        if date is not None:
+            assert sorted(got) == sorted(naive(rows, mues, lines, date))
+        for w in res["warnings"]:
+            w["codes"].append("00000")
+            w["message"] = "changed"
+        for t in res["trace"]:
+            t["facts"].append("changed")
+    again = result(*[(c, u, list(m)) for c, u, m in sessions[0][0]])
+    E.apply(again, sessions[0][1], shared)
+    assert all("00000" not in w["codes"] and w["message"] != "changed" for w in again["warnings"])
+    assert all(t["facts"] == ["session"] for t in again["trace"])

@@ -6,7 +6,8 @@ holds what the README's commands name (the bundled examples, the guide's payer a
 JSONL and CSV, an audit log), with `payrules` on the PATH as the README's set-up puts it there (an
 activated venv; `.venv/bin/payrules` works too). The `payrules` found there runs this checkout's code,
 so the test checks the README against the code beside it. A block that starts with `$ command` shows
-that command's output, which must be exactly what it prints.
+that command's output, which must be exactly what it prints; a comment after it, `# exit status N`, is the
+exit status it must end with (0 otherwise).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def readme_commands() -> list[str]:
     for info, body in _code_blocks(README):
         lines = body.splitlines()
         if lines and lines[0].startswith("$ "):
-            found.append(lines[0][2:].strip())
+            found.append(_strip_comment(lines[0][2:]))
         elif info == "sh":
             for line in lines:
                 line = _strip_comment(line)
@@ -79,8 +80,19 @@ def shown_outputs() -> dict[str, str]:
     for _info, body in _code_blocks(README):
         lines = body.splitlines()
         if lines and lines[0].startswith("$ "):
-            shown[lines[0][2:].strip()] = "\n".join(lines[1:]) + "\n"
+            shown[_strip_comment(lines[0][2:])] = "\n".join(lines[1:]) + "\n"
     return shown
+
+
+def exit_statuses() -> dict[str, int]:
+    """Command -> the exit status its `$` line's comment `# exit status N` gives."""
+    found = {}
+    for _info, body in _code_blocks(README):
+        first = body.split("\n", 1)[0]
+        match = re.fullmatch(r"\$ (.*?)\s+# exit status (\d+)\b.*", first)
+        if match:
+            found[match.group(1).strip()] = int(match.group(2))
+    return found
 
 
 def readme_files() -> dict[str, str]:
@@ -130,7 +142,8 @@ def test_the_readme_commands_are_found():
     assert "payrules validate my-rules" in commands
     assert "payrules compare session.yaml --payers medicare,acme-health --rules my-rules" in commands
     assert set(readme_files()) == {"my-rules/acme-health.yaml", "my-rules/acme-health.tests.yaml", "session.yaml",
-                                   "patient-year.yaml"}
+                                   "patient-year.yaml", "pair-session.yaml"}
+    assert exit_statuses() == {"payrules explain pair-session.yaml --why-not ncci-ptp": 1}
     long_ones = {c for c in commands if c.startswith((".venv/bin/python", "payrules serve"))}
     assert long_ones == NOT_RUN
 
@@ -141,7 +154,7 @@ def test_readme_command_works_as_printed(command, workspace):
     proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True,
                           timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == 0, f"{command}\n{proc.stderr}"
+    assert proc.returncode == exit_statuses().get(command, 0), f"{command}\n{proc.stderr}"
     expected = shown_outputs().get(command)
     if expected is not None:
         assert_shows(proc.stdout, expected)
