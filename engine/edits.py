@@ -105,6 +105,16 @@ def _add(found, severity, rule, message, codes, source, row, effect):
                   {"rule": rule, "source": source, "facts": ["session"], "effect": effect, "table": row.where}, row))
 
 
+def _say(made, warnings, trace, *edit) -> None:
+    """_add's edit put straight on a result (apply_across: one session's edits across the day)."""
+    found: list = []
+    _add(found, *edit)
+    (warning, entry, row), = found
+    warnings.append(warning)
+    trace.append(entry)
+    made.append((entry, row))
+
+
 def _ptp(lines, date, edits, made):
     source = edits.sources["ptp"]
     position: dict = {}                 # code -> its place among the session's billed codes
@@ -237,7 +247,7 @@ def apply_across(result: dict, date: str | None, edits: EditTables, others: list
             named = ", ".join(f"session {sid} ({n})" for sid, n in with_code)
             for line in lines:
                 if line["code"] == code:
-                    _add(made, warnings, trace, "error", "ncci-mue",
+                    _say(made, warnings, trace, "error", "ncci-mue",
                          f"{code}: {total} units on the date of service with {named} exceed the MUE of "
                          f"{mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, not only the excess",
                          [code], source, mue, f"{code} line of {line['units']} units denied: {total} units on "
@@ -253,24 +263,24 @@ def _ptp_across(edit, line, col2_here, other_id, edits, source, warnings, trace,
            f"{f'session {other_id}' if col2_here else 'this session'} (the same date of service)"
     denied = f"{col2} denied with {col1} of {'session ' + other_id if col2_here else 'this session'}"
     if edit.modifier == 0:
-        _add(made, warnings, trace, "error", "ncci-ptp",
+        _say(made, warnings, trace, "error", "ncci-ptp",
              f"{pair}: never payable together on one date of service (NCCI PTP edit, modifier indicator 0; "
              f"{edit.rationale or 'no rationale given'})", [col2, col1], source, edit, f"{denied}: indicator 0")
         return
     documented = [m for m in line["modifiers"] if m in BYPASS]
     refused = edits.not_honoured.get(frozenset((col1, col2)))
     if documented and refused is None:
-        _add(made, warnings, trace, "info", "ncci-ptp",
+        _say(made, warnings, trace, "info", "ncci-ptp",
              f"{pair}: NCCI PTP edit bypassed by the documented modifier {documented[0]} (modifier indicator 1)",
              [col2, col1], source, edit, f"{col2} billed with {col1}: {documented[0]} documented")
     elif documented:
-        _add(made, warnings, trace, "error", "ncci-ptp",
+        _say(made, warnings, trace, "error", "ncci-ptp",
              f"{pair}: this payer does not honour {documented[0]} for this pair (NCCI PTP edit, modifier "
              "indicator 1); expect a denial and appeal with the documentation", [col2, col1], refused, edit,
              f"{denied}: bypass not honoured")
     else:
         distinct = DISTINCT.get(frozenset((col1, col2)), "as distinct services")
-        _add(made, warnings, trace, "error", "ncci-ptp",
+        _say(made, warnings, trace, "error", "ncci-ptp",
              f"{pair}: not payable together unless documented {distinct}, with modifier 59 or XE/XS/XP/XU on "
              f"{col2} (NCCI PTP edit, modifier indicator 1); the engine does not add it", [col2, col1], source,
              edit, f"{denied}: no 59/X modifier documented")
