@@ -37,12 +37,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .api import RuleBook, _parse
+from .api import RuleBook, _id_of, _parse
 from .batch import Counts, Job, process
 from .errors import PayrulesError
 from .paths import SCHEMAS_DIR
 from .render import clean
-from .sessions import MAX_INPUT_BYTES, load_sessions
+from .sessions import MAX_INPUT_BYTES, ParseError, load_sessions
+from .yamlload import format_path
 
 LOG = logging.getLogger("payrules.service")
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -69,6 +70,43 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class _Repeated(dict):
+    """A JSON object of the body in which a key was repeated (json keeps the last value): `key`."""
+    key = ""
+
+
+def _object(pairs: list) -> dict:
+    made = dict(pairs)
+    if len(made) == len(pairs):
+        return made
+    seen: set = set()
+    repeated = _Repeated(made)
+    repeated.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return repeated
+
+
+def _repeated(value: Any, path: tuple = ()) -> tuple | None:
+    """(path, key) of the first object in `value` with a repeated key, or None."""
+    if isinstance(value, _Repeated):
+        return path, value.key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, (dict, list)):
+            found = _repeated(item, path + (key,))
+            if found:
+                return found
+    return None
+
+
+def _refuse_repeated(value: Any) -> Any:
+    """`value` when no key of it was repeated; else 400: a repeated key is never read as its last value."""
+    found = _repeated(value)
+    if found:
+        where = format_path(found[0])
+        raise Refused(400, f"malformed JSON: {where + ': ' if where else ''}duplicate key {found[1]!r}")
+    return value
 
 
 def dumps(value: Any) -> bytes:
@@ -118,7 +156,7 @@ class Service:
         except asyncio.TimeoutError:
             raise Refused(408, f"request body not received within {self.time_limit:g} s") from None
         try:
-            return json.loads(raw.decode("utf-8-sig"))
+            return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_object)
         except UnicodeDecodeError:
             raise Refused(400, "malformed JSON: the body is not UTF-8 text") from None
         except ValueError as exc:
@@ -133,12 +171,23 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
+    def record(self, item: Any, number: int, payer: str | None, date: str | None) -> dict:
+        """The result or error record of session `number` (payer and date checked): RuleBook.bill's, and
+        for a key repeated in the session the command's error record (`payrules bill` refuses it)."""
+        found = _repeated(item)
+        if found is None:
+            return self.book._bill(item, number, payer, date)
+        error = ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]),
+                           session_id=_id_of(item, number))
+        with self.book._lock:
+            return self.book._biller.bill(error, payer, date)
+
     async def bill_list(self, items: list, payer: str | None, date: str | None) -> list:
         """Every session of a list billed, in order; the time limit is checked between sessions."""
         deadline = time.monotonic() + self.time_limit
-        records = []
-        for number, record in enumerate(self.book.bill_many(items, payer=payer, date=date), 1):
-            records.append(record)
+        records, (payer, date) = [], self.book._options(payer, date)
+        for number, item in enumerate(items, 1):
+            records.append(self.record(item, number, payer, date))
             if number % YIELD_EVERY == 0:
                 if time.monotonic() > deadline:
                     raise Refused(503, f"time limit of {self.time_limit:g} s reached after {number} of "
@@ -168,7 +217,7 @@ async def bill(request: Request, service: Service) -> Response:
         records = await service.bill_list(body, payer, date)
         _ids(request, *records)
         return _json(records)
-    record = service.book.bill(body, payer=payer, date=date)
+    record = service.record(body, 1, *service.book._options(payer, date))
     _ids(request, record)
     return _json(record, 422 if "error" in record else 200)
 
@@ -180,14 +229,14 @@ def _compare_args(body: Any) -> tuple:
 
 
 async def compare(request: Request, service: Service) -> Response:
-    session, payers, base, date = _compare_args(await service.body(request))
+    session, payers, base, date = _compare_args(_refuse_repeated(await service.body(request)))
     result = service.book.compare(session, payers, base=base, date=date)
     _ids(request, result)
     return _json(result)
 
 
 async def explain(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     doc = service.book.explain(body, payer=_query(request, "payer"), date=_query(request, "date"),
                                why_not=request.query_params.getlist("why_not"))
     _ids(request, doc)
@@ -250,7 +299,7 @@ def _pasted(text: Any) -> Any:
 
 
 async def ui_check(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict):
         raise Refused(400, 'give {"session": {...} or "text": "...", "payers": [...]}')
     session = _session_of(body)
@@ -263,7 +312,7 @@ async def ui_check(request: Request, service: Service) -> Response:
 
 
 async def ui_explain(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("payer"), str):
         raise Refused(400, 'give {"session": {...} or "text": "...", "payer": "id"}')
     session = _session_of(body)
@@ -273,7 +322,7 @@ async def ui_explain(request: Request, service: Service) -> Response:
 
 
 async def ui_batch(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"name": "day.csv", "text": "..."}')
     name = _file_name(body.get("name"), "upload.jsonl")
@@ -306,7 +355,7 @@ def _file_name(value: Any, default: str) -> str:
 
 
 async def ui_validate(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"text": "payer YAML"}')
     name = _file_name(body.get("name"), "pasted.yaml")
@@ -572,12 +621,30 @@ def openapi_document() -> dict:
 
 
 # --- the app -------------------------------------------------------------------------------------------
-def create_app(book: RuleBook, token: str | None = None, **limits: Any) -> Starlette:
-    """The app over `book`: every request answered by this one book, in the event-loop thread."""
+def _foreign(request: Request, local_only: bool) -> str | None:
+    """Why a request that a web page of another site may have made is refused, or None. A browser sends
+    Origin with a cross-site POST (a form, or fetch() with text/plain that needs no preflight): it must be
+    this service's own. Bound to loopback (`local_only`), the Host must be a loopback name: otherwise
+    evil.example resolved to 127.0.0.1 (DNS rebinding) would be the same origin as the service."""
+    host = request.headers.get("host", "")
+    if local_only and not is_loopback(host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host):
+        return f"host {clean(host)[:100]!r} refused: this service answers only on its loopback address"
+    origin = request.headers.get("origin")
+    if request.method == "POST" and origin is not None and origin != f"{request.url.scheme}://{host}":
+        return f"cross-site request refused: Origin {clean(origin)[:100]!r} is not this service"
+    return None
+
+
+def create_app(book: RuleBook, token: str | None = None, local_only: bool = False, **limits: Any) -> Starlette:
+    """The app over `book`: every request answered by this one book, in the event-loop thread. `local_only`:
+    the service is bound to a loopback address, and answers only requests addressed to it."""
     service = Service(book, token, **limits)
 
     def endpoint(handler, guarded: bool = True):
         async def run(request: Request) -> Response:
+            refused = _foreign(request, local_only)
+            if refused:
+                return _error(403, refused)
             if guarded and not service.authorised(request):
                 return _error(401, "a bearer token is required: Authorization: Bearer $PAYRULES_TOKEN")
             try:
@@ -654,7 +721,7 @@ def worker_app() -> Any:
     """The app of one worker process (uvicorn --workers N > 1 calls this in each): its own RuleBook."""
     config = json.loads(os.environ[CONFIG_ENV])
     _configure_logging()
-    app = create_app(RuleBook(config["rules"], config["engine"]), os.environ.get(TOKEN_ENV))
+    app = create_app(RuleBook(config["rules"], config["engine"]), os.environ.get(TOKEN_ENV), config["local_only"])
     _settle()
     return app
 
@@ -688,12 +755,13 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     options = dict(host=host, port=port, access_log=False, log_level="info", timeout_keep_alive=30,
                    server_header=False)
     if workers == 1:
-        app = create_app(book, token)
+        app = create_app(book, token, is_loopback(host))
         _settle()
         uvicorn.run(app, **options)
         return 0
     book.close()                            # each worker builds its own
-    os.environ[CONFIG_ENV] = json.dumps({"rules": list(book.rules), "engine": book.engine})
+    os.environ[CONFIG_ENV] = json.dumps({"rules": list(book.rules), "engine": book.engine,
+                                         "local_only": is_loopback(host)})
     from uvicorn.supervisors import Multiprocess
     config = _TcpConfig(f"{__name__}:worker_app", factory=True, workers=workers, **options)
     Multiprocess(config, sockets=[config.bind_socket()]).run()

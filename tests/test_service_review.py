@@ -1,0 +1,112 @@
+"""Review of `payrules serve` (issue 14): what a hostile EHR integrator and a billing specialist found.
+
+- A key repeated in one JSON object is the command's error record (`payrules bill` refuses it), never
+  the last value taken silently: `{"minutes": 8, "minutes": 53}` is not a session anyone can bill.
+- A web page on another site, open in the user's browser, cannot drive the service on 127.0.0.1: a POST
+  whose Origin is not the service's is 403 (cross-site request forgery), and a service bound to loopback
+  answers only requests addressed to a loopback name (DNS rebinding: evil.example resolved to 127.0.0.1
+  would otherwise be "same origin" and read the answers).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from engine.api import RuleBook
+from test_service import OT, REPO, free_port, serve, stop, wait_ready
+
+DUP = b'{"session_id":"D-1","payer":"medicare","services":[{"code":"97110","minutes":8,"minutes":53}]}'
+
+
+@pytest.fixture(scope="module")
+def book():
+    with RuleBook() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def client(book):
+    from engine.service import create_app
+    return TestClient(create_app(book), raise_server_exceptions=False)
+
+
+def test_a_repeated_key_is_the_commands_error_record(client):
+    command = subprocess.run([sys.executable, "-m", "engine", "bill", "-", "--format", "json"], cwd=REPO,
+                             input=DUP.decode(), capture_output=True, text=True, timeout=120)
+    expected = json.loads(command.stdout)
+    # the command's record, less its "<stdin>:1: " (a service body is no file)
+    assert expected == {"session_id": "D-1", "error": "<stdin>:1: services[0]: duplicate key 'minutes'"}
+    answer = client.post("/v1/bill", content=DUP, headers={"content-type": "application/json"})
+    assert (answer.status_code, answer.json()) == (422, {"session_id": "D-1",
+                                                         "error": "services[0]: duplicate key 'minutes'"})
+
+
+def test_a_repeated_key_in_a_list_is_an_error_record_in_its_place(client, book):
+    body = b"[" + json.dumps(OT).encode() + b"," + DUP + b',{"session_id":"D-2","session_id":"D-3"}]'
+    answer = client.post("/v1/bill", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 200
+    assert answer.json() == [book.bill(OT), {"session_id": "D-1", "error": "services[0]: duplicate key 'minutes'"},
+                             {"session_id": "D-3", "error": "duplicate key 'session_id'"}]
+
+
+@pytest.mark.parametrize("path, wrap", [
+    ("/v1/compare", lambda s: b'{"session":' + s + b',"payers":["medicare"]}'),
+    ("/v1/explain", lambda s: s),
+    ("/ui/check", lambda s: b'{"session":' + s + b',"payers":["medicare"]}'),
+    ("/ui/explain", lambda s: b'{"session":' + s + b',"payer":"medicare"}'),
+    ("/v1/compare", lambda s: b'{"session":' + json.dumps(OT).encode() + b',"payers":["medicare"],"payers":["x"]}'),
+])
+def test_a_repeated_key_elsewhere_is_refused_not_read_as_its_last_value(client, path, wrap):
+    answer = client.post(path, content=wrap(DUP), headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "duplicate key" in answer.json()["error"]
+
+
+POSTS = [("/v1/bill", OT), ("/v1/compare", {"session": OT, "payers": ["medicare"]}), ("/v1/explain", OT),
+         ("/ui/check", {"session": OT, "payers": ["medicare"]}), ("/ui/explain", {"session": OT, "payer": "medicare"}),
+         ("/ui/batch", {"name": "a.jsonl", "text": json.dumps(OT)}), ("/ui/validate", {"text": "payer: x\n"})]
+
+
+@pytest.mark.parametrize("path, body", POSTS)
+def test_a_post_from_another_site_is_refused(client, path, body):
+    # a form or fetch() of evil.example's page: the browser sends its Origin, and text/plain needs no preflight
+    hostile = client.post(path, content=json.dumps(body), headers={"content-type": "text/plain",
+                                                                    "origin": "http://evil.example"})
+    assert hostile.status_code == 403 and "cross-site" in hostile.json()["error"]
+    for origin in ("null", "http://testserver.evil.example", "https://testserver"):
+        assert client.post(path, json=body, headers={"origin": origin}).status_code == 403, origin
+    # the page itself (same origin) and a client that sends no Origin (curl, an EHR) are served
+    assert client.post(path, json=body, headers={"origin": "http://testserver"}).status_code == 200
+    assert client.post(path, json=body).status_code == 200
+
+
+def test_bound_to_loopback_only_loopback_host_names_are_answered(book):
+    from engine.service import create_app
+    local = TestClient(create_app(book, local_only=True), base_url="http://127.0.0.1:8080",
+                       raise_server_exceptions=False)
+    for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "localhost"):
+        assert local.get("/healthz", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example:8080", "evil.example", "127.0.0.1.evil.example:8080", ""):
+        for method, path in (("GET", "/"), ("GET", "/v1/payers"), ("POST", "/v1/bill")):
+            answer = local.request(method, path, json=OT, headers={"host": host})
+            assert answer.status_code == 403 and "host" in answer.json()["error"], (host, path)
+
+
+def test_the_served_service_refuses_a_rebound_host_with_two_workers():
+    port = free_port()
+    proc = serve("--port", str(port), "--workers", "2")
+    try:
+        wait_ready(proc, port)
+        curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/v1/payers"]
+        codes = [subprocess.run(curl + extra, capture_output=True, text=True, timeout=30).stdout
+                 for extra in ([], ["-H", f"Host: evil.example:{port}"])]
+    finally:
+        stop(proc)
+    assert codes == ["200", "403"]
