@@ -567,6 +567,8 @@ def openapi_document() -> dict:
 
     errors = {"400": answer("malformed JSON or a bad request", ref("Error")),
               "401": answer("a bearer token is required (PAYRULES_TOKEN) and was missing or wrong", ref("Error")),
+              "403": answer("refused: a POST from another site's page (Origin), or a Host that is not the "
+                            "loopback address the service is bound to", ref("Error")),
               "408": answer("the body did not arrive within the time limit", ref("Error")),
               "413": answer("the body is over the size limit", ref("Error"))}
     query = [{"name": "payer", "in": "query", "required": False, "schema": {"type": "string"},
@@ -575,6 +577,26 @@ def openapi_document() -> dict:
               "description": "date of service for the session(s) (--date), YYYY-MM-DD"}]
     json_body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}  # noqa: E731
     any_json = {"type": "object"}
+    by_payer = lambda schema: {"type": "object", "additionalProperties": schema}  # noqa: E731
+    components["CompareResult"] = {
+        "type": "object", "required": ["session_id", "payers", "base", "results", "rows", "totals", "differs"],
+        "properties": {"session_id": {"type": "string"}, "payers": {"type": "array", "items": {"type": "string"}},
+                       "base": {"type": "string"}, "results": by_payer(ref("Result")),
+                       "rows": {"type": "array", "items": {
+                           "type": "object", "required": ["code", "units"],
+                           "properties": {"code": {"type": "string"}, "minutes": {"type": "integer"},
+                                          "units": by_payer({"type": ["integer", "null"]}),
+                                          "modifiers": by_payer({"type": "array"})}}},
+                       "totals": by_payer({"type": ["integer", "null"]}),
+                       "differs": {"type": "array", "items": {"type": "string"}},
+                       "modifiers_differ": {"type": "array", "items": {"type": "string"}}}}
+    components["Explanation"] = {
+        "type": "object", "required": ["session_id", "payer", "firings", "result"],
+        "properties": {"session_id": {"type": "string"}, "payer": {"type": "string"},
+                       "payer_name": {"type": "string"}, "method": {"type": "object"},
+                       "firings": {"type": "array", "items": {"type": "object"}},
+                       "modifiers": {"type": "array"}, "unbilled": {"type": "array"}, "edits": {"type": "array"},
+                       "why_not": {"type": "array"}, "result": ref("Result")}}
     paths = {
         "/v1/bill": {"post": {
             "summary": "Bill a session, or a list of sessions (payrules bill --format json)",
@@ -587,24 +609,25 @@ def openapi_document() -> dict:
         "/v1/compare": {"post": {
             "summary": "One session under several payers (payrules compare --format json)",
             "requestBody": json_body(ref("CompareRequest")),
-            "responses": {"200": answer("the compare JSON", any_json), **errors}}},
+            "responses": {"200": answer("the compare JSON", ref("CompareResult")), **errors}}},
         "/v1/explain": {"post": {
             "summary": "How one session was billed (payrules explain --format json)",
             "parameters": query + [{"name": "why_not", "in": "query", "required": False,
                                     "schema": {"type": "array", "items": {"type": "string"}},
                                     "description": "rule ids: say which condition of each failed (--why-not)"}],
             "requestBody": json_body(ref("Session")),
-            "responses": {"200": answer("the explain JSON", any_json),
+            "responses": {"200": answer("the explain JSON", ref("Explanation")),
                           "422": answer("the session could not be billed: its error record", ref("Result")), **errors}}},
         "/v1/payers": {"get": {"summary": "The known payers (payrules payers --format json)",
                                "responses": {"200": answer("every version of every payer",
                                                            {"type": "array", "items": any_json}),
-                                             "401": errors["401"]}}},
+                                             "401": errors["401"], "403": errors["403"]}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": answer(
-            "ok", {"type": "object", "properties": {"status": {"const": "ok"}}})}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": answer("OpenAPI 3.1", any_json)}}},
+            "ok", {"type": "object", "properties": {"status": {"const": "ok"}}}), "403": errors["403"]}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": answer("OpenAPI 3.1", any_json),
+                                                                             "403": errors["403"]}}},
         "/": {"get": {"summary": "The web page for billing staff",
-                      "responses": {"200": answer("HTML", {"type": "string"}, "text/html")}}},
+                      "responses": {"200": answer("HTML", {"type": "string"}, "text/html"), "403": errors["403"]}}},
     }
     for path, summary in (("/ui/check", "page: results per payer side by side (HTML)"),
                           ("/ui/explain", "page: the explanation for one payer (HTML)"),

@@ -110,3 +110,17 @@ def test_the_served_service_refuses_a_rebound_host_with_two_workers():
     finally:
         stop(proc)
     assert codes == ["200", "403"]
+
+
+def test_every_status_the_guard_answers_is_documented(book):
+    # each operation of /openapi.json, asked from a rebound host and from another site's page: the answer's
+    # status is one the document lists for that operation (schemathesis sends neither header)
+    from engine.service import create_app, openapi_document
+    local = TestClient(create_app(book, local_only=True), base_url="http://127.0.0.1:8080",
+                       raise_server_exceptions=False)
+    for path, operations in openapi_document()["paths"].items():
+        for method, operation in operations.items():
+            for headers in ({"host": "evil.example:8080"}, {"origin": "http://evil.example"}):
+                answer = local.request(method.upper(), path, json=OT, headers=headers)
+                if answer.status_code != 200:
+                    assert str(answer.status_code) in operation["responses"], (method, path, headers)
