@@ -15,6 +15,7 @@ import sys
 import warnings
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -124,3 +125,37 @@ def test_every_status_the_guard_answers_is_documented(book):
                 answer = local.request(method.upper(), path, json=OT, headers=headers)
                 if answer.status_code != 200:
                     assert str(answer.status_code) in operation["responses"], (method, path, headers)
+
+
+MARK = "<zz-x>"     # a tag no fragment of ours has: found unescaped, text of the input became markup
+payloads = st.sampled_from([MARK, f'"{MARK}', f"'{MARK}", f"</td>{MARK}", f"{MARK}&amp;", f"`{MARK}"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=payloads, where=st.sampled_from(["session_id", "code", "modifiers", "provider", "minutes",
+                                                 "discipline", "date_of_service", "context", "key", "text"]),
+       endpoint=st.sampled_from(["/ui/check", "/ui/explain", "/ui/batch", "/ui/validate"]))
+def test_no_text_of_the_input_becomes_markup_in_a_fragment(client, payload, where, endpoint):
+    service = {"code": "97110", "minutes": 23}
+    session = {"session_id": "S-1", "payer": "medicare", "discipline": "PT", "services": [service]}
+    if where in ("session_id", "discipline", "date_of_service"):
+        session[where] = payload
+    elif where == "context":
+        session["context"] = {"note": payload}
+    elif where == "key":
+        service[payload] = 1
+    elif where in ("code", "provider", "minutes"):
+        service[where] = payload
+    elif where == "modifiers":
+        service["modifiers"] = [payload]
+    if endpoint == "/ui/batch":     # the session as a JSONL line, and the payload as the file's name too
+        body = {"name": payload + ".jsonl", "text": json.dumps(session) + "\n" + payload + "\n"}
+    elif endpoint == "/ui/validate":
+        body = {"name": payload + ".yaml", "text": f"payer: '{payload}'\n{payload}: 1\nname: [{payload}\n"}
+    elif where == "text":
+        body = {"text": f"session_id: '{payload}'\nservices: [{payload}", "payers": ["medicare"], "payer": "medicare"}
+    else:
+        body = {"session": session, "payers": ["medicare"], "payer": "medicare"}
+    answer = client.post(endpoint, json=body)
+    assert answer.status_code < 500
+    assert MARK not in answer.text.replace("\\u003c", "<") or answer.headers["content-type"].startswith("application/json")
