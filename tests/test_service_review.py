@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -159,3 +161,41 @@ def test_no_text_of_the_input_becomes_markup_in_a_fragment(client, payload, wher
     answer = client.post(endpoint, json=body)
     assert answer.status_code < 500
     assert MARK not in answer.text.replace("\\u003c", "<") or answer.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("signal_name, to_group", [("SIGTERM", False), ("SIGINT", True)])
+def test_workers_2_stop_on_ctrl_c_and_sigterm_leaving_no_process(signal_name, to_group):
+    # Ctrl-C signals the terminal's whole process group; a service manager sends SIGTERM to the parent
+    import os
+    import signal
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port), "--workers", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_ready(proc, port)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2     # the two workers (and multiprocessing's resource tracker)
+        sig = getattr(signal, signal_name)
+        os.killpg(proc.pid, sig) if to_group else proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err
+
+    def running() -> list:      # not reaped yet, and no zombie about to be
+        alive = []
+        for pid in children:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                    alive.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
+            except OSError:
+                pass
+        return alive
+    for _ in range(50):         # multiprocessing's resource tracker leaves when its pipe closes
+        if not running():
+            break
+        time.sleep(0.1)
+    assert running() == []
