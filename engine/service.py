@@ -769,6 +769,9 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     """Check the rules (a broken file raises PayrulesError before anything listens), then serve."""
     from .errors import UsageError
     token = os.environ.get(TOKEN_ENV) or None
+    if token and not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token):
+        raise UsageError(f"{TOKEN_ENV}: use letters, digits and - . _ ~ + / = only (it is sent in an HTTP "
+                         "header, Authorization: Bearer ...)")
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} is not a loopback address: set {TOKEN_ENV} to the bearer token "
                          "that clients must send (Authorization: Bearer ...)")

@@ -199,3 +199,12 @@ def test_workers_2_stop_on_ctrl_c_and_sigterm_leaving_no_process(signal_name, to
             break
         time.sleep(0.1)
     assert running() == []
+
+
+@pytest.mark.parametrize("token", ["t\u00f6ken-1234", "two words", "tab\there"])
+def test_a_token_no_client_can_send_stops_start_up(token):
+    # HTTP headers carry ASCII (a browser's fetch() refuses anything else; Starlette reads the bytes as
+    # Latin-1, so a UTF-8 "ö" never matched): such a token would lock every client out, silently
+    proc = serve("--host", "0.0.0.0", "--port", str(free_port()), env={"PAYRULES_TOKEN": token})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.startswith("error: PAYRULES_TOKEN: ") and "Traceback" not in err
