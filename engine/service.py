@@ -636,6 +636,8 @@ def openapi_document() -> dict:
         paths[path] = {"post": {"summary": summary, "requestBody": json_body(ref("PageRequest")),
                                 "responses": {"200": answer("an HTML fragment", {"type": "string"}, "text/html"),
                                               "422": answer("the input could not be read", ref("Error")), **errors}}}
+        if path == "/ui/batch":
+            paths[path]["post"]["responses"]["503"] = answer("the time limit was reached billing the file", ref("Error"))
     return {"openapi": "3.1.0",
             "info": {"title": "payer-rules", "version": __version__,
                      "description": "Payer rules engine for outpatient therapy billing (design.md §8)."},

@@ -208,3 +208,25 @@ def test_a_token_no_client_can_send_stops_start_up(token):
     proc = serve("--host", "0.0.0.0", "--port", str(free_port()), env={"PAYRULES_TOKEN": token})
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.startswith("error: PAYRULES_TOKEN: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/bill", [OT] * 100),
+    ("/ui/batch", {"name": "day.jsonl", "text": "\n".join(json.dumps({**OT, "session_id": f"B-{n}"})
+                                                          for n in range(100))})])
+def test_a_batch_that_outlasts_the_time_limit_is_a_documented_503(book, path, body):
+    from engine.service import create_app, openapi_document
+    app = create_app(book, time_limit=0.0)
+    service, read = app.state.service, app.state.service.body
+
+    async def arrives(request):     # the body arrives in time; the billing then outlasts the limit
+        service.time_limit = 30.0
+        try:
+            return await read(request)
+        finally:
+            service.time_limit = 0.0
+    service.body = arrives
+    slow = TestClient(app, raise_server_exceptions=False)
+    answer = slow.post(path, json=body)
+    assert answer.status_code == 503 and "time limit" in answer.json()["error"]
+    assert "503" in openapi_document()["paths"][path]["post"]["responses"]
