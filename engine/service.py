@@ -267,7 +267,12 @@ async def page(request: Request, service: Service) -> Response:
     text = service.page.substitute(version=_e(__version__), payer_checks=checks,
                                    payer_options="".join(f'<option value="{_e(p)}">{_e(p)}</option>' for p in ids),
                                    token_needed="true" if service.token else "false")
-    # nothing from another site, no inline script: the page works offline and pasted text cannot run
+    return _html(text)
+
+
+def _html(text: str) -> HTMLResponse:
+    """The page or one of its fragments: nothing from another site, no inline script (pasted text cannot
+    run even where a fragment is opened as a document), never framed."""
     return HTMLResponse(text, headers={"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
                                        "X-Content-Type-Options": "nosniff"})
 
@@ -308,7 +313,7 @@ async def ui_check(request: Request, service: Service) -> Response:
         raise Refused(400, "choose at least one payer")
     result = service.book.compare(session, payer_ids, date=body.get("date") or None)
     _ids(request, result)
-    return HTMLResponse(render_compare(result))
+    return _html(render_compare(result))
 
 
 async def ui_explain(request: Request, service: Service) -> Response:
@@ -318,7 +323,7 @@ async def ui_explain(request: Request, service: Service) -> Response:
     session = _session_of(body)
     doc = service.book.explain(session, payer=body["payer"], date=body.get("date") or None)
     _ids(request, doc)
-    return HTMLResponse(render_explain(doc, explain_text(service.book, session, body["payer"], body.get("date"))))
+    return _html(render_explain(doc, explain_text(service.book, session, body["payer"], body.get("date"))))
 
 
 async def ui_batch(request: Request, service: Service) -> Response:
@@ -345,7 +350,7 @@ async def ui_batch(request: Request, service: Service) -> Response:
                 raise Refused(503, f"time limit of {service.time_limit:g} s reached: upload fewer sessions")
             await asyncio.sleep(0)
     _ids(request, *records)
-    return HTMLResponse(render_batch(records, counts, name))
+    return _html(render_batch(records, counts, name))
 
 
 def _file_name(value: Any, default: str) -> str:
@@ -362,7 +367,7 @@ async def ui_validate(request: Request, service: Service) -> Response:
     if not name.endswith((".yaml", ".yml")):
         name += ".yaml"
     errors = validate_text(service.book, body["text"], name)
-    return HTMLResponse(render_validate(errors, name))
+    return _html(render_validate(errors, name))
 
 
 def validate_text(book: RuleBook, text: str, name: str) -> list[str]:

@@ -230,3 +230,12 @@ def test_a_batch_that_outlasts_the_time_limit_is_a_documented_503(book, path, bo
     answer = slow.post(path, json=body)
     assert answer.status_code == 503 and "time limit" in answer.json()["error"]
     assert "503" in openapi_document()["paths"][path]["post"]["responses"]
+
+
+@pytest.mark.parametrize("path, body", [p for p in POSTS if p[0].startswith("/ui/")])
+def test_every_html_answer_forbids_scripts_and_framing(client, path, body):
+    # a fragment opened as a document (a form posted to it) runs no script and cannot be framed
+    answer = client.post(path, json=body)
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert answer.headers["x-content-type-options"] == "nosniff"
