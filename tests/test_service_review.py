@@ -239,3 +239,12 @@ def test_every_html_answer_forbids_scripts_and_framing(client, path, body):
     assert answer.headers["content-type"].startswith("text/html")
     assert answer.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_payer_name_from_a_rule_file_is_text_on_the_page(tmp_path):
+    from engine.service import create_app
+    (tmp_path / "odd.yaml").write_text(f'payer: odd-payer\nname: "{MARK} &amp; \\"quoted\\""\nextends: medicare\n',
+                                       encoding="utf-8")
+    with RuleBook([str(tmp_path)]) as book:
+        page = TestClient(create_app(book)).get("/").text
+    assert MARK not in page and "&lt;zz-x&gt; &amp;amp; &quot;quoted&quot;" in page
