@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from uvicorn.supervisors import multiprocess
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -643,6 +645,10 @@ def openapi_document() -> dict:
                                               "422": answer("the input could not be read", ref("Error")), **errors}}}
         if path == "/ui/batch":
             paths[path]["post"]["responses"]["503"] = answer("the time limit was reached billing the file", ref("Error"))
+    for operations in paths.values():       # those the token guards (401) take it, when the service has one
+        for operation in operations.values():
+            if "401" in operation["responses"]:
+                operation["security"] = [{"bearer": []}, {}]
     return {"openapi": "3.1.0",
             "info": {"title": "payer-rules", "version": __version__,
                      "description": "Payer rules engine for outpatient therapy billing (design.md §8)."},
@@ -795,9 +801,9 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     book.close()                            # each worker builds its own
     os.environ[CONFIG_ENV] = json.dumps({"rules": list(book.rules), "engine": book.engine,
                                          "local_only": is_loopback(host)})
-    from uvicorn.supervisors import Multiprocess
+    multiprocess.Process = _Worker          # this process only serves: its workers start with Ctrl-C ignored
     config = _TcpConfig(f"{__name__}:worker_app", factory=True, workers=workers, **options)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
 
 
@@ -813,6 +819,20 @@ def _check_address(host: str, port: int) -> None:
             sock.bind(address)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class _Worker(multiprocess.Process):
+    """A worker process started with SIGINT ignored (inherited through exec): Ctrl-C signals the whole
+    process group, and a worker still importing the engine died of KeyboardInterrupt with a traceback.
+    The parent stops its workers itself (SIGTERM); a serving worker's uvicorn handles SIGINT and SIGTERM
+    as before, and re-raises SIGINT, ignored, after its graceful shutdown."""
+
+    def start(self) -> None:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _TcpConfig(uvicorn.Config):

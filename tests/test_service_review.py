@@ -183,7 +183,7 @@ def test_workers_2_stop_on_ctrl_c_and_sigterm_leaving_no_process(signal_name, to
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 0 and "Traceback" not in err
+    assert proc.returncode == 0 and "Traceback" not in err, err
 
     def running() -> list:      # not reaped yet, and no zombie about to be
         alive = []
@@ -248,3 +248,38 @@ def test_a_payer_name_from_a_rule_file_is_text_on_the_page(tmp_path):
     with RuleBook([str(tmp_path)]) as book:
         page = TestClient(create_app(book)).get("/").text
     assert MARK not in page and "&lt;zz-x&gt; &amp;amp; &quot;quoted&quot;" in page
+
+
+def test_the_document_says_which_operations_take_the_bearer_token(book):
+    from engine.service import create_app, openapi_document
+    guarded = TestClient(create_app(book, token="s3cret"), raise_server_exceptions=False)
+    for path, operations in openapi_document()["paths"].items():
+        for method, operation in operations.items():
+            refused = guarded.request(method.upper(), path, json=OT).status_code == 401
+            # {"bearer": []} when the service has a token, {} (none) when it has not (loopback)
+            assert (operation.get("security") == [{"bearer": []}, {}]) == refused, (method, path)
+            assert ("401" in operation["responses"]) == refused, (method, path)
+
+
+def test_ctrl_c_while_the_workers_start_is_no_traceback():
+    # Ctrl-C as soon as the parent says it started: the worker processes are still importing the engine
+    import os
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(free_port()), "--workers", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "Started parent process" in line:
+                time.sleep(0.2)     # the workers are importing (the engine takes ~1 s to import and load)
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        err = "".join(seen) + proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "Started parent process" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 0
