@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from uvicorn.supervisors import multiprocess
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,12 +39,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .api import RuleBook, _parse
+from .api import RuleBook, _id_of, _parse
 from .batch import Counts, Job, process
 from .errors import PayrulesError
 from .paths import SCHEMAS_DIR
 from .render import clean
-from .sessions import MAX_INPUT_BYTES, load_sessions
+from .sessions import MAX_INPUT_BYTES, ParseError, load_sessions
+from .yamlload import format_path
 
 LOG = logging.getLogger("payrules.service")
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -69,6 +72,43 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class _Repeated(dict):
+    """A JSON object of the body in which a key was repeated (json keeps the last value): `key`."""
+    key = ""
+
+
+def _object(pairs: list) -> dict:
+    made = dict(pairs)
+    if len(made) == len(pairs):
+        return made
+    seen: set = set()
+    repeated = _Repeated(made)
+    repeated.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return repeated
+
+
+def _repeated(value: Any, path: tuple = ()) -> tuple | None:
+    """(path, key) of the first object in `value` with a repeated key, or None."""
+    if isinstance(value, _Repeated):
+        return path, value.key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, (dict, list)):
+            found = _repeated(item, path + (key,))
+            if found:
+                return found
+    return None
+
+
+def _refuse_repeated(value: Any) -> Any:
+    """`value` when no key of it was repeated; else 400: a repeated key is never read as its last value."""
+    found = _repeated(value)
+    if found:
+        where = format_path(found[0])
+        raise Refused(400, f"malformed JSON: {where + ': ' if where else ''}duplicate key {found[1]!r}")
+    return value
 
 
 def dumps(value: Any) -> bytes:
@@ -118,7 +158,7 @@ class Service:
         except asyncio.TimeoutError:
             raise Refused(408, f"request body not received within {self.time_limit:g} s") from None
         try:
-            return json.loads(raw.decode("utf-8-sig"))
+            return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_object)
         except UnicodeDecodeError:
             raise Refused(400, "malformed JSON: the body is not UTF-8 text") from None
         except ValueError as exc:
@@ -133,12 +173,23 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
+    def record(self, item: Any, number: int, payer: str | None, date: str | None) -> dict:
+        """The result or error record of session `number` (payer and date checked): RuleBook.bill's, and
+        for a key repeated in the session the command's error record (`payrules bill` refuses it)."""
+        found = _repeated(item)
+        if found is None:
+            return self.book._bill(item, number, payer, date)
+        error = ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]),
+                           session_id=_id_of(item, number))
+        with self.book._lock:
+            return self.book._biller.bill(error, payer, date)
+
     async def bill_list(self, items: list, payer: str | None, date: str | None) -> list:
         """Every session of a list billed, in order; the time limit is checked between sessions."""
         deadline = time.monotonic() + self.time_limit
-        records = []
-        for number, record in enumerate(self.book.bill_many(items, payer=payer, date=date), 1):
-            records.append(record)
+        records, (payer, date) = [], self.book._options(payer, date)
+        for number, item in enumerate(items, 1):
+            records.append(self.record(item, number, payer, date))
             if number % YIELD_EVERY == 0:
                 if time.monotonic() > deadline:
                     raise Refused(503, f"time limit of {self.time_limit:g} s reached after {number} of "
@@ -168,7 +219,7 @@ async def bill(request: Request, service: Service) -> Response:
         records = await service.bill_list(body, payer, date)
         _ids(request, *records)
         return _json(records)
-    record = service.book.bill(body, payer=payer, date=date)
+    record = service.record(body, 1, *service.book._options(payer, date))
     _ids(request, record)
     return _json(record, 422 if "error" in record else 200)
 
@@ -180,14 +231,14 @@ def _compare_args(body: Any) -> tuple:
 
 
 async def compare(request: Request, service: Service) -> Response:
-    session, payers, base, date = _compare_args(await service.body(request))
+    session, payers, base, date = _compare_args(_refuse_repeated(await service.body(request)))
     result = service.book.compare(session, payers, base=base, date=date)
     _ids(request, result)
     return _json(result)
 
 
 async def explain(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     doc = service.book.explain(body, payer=_query(request, "payer"), date=_query(request, "date"),
                                why_not=request.query_params.getlist("why_not"))
     _ids(request, doc)
@@ -218,7 +269,12 @@ async def page(request: Request, service: Service) -> Response:
     text = service.page.substitute(version=_e(__version__), payer_checks=checks,
                                    payer_options="".join(f'<option value="{_e(p)}">{_e(p)}</option>' for p in ids),
                                    token_needed="true" if service.token else "false")
-    # nothing from another site, no inline script: the page works offline and pasted text cannot run
+    return _html(text)
+
+
+def _html(text: str) -> HTMLResponse:
+    """The page or one of its fragments: nothing from another site, no inline script (pasted text cannot
+    run even where a fragment is opened as a document), never framed."""
     return HTMLResponse(text, headers={"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
                                        "X-Content-Type-Options": "nosniff"})
 
@@ -250,7 +306,7 @@ def _pasted(text: Any) -> Any:
 
 
 async def ui_check(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict):
         raise Refused(400, 'give {"session": {...} or "text": "...", "payers": [...]}')
     session = _session_of(body)
@@ -259,21 +315,21 @@ async def ui_check(request: Request, service: Service) -> Response:
         raise Refused(400, "choose at least one payer")
     result = service.book.compare(session, payer_ids, date=body.get("date") or None)
     _ids(request, result)
-    return HTMLResponse(render_compare(result))
+    return _html(render_compare(result))
 
 
 async def ui_explain(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("payer"), str):
         raise Refused(400, 'give {"session": {...} or "text": "...", "payer": "id"}')
     session = _session_of(body)
     doc = service.book.explain(session, payer=body["payer"], date=body.get("date") or None)
     _ids(request, doc)
-    return HTMLResponse(render_explain(doc, explain_text(service.book, session, body["payer"], body.get("date"))))
+    return _html(render_explain(doc, explain_text(service.book, session, body["payer"], body.get("date"))))
 
 
 async def ui_batch(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"name": "day.csv", "text": "..."}')
     name = _file_name(body.get("name"), "upload.jsonl")
@@ -296,7 +352,7 @@ async def ui_batch(request: Request, service: Service) -> Response:
                 raise Refused(503, f"time limit of {service.time_limit:g} s reached: upload fewer sessions")
             await asyncio.sleep(0)
     _ids(request, *records)
-    return HTMLResponse(render_batch(records, counts, name))
+    return _html(render_batch(records, counts, name))
 
 
 def _file_name(value: Any, default: str) -> str:
@@ -306,14 +362,14 @@ def _file_name(value: Any, default: str) -> str:
 
 
 async def ui_validate(request: Request, service: Service) -> Response:
-    body = await service.body(request)
+    body = _refuse_repeated(await service.body(request))
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise Refused(400, 'give {"text": "payer YAML"}')
     name = _file_name(body.get("name"), "pasted.yaml")
     if not name.endswith((".yaml", ".yml")):
         name += ".yaml"
     errors = validate_text(service.book, body["text"], name)
-    return HTMLResponse(render_validate(errors, name))
+    return _html(render_validate(errors, name))
 
 
 def validate_text(book: RuleBook, text: str, name: str) -> list[str]:
@@ -518,6 +574,8 @@ def openapi_document() -> dict:
 
     errors = {"400": answer("malformed JSON or a bad request", ref("Error")),
               "401": answer("a bearer token is required (PAYRULES_TOKEN) and was missing or wrong", ref("Error")),
+              "403": answer("refused: a POST from another site's page (Origin), or a Host that is not the "
+                            "loopback address the service is bound to", ref("Error")),
               "408": answer("the body did not arrive within the time limit", ref("Error")),
               "413": answer("the body is over the size limit", ref("Error"))}
     query = [{"name": "payer", "in": "query", "required": False, "schema": {"type": "string"},
@@ -526,6 +584,26 @@ def openapi_document() -> dict:
               "description": "date of service for the session(s) (--date), YYYY-MM-DD"}]
     json_body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}  # noqa: E731
     any_json = {"type": "object"}
+    by_payer = lambda schema: {"type": "object", "additionalProperties": schema}  # noqa: E731
+    components["CompareResult"] = {
+        "type": "object", "required": ["session_id", "payers", "base", "results", "rows", "totals", "differs"],
+        "properties": {"session_id": {"type": "string"}, "payers": {"type": "array", "items": {"type": "string"}},
+                       "base": {"type": "string"}, "results": by_payer(ref("Result")),
+                       "rows": {"type": "array", "items": {
+                           "type": "object", "required": ["code", "units"],
+                           "properties": {"code": {"type": "string"}, "minutes": {"type": "integer"},
+                                          "units": by_payer({"type": ["integer", "null"]}),
+                                          "modifiers": by_payer({"type": "array"})}}},
+                       "totals": by_payer({"type": ["integer", "null"]}),
+                       "differs": {"type": "array", "items": {"type": "string"}},
+                       "modifiers_differ": {"type": "array", "items": {"type": "string"}}}}
+    components["Explanation"] = {
+        "type": "object", "required": ["session_id", "payer", "firings", "result"],
+        "properties": {"session_id": {"type": "string"}, "payer": {"type": "string"},
+                       "payer_name": {"type": "string"}, "method": {"type": "object"},
+                       "firings": {"type": "array", "items": {"type": "object"}},
+                       "modifiers": {"type": "array"}, "unbilled": {"type": "array"}, "edits": {"type": "array"},
+                       "why_not": {"type": "array"}, "result": ref("Result")}}
     paths = {
         "/v1/bill": {"post": {
             "summary": "Bill a session, or a list of sessions (payrules bill --format json)",
@@ -538,24 +616,25 @@ def openapi_document() -> dict:
         "/v1/compare": {"post": {
             "summary": "One session under several payers (payrules compare --format json)",
             "requestBody": json_body(ref("CompareRequest")),
-            "responses": {"200": answer("the compare JSON", any_json), **errors}}},
+            "responses": {"200": answer("the compare JSON", ref("CompareResult")), **errors}}},
         "/v1/explain": {"post": {
             "summary": "How one session was billed (payrules explain --format json)",
             "parameters": query + [{"name": "why_not", "in": "query", "required": False,
                                     "schema": {"type": "array", "items": {"type": "string"}},
                                     "description": "rule ids: say which condition of each failed (--why-not)"}],
             "requestBody": json_body(ref("Session")),
-            "responses": {"200": answer("the explain JSON", any_json),
+            "responses": {"200": answer("the explain JSON", ref("Explanation")),
                           "422": answer("the session could not be billed: its error record", ref("Result")), **errors}}},
         "/v1/payers": {"get": {"summary": "The known payers (payrules payers --format json)",
                                "responses": {"200": answer("every version of every payer",
                                                            {"type": "array", "items": any_json}),
-                                             "401": errors["401"]}}},
+                                             "401": errors["401"], "403": errors["403"]}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": answer(
-            "ok", {"type": "object", "properties": {"status": {"const": "ok"}}})}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": answer("OpenAPI 3.1", any_json)}}},
+            "ok", {"type": "object", "properties": {"status": {"const": "ok"}}}), "403": errors["403"]}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": answer("OpenAPI 3.1", any_json),
+                                                                             "403": errors["403"]}}},
         "/": {"get": {"summary": "The web page for billing staff",
-                      "responses": {"200": answer("HTML", {"type": "string"}, "text/html")}}},
+                      "responses": {"200": answer("HTML", {"type": "string"}, "text/html"), "403": errors["403"]}}},
     }
     for path, summary in (("/ui/check", "page: results per payer side by side (HTML)"),
                           ("/ui/explain", "page: the explanation for one payer (HTML)"),
@@ -564,6 +643,12 @@ def openapi_document() -> dict:
         paths[path] = {"post": {"summary": summary, "requestBody": json_body(ref("PageRequest")),
                                 "responses": {"200": answer("an HTML fragment", {"type": "string"}, "text/html"),
                                               "422": answer("the input could not be read", ref("Error")), **errors}}}
+        if path == "/ui/batch":
+            paths[path]["post"]["responses"]["503"] = answer("the time limit was reached billing the file", ref("Error"))
+    for operations in paths.values():       # those the token guards (401) take it, when the service has one
+        for operation in operations.values():
+            if "401" in operation["responses"]:
+                operation["security"] = [{"bearer": []}, {}]
     return {"openapi": "3.1.0",
             "info": {"title": "payer-rules", "version": __version__,
                      "description": "Payer rules engine for outpatient therapy billing (design.md §8)."},
@@ -572,12 +657,30 @@ def openapi_document() -> dict:
 
 
 # --- the app -------------------------------------------------------------------------------------------
-def create_app(book: RuleBook, token: str | None = None, **limits: Any) -> Starlette:
-    """The app over `book`: every request answered by this one book, in the event-loop thread."""
+def _foreign(request: Request, local_only: bool) -> str | None:
+    """Why a request that a web page of another site may have made is refused, or None. A browser sends
+    Origin with a cross-site POST (a form, or fetch() with text/plain that needs no preflight): it must be
+    this service's own. Bound to loopback (`local_only`), the Host must be a loopback name: otherwise
+    evil.example resolved to 127.0.0.1 (DNS rebinding) would be the same origin as the service."""
+    host = request.headers.get("host", "")
+    if local_only and not is_loopback(host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host):
+        return f"host {clean(host)[:100]!r} refused: this service answers only on its loopback address"
+    origin = request.headers.get("origin")
+    if request.method == "POST" and origin is not None and origin != f"{request.url.scheme}://{host}":
+        return f"cross-site request refused: Origin {clean(origin)[:100]!r} is not this service"
+    return None
+
+
+def create_app(book: RuleBook, token: str | None = None, local_only: bool = False, **limits: Any) -> Starlette:
+    """The app over `book`: every request answered by this one book, in the event-loop thread. `local_only`:
+    the service is bound to a loopback address, and answers only requests addressed to it."""
     service = Service(book, token, **limits)
 
     def endpoint(handler, guarded: bool = True):
         async def run(request: Request) -> Response:
+            refused = _foreign(request, local_only)
+            if refused:
+                return _error(403, refused)
             if guarded and not service.authorised(request):
                 return _error(401, "a bearer token is required: Authorization: Bearer $PAYRULES_TOKEN")
             try:
@@ -654,7 +757,7 @@ def worker_app() -> Any:
     """The app of one worker process (uvicorn --workers N > 1 calls this in each): its own RuleBook."""
     config = json.loads(os.environ[CONFIG_ENV])
     _configure_logging()
-    app = create_app(RuleBook(config["rules"], config["engine"]), os.environ.get(TOKEN_ENV))
+    app = create_app(RuleBook(config["rules"], config["engine"]), os.environ.get(TOKEN_ENV), config["local_only"])
     _settle()
     return app
 
@@ -679,6 +782,9 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     """Check the rules (a broken file raises PayrulesError before anything listens), then serve."""
     from .errors import UsageError
     token = os.environ.get(TOKEN_ENV) or None
+    if token and not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token):
+        raise UsageError(f"{TOKEN_ENV}: use letters, digits and - . _ ~ + / = only (it is sent in an HTTP "
+                         "header, Authorization: Bearer ...)")
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} is not a loopback address: set {TOKEN_ENV} to the bearer token "
                          "that clients must send (Authorization: Bearer ...)")
@@ -688,15 +794,16 @@ def serve(host: str, port: int, rules: list, engine: str | None, workers: int) -
     options = dict(host=host, port=port, access_log=False, log_level="info", timeout_keep_alive=30,
                    server_header=False)
     if workers == 1:
-        app = create_app(book, token)
+        app = create_app(book, token, is_loopback(host))
         _settle()
         uvicorn.run(app, **options)
         return 0
     book.close()                            # each worker builds its own
-    os.environ[CONFIG_ENV] = json.dumps({"rules": list(book.rules), "engine": book.engine})
-    from uvicorn.supervisors import Multiprocess
+    os.environ[CONFIG_ENV] = json.dumps({"rules": list(book.rules), "engine": book.engine,
+                                         "local_only": is_loopback(host)})
+    multiprocess.Process = _Worker          # this process only serves: its workers start with Ctrl-C ignored
     config = _TcpConfig(f"{__name__}:worker_app", factory=True, workers=workers, **options)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
 
 
@@ -712,6 +819,20 @@ def _check_address(host: str, port: int) -> None:
             sock.bind(address)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class _Worker(multiprocess.Process):
+    """A worker process started with SIGINT ignored (inherited through exec): Ctrl-C signals the whole
+    process group, and a worker still importing the engine died of KeyboardInterrupt with a traceback.
+    The parent stops its workers itself (SIGTERM); a serving worker's uvicorn handles SIGINT and SIGTERM
+    as before, and re-raises SIGINT, ignored, after its graceful shutdown."""
+
+    def start(self) -> None:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _TcpConfig(uvicorn.Config):

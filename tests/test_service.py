@@ -229,7 +229,7 @@ def test_unknown_paths_and_methods_are_json_errors(client, method, path, status)
 
 def test_an_unexpected_failure_is_500_without_a_traceback(book, monkeypatch, caplog):
     client = TestClient(create_app(book), raise_server_exceptions=False)
-    monkeypatch.setattr(book, "bill", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(book, "_bill", lambda *a, **k: 1 / 0)
     with caplog.at_level(logging.INFO, "payrules.service"):
         answer = client.post("/v1/bill", json={**OT, "context": {"note": "PATIENT-SECRET"}})
     assert answer.status_code == 500 and answer.json() == {"error": "internal error"}
