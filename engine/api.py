@@ -147,7 +147,10 @@ class RuleBook:
         return f"RuleBook(rules={self.rules!r}, engine={self.engine!r})"
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _bill(self, data: Any, number: int, payer: str | None, date: str | None, counters) -> Record:
+    def _bill(self, data: Any, number: int, payer: str | None, date: str | None, counters=None) -> Record:
+        """One session billed (the service uses this too); `counters`: the patient's years of the sessions
+        billed with it (bill_many's), a fresh one when it is billed alone."""
+        counters = counters if counters is not None else InOrder(self._registry.resolve)
         session = _parse(data, number)
         with self._lock:
             record = self._biller.bill(session, payer, date)

@@ -39,6 +39,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import __version__
+from .counters import InOrder
 from .api import RuleBook, _id_of, _parse
 from .batch import Counts, Job, process
 from .errors import PayrulesError
@@ -173,12 +174,12 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    def record(self, item: Any, number: int, payer: str | None, date: str | None) -> dict:
+    def record(self, item: Any, number: int, payer: str | None, date: str | None, counters=None) -> dict:
         """The result or error record of session `number` (payer and date checked): RuleBook.bill's, and
         for a key repeated in the session the command's error record (`payrules bill` refuses it)."""
         found = _repeated(item)
         if found is None:
-            return self.book._bill(item, number, payer, date)
+            return self.book._bill(item, number, payer, date, counters)
         error = ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]),
                            session_id=_id_of(item, number))
         with self.book._lock:
@@ -188,8 +189,9 @@ class Service:
         """Every session of a list billed, in order; the time limit is checked between sessions."""
         deadline = time.monotonic() + self.time_limit
         records, (payer, date) = [], self.book._options(payer, date)
+        counters = InOrder(self.book._registry.resolve)     # a patient's sessions of the list, as bill_many
         for number, item in enumerate(items, 1):
-            records.append(self.record(item, number, payer, date))
+            records.append(self.record(item, number, payer, date, counters))
             if number % YIELD_EVERY == 0:
                 if time.monotonic() > deadline:
                     raise Refused(503, f"time limit of {self.time_limit:g} s reached after {number} of "
