@@ -160,6 +160,8 @@ def patient_key(item, date: str | None):
     else:
         patient = getattr(item, "patient_id", None)     # a SessionError has none: an error record in its place
         day, sid = getattr(item, "date_of_service", None), getattr(item, "session_id", "")
+    if type(patient) is int:
+        patient = str(patient)              # a number is accepted as the patient's id, as the session reads it
     if type(patient) is not str or not 1 <= len(patient) <= 128:
         return None                         # no patient, or one the schema refuses (said on that path)
     day = date or (day if type(day) is str else None)

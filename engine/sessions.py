@@ -32,9 +32,9 @@ csv.field_size_limit(MAX_RECORD_BYTES)
 MAX_SERVICES = 200                          # services of one session (schemas/session.schema.json)
 MAX_DAY_MINUTES = 1440                      # all services of a session together (a patient's day)
 FORMATS = ("auto", "yaml", "json", "jsonl", "csv")
-CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "code", "minutes", "group_size", "provider",
-               "modifiers")
-CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline")
+CSV_COLUMNS = ("session_id", "payer", "date_of_service", "discipline", "patient_id", "code", "minutes", "group_size",
+               "provider", "modifiers")
+CSV_SESSION_FIELDS = ("payer", "date_of_service", "discipline", "patient_id")
 _CHUNK = 1 << 16
 
 

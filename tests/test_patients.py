@@ -297,3 +297,28 @@ def test_a_shard_is_the_unit_of_work_any_partition_by_patient_gives_the_same_rec
         apart.update(P.bill_shard([row for row in rows if row[0] == patient], biller, Job()))
     biller.close()
     assert len(whole) == len(rows) > 40 and whole == apart
+
+
+def test_a_numeric_patient_id_and_a_csv_patient_id_take_the_patient_path(tmp_path):
+    # A session reads patient_id 77 as "77" and a CSV column patient_id like a session field; both must
+    # be billed as the patient's, in date order. Two sessions of one patient on one date: 97140 in the
+    # first (by session id, A before B), 97530 in the second: the NCCI pair (medicare's excerpt, indicator
+    # 1, no 59) is said on B, naming A. Given B first in the input, the output keeps input order.
+    import subprocess
+    import sys as _sys
+    jsonl = tmp_path / "day.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in [
+        {"session_id": "B", "payer": "medicare", "date_of_service": DAY, "discipline": "PT", "patient_id": 77,
+         "services": [{"code": "97530", "minutes": 23}]},
+        {"session_id": "A", "payer": "medicare", "date_of_service": DAY, "discipline": "PT", "patient_id": 77,
+         "services": [{"code": "97140", "minutes": 23}]}]))
+    csv = tmp_path / "day.csv"
+    csv.write_text("session_id,payer,date_of_service,discipline,patient_id,code,minutes\n"
+                   f"B,medicare,{DAY},PT,P-1,97530,23\nA,medicare,{DAY},PT,P-1,97140,23\n")
+    for path in (jsonl, csv):
+        proc = subprocess.run([_sys.executable, "-m", "engine", "bill", str(path), "--format", "jsonl"],
+                              capture_output=True, text=True, cwd=ROOT)
+        out = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [r["session_id"] for r in out] == ["B", "A"], proc.stderr
+        said = [w["message"] for w in out[0]["warnings"] if w["rule"] == "ncci-ptp"]
+        assert any("session A" in m for m in said), (path.name, out[0]["warnings"])
