@@ -24,21 +24,9 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from engine.api import RuleBook
-from test_service import OT, REPO, free_port, serve, stop, wait_ready
+from test_service import OT, REPO, book, client, free_port, serve, stop, wait_ready  # noqa: F401 - fixtures
 
 DUP = b'{"session_id":"D-1","payer":"medicare","services":[{"code":"97110","minutes":8,"minutes":53}]}'
-
-
-@pytest.fixture(scope="module")
-def book():
-    with RuleBook() as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def client(book):
-    from engine.service import create_app
-    return TestClient(create_app(book), raise_server_exceptions=False)
 
 
 def test_a_repeated_key_is_the_commands_error_record(client):
