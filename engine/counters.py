@@ -6,8 +6,9 @@ construction. Money is `decimal.Decimal` throughout (never float); a line's `amo
 number rounded to cents (60.0 is $60.00), a running total in a state snapshot as a string ("2495.00").
 
 - `price(result, date, payer)`: each billed line's `amount` = units × the schedule's amount for its code
-  (a row of one of its modifiers, e.g. CQ, wins over the blank row); a CQ/CO line priced from the blank
-  row is taken at the payer's `amounts.assistant_percent` (Medicare: 85, from 2022; whether the KX accrual
+  (a row of one of its modifiers, e.g. CQ, wins over the blank row); a CQ/CO line priced from a row that is
+  not the assistant modifier's own (the blank row, or e.g. a GP row) is taken at the payer's
+  `amounts.assistant_percent` (Medicare: 85, from 2022; whether the KX accrual
   counts the reduced amount is UNCONFIRMED). A line whose code has no amount gets a warning, no amount.
 - `PatientYear`: one patient's accumulators. `apply(session, result)` takes the patient's sessions in
   date-of-service order (then input order; the caller guarantees it) and walks each session's lines in
@@ -16,16 +17,20 @@ number rounded to cents (60.0 is $60.00), a running total in a state snapshot as
   actions on the line where after first reaches the value (`every`: each multiple of it, past the first
   block). Actions: add_modifier (in the payer's claim order; more than 4 is an error), warn, error, hold
   (an error: the claim is held until resolved; the line is not removed).
-- Periods: calendar_year, or plan_year from the payer's `plan_year_starts` (MM-DD). `year_to_date`
-  seeds the period of the patient's first session (by bucket name, or by counter id for a counter
-  without buckets); a later period starts at zero.
+- Periods: calendar_year, or plan_year from the payer's `plan_year_starts` (MM-DD). The patient's
+  `year_to_date` is that of the first of its sessions in the walk that gives one (`begin`, whatever
+  session carries it); it seeds each counter's period of the patient's first dated session (by bucket
+  name, or by counter id for a counter without buckets), whatever the payer; a later period starts at
+  zero. A session giving another value is told that it was not used (rule engine.year-to-date).
 - `snapshot()` / `PatientYear.restore(...)`: the accumulators as JSON, for the audit log's before/after
   and `--replay` (a session replayed alone from its logged "before" gives the same decision).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal, ROUND_HALF_UP
+from operator import itemgetter
 
 from . import assistants as A
 
@@ -172,15 +177,25 @@ class PatientYear:
     patient_id: str | None = None
     year_to_date: dict | None = None
     totals: dict = field(default_factory=dict)
-    first: dict = field(default_factory=dict)       # (payer, counter) -> the period year_to_date seeds
+    given_by: str | None = None                     # the session id whose year_to_date is the patient's
+    start: str | None = None                        # the date of the patient's first session counted
     steps: list = field(default_factory=list)       # the last session's Steps
     explain: bool = False                           # also the Steps of lines that set nothing off
+
+    def begin(self, sessions) -> "PatientYear":
+        """The patient's year_to_date from its sessions as they will be walked (any order of the input gives
+        the same walk): the first that gives one, whichever session it is."""
+        for session in sessions:
+            if getattr(session, "year_to_date", None) is not None:
+                self.year_to_date, self.given_by = dict(session.year_to_date), session.session_id
+                break
+        return self
 
     def snapshot(self) -> dict:
         """The accumulators as JSON: keys 'payer/counter/period/bucket', totals as strings."""
         return {"patient_id": self.patient_id,
                 "year_to_date": dict(self.year_to_date) if self.year_to_date is not None else None,
-                "seeded": {f"{p}/{c}": period for (p, c), period in sorted(self.first.items())},
+                "given_by": self.given_by, "start": self.start,
                 "totals": {"/".join(key): f"{value:.2f}" for key, value in sorted(self.totals.items())}}
 
     state = snapshot
@@ -188,16 +203,30 @@ class PatientYear:
     @classmethod
     def restore(cls, resolve, snap: dict) -> "PatientYear":
         year = cls(resolve, snap.get("patient_id"), snap.get("year_to_date"))
-        year.first = {tuple(k.split("/", 1)): v for k, v in (snap.get("seeded") or {}).items()}
+        year.given_by, year.start = snap.get("given_by"), snap.get("start")
         year.totals = {tuple(k.split("/", 3)): Decimal(v) for k, v in (snap.get("totals") or {}).items()}
         return year
+
+    def _given(self, session, result: dict) -> None:
+        """Takes the session's year_to_date as the patient's when it has none yet and nothing was counted,
+        else says a different one is not used."""
+        given = session.year_to_date
+        if given is None or dict(given) == self.year_to_date:
+            return
+        if self.year_to_date is None and not self.totals:
+            self.year_to_date, self.given_by = dict(given), session.session_id
+            return
+        whose = f"the one of session {self.given_by}" if self.year_to_date is not None else \
+            "none: the patient's year began with an earlier session that gave none"
+        _warn(result, "warning", "engine.year-to-date", [],
+              f"this session's year_to_date is not used: a patient's year starts from one year_to_date, "
+              f"{whose}; give the patient's sessions one value")
 
     def _total(self, payer_id: str, counter: Counter, period: str, bucket: str) -> Decimal:
         key = (payer_id, counter.id, period, bucket)
         total = self.totals.get(key)
         if total is None:
-            seeded = self.first.setdefault((payer_id, counter.id), period)
-            given = (self.year_to_date or {}).get(bucket) if seeded == period else None
+            given = (self.year_to_date or {}).get(bucket) if period == counter.period_of(self.start) else None
             total = money(given) if given is not None and counter.counts == "amount" else \
                 Decimal(int(given)) if given is not None else Decimal(0)
             self.totals[key] = total
@@ -209,9 +238,10 @@ class PatientYear:
         self.steps = []
         if "error" in result:
             return result
-        if self.year_to_date is None and session.year_to_date is not None:
-            self.year_to_date = dict(session.year_to_date)
+        self._given(session, result)
         date = date or session.date_of_service
+        if date is not None and self.start is None:
+            self.start = date
         payer = self.resolve(result["payer"], date)
         if not payer.counters:
             return result
@@ -334,21 +364,37 @@ def patient_key(session):
     return None
 
 
+def content(session) -> str:
+    """What of a session its billing reads, as text: orders two sessions of one patient, date and session id
+    whatever their order in the input (two equal ones give equal results in either order)."""
+    if getattr(session, "services", None) is None:
+        return ""
+    ytd = sorted(session.year_to_date.items()) if session.year_to_date is not None else None
+    return repr((session.payer, session.discipline, session.services, ytd))
+
+
+def walk_key(session, date: str | None = None) -> tuple:
+    """Where a session comes in its patient's walk: dated sessions by date, then those without one; on one
+    date by session id, then content(), then input order (the caller's tie-break). engine/patients.py
+    sorts the command's sessions by the same key."""
+    day = date or session.date_of_service
+    return day is None, day or "", session.session_id, content(session)
+
+
 def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
-    """The counters over a whole input held in memory (explain, compare, the library): each patient's
-    sessions in date order, then input order, whatever the input order; results changed in place, in
-    input order. Returns each session's Steps (explain shows them)."""
+    """The counters over a whole input held in memory (explain, compare, scenarios): each patient's
+    sessions in walk_key order, whatever the input order, as `payrules bill` takes them; results changed in
+    place, in input order. Returns each session's Steps (explain shows them)."""
     steps = [[] for _ in results]
-    keyed = [(key, date or session.date_of_service or "", i) for i, session in enumerate(sessions)
-             if not isinstance(session, Exception) and (key := patient_key(session)) is not None]
-    keyed.sort(key=lambda k: (str(k[0]), k[1], k[2]))
-    years: dict = {}
-    for key, _, i in keyed:
-        year = years.get(key)
-        if year is None:
-            year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None, explain=explain)
-        year.apply(sessions[i], results[i], date)
-        steps[i] = year.steps
+    keyed = sorted((str(key), walk_key(session, date), i) for i, session in enumerate(sessions)
+                   if not isinstance(session, Exception) and (key := patient_key(session)) is not None)
+    for key, group in itertools.groupby(keyed, itemgetter(0)):
+        group = [i for *_, i in group]
+        patient = sessions[group[0]].patient_id
+        year = PatientYear(resolve, patient, explain=explain).begin(sessions[i] for i in group)
+        for i in group:
+            year.apply(sessions[i], results[i], date)
+            steps[i] = year.steps
     return steps
 
 

@@ -15,8 +15,10 @@ input's length. Temporary space (in TMPDIR): about the size of the patient sessi
 the records written after the first of them.
 
 Sessions of a patient without a date of service come after the patient's dated ones. Within one date
-sessions are taken in session id order, then input order, so that a session's record does not depend on
-the input's order (the edits across sessions of one date are on the later one)."""
+sessions are taken in session id order, then by content, then input order (counters.walk_key, as explain
+takes them), so that a session's record does not depend on the input's order (the edits across sessions of
+one date are on the later one). A shard's patient's sessions are parsed before the first is billed: the
+patient's year_to_date is the first given in that order, whichever session gives it."""
 from __future__ import annotations
 
 import collections
@@ -29,7 +31,7 @@ from operator import itemgetter
 from . import edits as E
 from .batch import Job, _init_worker, _worker, bill_stream, finish
 from .billing import Biller
-from .counters import PatientYear
+from .counters import PatientYear, content
 from .errors import EvaluationError
 from .loader import Registry
 from .sessions import RawLine
@@ -52,15 +54,18 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
     sorted, every session of each of its patients. The same code whatever runs it (this process, a worker,
     a distributed engine's partition)."""
     out = []
-    for patient, sessions in itertools.groupby(shard, itemgetter(0)):
+    for patient, rows in itertools.groupby(shard, itemgetter(0)):
+        # the patient's sessions parsed (one patient's at a time in memory), in the walk's order: two of one
+        # date and session id by content (counters.walk_key), whatever their order in the input
+        sessions = [(row[1:4], row[4], _parsed(row[5])) for row in rows]
+        sessions.sort(key=lambda s: (s[0], content(s[2])))
         year = year_factory(biller.registry.resolve, patient)
         snapshot = getattr(year, "snapshot", None)
-        for (_, date), day in itertools.groupby(sessions, itemgetter(1, 2)):
+        if hasattr(year, "begin"):
+            year.begin(s for *_, s in sessions)
+        for (_, date), day in itertools.groupby(sessions, lambda s: s[0][:2]):
             billed = []         # (session id, lines, payer) of the day's sessions billed so far
-            for *_, place, blob in day:
-                session = pickle.loads(blob)
-                if isinstance(session, RawLine):
-                    session = session.parse()
+            for _, place, session in day:
                 outcome = biller.evaluate(session, job.payer, job.date)
                 if isinstance(outcome, dict):           # not billed: an error record in its place
                     out.append((place, finish(session, outcome, outcome, job)))
@@ -77,6 +82,11 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
                 state.append(snapshot() if snapshot else None)
                 out.append((place, finish(session, outcome, record, job, tuple(state))))
     return out
+
+
+def _parsed(blob):
+    session = pickle.loads(blob)
+    return session.parse() if isinstance(session, RawLine) else session
 
 
 def _bill_shard_in_worker(shard):
