@@ -156,16 +156,23 @@ def patient_key(item, date: str | None):
     stateless path). `date`: --date, which replaces every session's date of service."""
     if type(item) is RawLine:
         raw = item[0]
-        if b'"patient_id"' not in raw:
+        if b'"patient_id"' not in raw and b"\\u" not in raw:      # a key may be written with an escape
             return None
         import orjson
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return None                     # a parse error, said on the stateless path
-        if type(data) is not dict:
-            return None
-        patient, day, sid = data.get("patient_id"), data.get("date_of_service"), data.get("session_id")
+            data = None
+        if data is not None and type(data) is not dict:
+            return None                     # not a session: an error record on the stateless path
+        patient = data.get("patient_id") if data is not None else None
+        if type(patient) is not str and type(patient) is not int and (data is None or patient is not None):
+            # what orjson refuses and the session's reader may take (an integer beyond 64 bits, NaN), or a
+            # patient_id it may read (7.0 is "7.0"): read as the session will be, so that --jobs N (which
+            # defers parsing) routes the session as --jobs 1 does
+            parsed = item.parse()
+            return None if isinstance(parsed, Exception) else patient_key(parsed, date)
+        day, sid = data.get("date_of_service"), data.get("session_id")
         sid = sid if type(sid) is str else str(sid) if type(sid) is int else f"session-{item[3]}"
     else:
         patient = getattr(item, "patient_id", None)     # a SessionError has none: an error record in its place
