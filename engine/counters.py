@@ -146,7 +146,7 @@ def price(result: dict, date: str | None, payer) -> list:
             continue
         percent = None
         assisted = [m for m in mods if m in settings.assistant_modifiers]
-        if (assisted and not fee.modifier and settings.assistant_percent
+        if (assisted and fee.modifier not in settings.assistant_modifiers and settings.assistant_percent
                 and (date is None or settings.effective_from is None or date >= settings.effective_from)):
             percent = settings.assistant_percent
         amount = fee.amount * line["units"]
