@@ -1,0 +1,281 @@
+"""Hostile review of issue 13 (the patient's year) and issue 12's CQ/CO amounts: one test per defect found,
+and the harness that would catch the next one (a random-batch property over permutations, --jobs, the
+deferred (RawLine) and parsed input paths, small spools and shards).
+
+Fee values come from tables written here, SYNTHETIC (made-up amounts, not CMS values). KX thresholds from
+docs/domain.md §18.2 (2026 $2,480, exceeded means > not >=). Units by the 8-minute rule: 30 min of one
+code alone = 2 units, 8 min = 1 unit.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import patients as P
+from engine.batch import Job
+from engine.billing import Biller
+from engine.counters import apply_all
+from engine.loader import Registry
+from engine.sessions import RawLine
+from test_batch import run_cli
+from test_edits import mue_file
+
+DAY = "2026-03-05"
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory):
+    """gpfees: medicare with a fee table that has a GP row for 97110 (a modifier row that is not CQ/CO) and
+    an MUE table (97110 MAI 2 value 4); every-year: a threshold of $100 in every year, KX past it."""
+    root = tmp_path_factory.mktemp("rules")
+    (root / "fees").mkdir()
+    (root / "fees" / "f.csv").write_text("# SYNTHETIC amounts for tests\ncode,modifier,amount\n"
+                                         "97110,,30.00\n97110,GP,30.00\n97530,,40.00\n97140,,28.00\n"
+                                         "97112,,35.00\n97530,CQ,33.00\n")
+    mue_file(root / "mue.csv", [("97110", 4, 2)])
+    (root / "gp.yaml").write_text("payer: gpfees\nname: GP fees\nextends: medicare\n"
+                                  "tables:\n  fees: [fees/f.csv]\n  mue: [mue.csv]\n")
+    (root / "every.yaml").write_text(
+        "payer: every-year\nname: Every year\nextends: medicare\ntables:\n  fees: [fees/f.csv]\n"
+        "counters:\n  - id: therapy-amounts\n    description: x\n    source: test\n    counts: amount\n"
+        "    buckets: {pt_slp: [PT, SLP], ot: [OT]}\n    period: calendar_year\n    thresholds:\n"
+        "      - id: kx-threshold\n        values:\n          - {value: 100}\n        past:\n"
+        "          - add_modifier: KX\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def registry(rules):
+    return Registry([rules])
+
+
+def doc(sid, codes, patient="P1", date=DAY, payer="gpfees", discipline="PT", **extra) -> dict:
+    services = [{"code": c, "minutes": m, **({"provider": p[0]} if p else {})} for c, m, *p in codes]
+    data = {"session_id": sid, "payer": payer, "discipline": discipline, "services": services, **extra}
+    if patient is not None:
+        data["patient_id"] = patient
+    if date is not None:
+        data["date_of_service"] = date
+    return data
+
+
+def bill(docs, registry, jobs=1, deferred=False, lines=None) -> list:
+    """The records of `docs` through bill_in_order in the order written: as JSONL lines parsed in the
+    reading process (the command's --jobs 1 path), or `deferred` (unparsed RawLines, as --jobs N sends
+    them). `lines`: the raw JSONL lines to use instead of json.dumps(doc)."""
+    raws = lines or [json.dumps(d).encode() for d in docs]
+    items = [RawLine((raw, "t.jsonl", i, i)) for i, raw in enumerate(raws, 1)]
+    if not deferred:
+        items = [item.parse() for item in items]
+    return [json.loads(done[1]) for _, done in P.bill_in_order(iter(items), [], "python", Job(), jobs, registry)]
+
+
+def kx(record) -> list:
+    return [line["code"] for line in record["lines"] if "KX" in line["modifiers"]]
+
+
+# --- the patient's year_to_date ---------------------------------------------------------------------------
+
+def test_year_to_date_on_any_session_of_the_patient_seeds_its_year(registry):
+    """Two sessions of one patient on one day; the year_to_date ($2,440 PT+SLP) is on the session that
+    sorts second (session id B). The patient's year starts at $2,440 whatever session carries it:
+    A 97112 2 x 35 = 70 -> 2,510 > 2,480 -> KX; B 97110 2 x 30 = 60 -> 2,570 -> KX. Before the fix the
+    value was silently dropped (A had started the year at 0) and neither line had KX."""
+    docs = [doc("B", [("97110", 30)], payer="example-medicare-fees", year_to_date={"pt_slp": 2440}),
+            doc("A", [("97112", 30)], payer="example-medicare-fees")]
+    b, a = bill(docs, registry)
+    assert (kx(a), kx(b)) == (["97112"], ["97110"])
+
+
+def test_explain_and_bill_take_a_days_sessions_in_the_same_order(registry):
+    """explain/compare/the library (counters.apply_all) and bill (patients.py) walk a day's sessions of a
+    patient in one order: session id, then input order. B (given first) and A on one day, $2,440 given:
+    A 70 -> 2,510 (KX, the crossing line), B 60 -> 2,570 (KX). The trace of A shows 2,440.00 + 70.00."""
+    docs = [doc("B", [("97110", 30)], payer="example-medicare-fees", year_to_date={"pt_slp": 2440}),
+            doc("A", [("97112", 30)], payer="example-medicare-fees")]
+    billed = bill(docs, registry)
+    parsed = [RawLine((json.dumps(d).encode(), "t.jsonl", i, i)).parse() for i, d in enumerate(docs, 1)]
+    biller = Biller(registry, "python")
+    results = [biller.bill(s) for s in parsed]
+    biller.close()
+    apply_all(registry.resolve, parsed, results)
+    assert results == billed
+    [a_step] = [t["effect"] for t in results[1]["trace"] if t["rule"] == "kx-threshold"]
+    assert a_step.startswith("2,440.00 + 97112 70.00 = 2,510.00 > 2,480.00")
+
+
+def test_a_year_to_date_that_differs_from_the_patients_is_said_not_silently_dropped(registry):
+    """Two values for one patient: the first in the walk (by date) is used, the other session says its
+    value was not used. 03-01 A gives 2,440: A 60 -> 2,500 KX. 03-02 B gives 100 (not used): 2,560 KX."""
+    docs = [doc("B", [("97110", 30)], date="2026-03-02", payer="example-medicare-fees", year_to_date={"pt_slp": 100}),
+            doc("A", [("97110", 30)], date="2026-03-01", payer="example-medicare-fees",
+                year_to_date={"pt_slp": 2440})]
+    b, a = bill(docs, registry)
+    assert (kx(a), kx(b)) == (["97110"], ["97110"])
+    said = [w for w in b["warnings"] if w["rule"] == "engine.year-to-date"]
+    assert len(said) == 1 and "session A" in said[0]["message"] and said[0]["severity"] == "warning"
+    assert not [w for w in a["warnings"] if w["rule"] == "engine.year-to-date"]
+
+
+def test_year_to_date_seeds_the_patients_first_year_not_a_later_year_of_another_payer(registry):
+    """year_to_date is the patient's amount in the year of its first session (schemas/session.schema.json):
+    a patient billed to gpfees in 2026 ($90 given) and to every-year (threshold $100, every year) in 2027.
+    2027 starts at 0: 97140 8 min = 1 unit x 28 = 28 <= 100, no KX. Before the fix every-year's 2027 total
+    started at the 2026 value (90 + 28 = 118 > 100: KX)."""
+    docs = [doc("X1", [("97140", 30)], date="2026-12-05", year_to_date={"pt_slp": 90}),
+            doc("Y1", [("97140", 8)], date="2027-01-05", payer="every-year")]
+    x1, y1 = bill(docs, registry)
+    assert kx(y1) == []
+    # and in 2026 the same payer does start from the value: 90 + 28 = 118 > 100
+    docs[1]["date_of_service"] = "2026-12-06"
+    assert kx(bill(docs, registry)[1]) == ["97140"]
+
+
+# --- amounts ---------------------------------------------------------------------------------------------
+
+def test_a_cq_line_priced_from_another_modifiers_row_is_still_85_percent(registry):
+    """97110 by a PTA, 30 min: 2 units GP CQ. The table has a blank row and a GP row (30.00), no CQ row, so
+    the line is an assistant's priced from a row that is not CQ's: 2 x 30.00 x 85% = 51.00. Before the fix
+    the GP row (first modifier in claim order) priced it at 60.00 while the warning said 85%."""
+    [record] = bill([doc("S1", [("97110", 30, "PTA")], patient=None)], registry)
+    [line] = record["lines"]
+    assert line["modifiers"] == ["GP", "CQ"] and line["amount"] == 51.0
+    # a CQ row of its own is the assistant's price: 97530 CQ 33.00 x 2 = 66.00, no further 85%
+    [record] = bill([doc("S2", [("97530", 30, "PTA")], patient=None)], registry)
+    assert record["lines"][0]["amount"] == 66.0
+
+
+# --- the command paths agree -----------------------------------------------------------------------------
+
+def test_a_patient_id_written_with_an_escape_takes_the_patient_path_with_jobs_too(registry):
+    """`"patient\\u005fid"` is the key patient_id. Two sessions of P, the earlier with $2,470: both
+    2,470 + 60 > 2,480 -> KX, parsed in the reading process or deferred to a worker alike."""
+    docs = [doc("F1", [("97110", 30)], payer="example-medicare-fees"),
+            doc("F2", [("97110", 30)], payer="example-medicare-fees", date="2026-03-04",
+                year_to_date={"pt_slp": 2470})]
+    lines = [json.dumps(d).replace('"patient_id"', '"patient\\u005fid"').encode() for d in docs]
+    for deferred in (False, True):
+        assert [kx(r) for r in bill(docs, registry, deferred=deferred, lines=lines)] == [["97110"], ["97110"]]
+
+
+# --- the harness: a random batch, any permutation, any path --------------------------------------------
+
+PATIENTS = ["P1", "P2", None]
+DATES = ["2025-12-31", "2026-01-01", DAY, DAY, None]
+PAYERS = ["gpfees", "example-medicare-fees", "example-visit-limits", "every-year"]
+CODES = ["97110", "97112", "97140", "97530"]
+COUNTER_RULES = ("kx-threshold", "kx-medical-review", "visit-limit", "authorization", "engine.year-to-date")
+
+a_session = st.fixed_dictionaries({
+    "patient": st.sampled_from(PATIENTS), "date": st.sampled_from(DATES), "payer": st.sampled_from(PAYERS),
+    "discipline": st.sampled_from(["PT", "PT", "OT", "SLP"]),
+    "services": st.lists(st.tuples(st.sampled_from(CODES), st.integers(0, 60), st.sampled_from([None, "PTA"])),
+                         min_size=1, max_size=3),
+    "ytd": st.sampled_from([None, None, "patient", 500, 2470]),     # "patient": that patient's one value
+    "escaped": st.booleans(),
+    "bad": st.sampled_from([None, None, None, None, "schema", "json", "payer"])})
+A_YTD = {"P1": 2400, "P2": 1000, None: 2450}
+
+
+def ytd_of(value) -> dict:
+    return {"pt_slp": value, "ot": value, "visits": value // 300}
+
+
+def make(k, spec, ytd=None) -> bytes:
+    """A JSONL line of the spec; `ytd`: the year_to_date to give it instead of the spec's."""
+    services = [(c, m, p) if p else (c, m) for c, m, p in spec["services"]]
+    value = A_YTD[spec["patient"]] if spec["ytd"] == "patient" else spec["ytd"]
+    extra = {"year_to_date": ytd_of(value)} if value is not None else {}
+    if ytd is not None:
+        extra = {"year_to_date": ytd} if ytd else {}
+    data = doc(f"S{k % 7}", services, spec["patient"], spec["date"], spec["payer"], spec["discipline"], **extra)
+    if spec["bad"] == "payer":
+        data["payer"] = "no-such-payer"
+    text = json.dumps(data)
+    if spec["escaped"]:                     # the same JSON, keys written with an escape
+        text = text.replace('"patient_id"', '"patient\\u005fid"').replace('"session_id"', '"session\\u005fid"')
+    if spec["bad"] == "schema":
+        text = text.replace('"minutes": ', '"minutes": -', 1)
+    elif spec["bad"] == "json":
+        text = text[:-5]                    # a truncated line
+    return text.encode()
+
+
+def comparable(record: dict) -> dict:
+    """A record without the input's positions (an error record names its file:line; a session that cannot
+    be read is named by its place, session-N)."""
+    if "error" in record:
+        return {"session_id": re.sub(r"^session-\d+$", "session-N", record["session_id"]),
+                "error": re.sub(r"t\.jsonl:\d+", "t.jsonl:N", record["error"])}
+    return record
+
+
+def counted(record: dict):
+    """What the patient's year decides on a record: each line's modifiers and amount, the counters' warnings."""
+    if "error" in record:
+        return "not billed"
+    return ([(line["code"], line["units"], line["modifiers"], line.get("amount")) for line in record["lines"]],
+            sorted((w["rule"], w["message"]) for w in record["warnings"] if w["rule"] in COUNTER_RULES))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=st.lists(a_session, min_size=1, max_size=14), seed=st.integers(0, 2**32))
+def test_harness_any_permutation_any_path_gives_each_session_the_same_record(registry, monkeypatch, specs, seed):
+    """Random sessions of a few patients (same-day, year-boundary and undated sessions, repeated session ids
+    with different content, year_to_date on some sessions only and conflicting ones, several payers per
+    patient, keys written with escapes, bad and truncated records interleaved), with spools of a few records
+    and tiny shards:
+    - for any permutation, parsed in the reading process or deferred (as --jobs sends them), one record per
+      input in input order, each the same;
+    - the patient's year decided as explain/compare/scenarios decide it (counters.apply_all);
+    - a patient's year_to_date given on every session of the patient or on one only: the same decisions."""
+    monkeypatch.setattr(P, "SPOOL_BYTES", 600)
+    monkeypatch.setattr(P, "SHARD", 2)
+    lines = [make(k, spec) for k, spec in enumerate(specs)]
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    first = bill(None, registry, lines=lines)
+    assert len(first) == len(lines)
+    for deferred in (False, True):
+        again = bill(None, registry, deferred=deferred, lines=[lines[k] for k in order])
+        assert len(again) == len(lines)
+        assert [comparable(again[i]) for i in range(len(order))] == [comparable(first[k]) for k in order]
+    # the differential: Biller.bill + counters.apply_all over the whole input
+    parsed = [RawLine((line, "t.jsonl", i, i)).parse() for i, line in enumerate(lines, 1)]
+    biller = Biller(registry, "python")
+    results = [biller.bill(s) if not isinstance(s, Exception) else {"session_id": s.session_id, "error": "x"}
+               for s in parsed]
+    biller.close()
+    apply_all(registry.resolve, parsed, results)
+    assert [counted(r) for r in results if "error" not in r] == [counted(r) for r in first if "error" not in r]
+    # one patient's value on all its sessions, or on one of them only
+    patients = {spec["patient"] for spec in specs if spec["patient"]}
+    everywhere = [make(k, spec, ytd_of(A_YTD[spec["patient"]]) if spec["patient"] else None)
+                  for k, spec in enumerate(specs)]
+    giver = {p: random.Random(seed).choice([k for k, spec in enumerate(specs) if spec["patient"] == p and
+                                            spec["bad"] in (None, "payer")] or [-1]) for p in patients}
+    once = [make(k, spec, (ytd_of(A_YTD[spec["patient"]]) if giver[spec["patient"]] == k else {})
+                 if spec["patient"] else None) for k, spec in enumerate(specs)]
+    assert [counted(r) for r in bill(None, registry, lines=once)] == \
+        [counted(r) for r in bill(None, registry, lines=everywhere)]
+
+
+def test_harness_jobs_2_equals_jobs_1_on_a_random_batch(registry, monkeypatch):
+    monkeypatch.setattr(P, "SHARD", 3)
+    rnd = random.Random(13)
+    specs = [
+        {"patient": rnd.choice(PATIENTS), "date": rnd.choice(DATES), "payer": rnd.choice(PAYERS),
+         "discipline": rnd.choice(["PT", "OT", "SLP"]),
+         "services": [(rnd.choice(CODES), rnd.randint(0, 60), rnd.choice([None, "PTA"])) for _ in range(rnd.randint(1, 3))],
+         "ytd": rnd.choice([None, None, "patient", 500]), "escaped": rnd.random() < 0.2,
+         "bad": rnd.choice([None] * 6 + ["schema", "json", "payer"])}
+        for _ in range(150)]
+    lines = [make(k, spec) for k, spec in enumerate(specs)]
+    one = bill(None, registry, lines=lines)
+    two = bill(None, registry, jobs=2, deferred=True, lines=lines)
+    assert len(one) == len(lines) and one == two
