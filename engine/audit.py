@@ -112,6 +112,8 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None,
         if states[0] is not None:   # the patient's accumulators before and after (engine/counters.py): replay
             doc.pop("context", None)
             doc["patient_year"] = {"before": states[0], "after": states[1]}
+            if len(states) > 2 and states[2]:   # the day's other sessions an edit across sessions read
+                doc["patient_year"]["same_day"] = states[2]
             billing_input = _canonical(doc)
     return record["session_id"], payer_id, date, rules, fired, billing_input + b"\n", digest, line
 
@@ -550,8 +552,14 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
                     record = biller.bill(session)
                     logged_year = entry["input"].get("patient_year")
                     if logged_year is not None and "error" not in record:
-                        # the patient's year from the logged "before" state: the session replayed alone
+                        # the edits across the day's sessions from their logged lines, then the patient's year
+                        # from the logged "before" state: the session replayed alone
                         from .counters import PatientYear
+                        if logged_year.get("same_day"):
+                            from .edits import apply_across
+                            payer = biller.registry.resolve(record["payer"], session.date_of_service)
+                            apply_across(record, session.date_of_service, payer.edits,
+                                         [(sid, lines) for sid, lines in logged_year["same_day"]])
                         PatientYear.restore(biller.registry.resolve, logged_year["before"]).apply(session, record)
                     out.append((entry, record, differences(entry["result"], record)))
             finally:

@@ -72,16 +72,25 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
                     continue
                 record, payer = outcome.result, outcome.payer
                 others = [(sid, lines) for sid, lines, p in billed if p is payer]
+                same_day = None
                 if others and payer.edits:
                     made = E.apply_across(record, date or None, payer.edits, others)
                     if made:
                         outcome.edits = [*outcome.edits, *made]
+                        same_day = same_day_lines(others)       # the audit log keeps them: --replay
                 billed.append((record["session_id"], record["lines"], payer))
                 state = [snapshot() if snapshot else None]
                 record = year.apply(outcome.session, record, job.date)
-                state.append(snapshot() if snapshot else None)
+                state += [snapshot() if snapshot else None, same_day]
                 out.append((place, finish(session, outcome, record, job, tuple(state))))
     return out
+
+
+def same_day_lines(others) -> list:
+    """The lines of the day's earlier sessions an edit across sessions was worked from, as the audit log
+    keeps them: [[session id, [{code, units, modifiers}]]] (what edits.apply_across reads)."""
+    return [[sid, [{"code": line["code"], "units": line["units"], "modifiers": list(line["modifiers"])}
+                   for line in lines]] for sid, lines in others]
 
 
 def _parsed(blob):

@@ -279,3 +279,45 @@ def test_harness_jobs_2_equals_jobs_1_on_a_random_batch(registry, monkeypatch):
     one = bill(None, registry, lines=lines)
     two = bill(None, registry, jobs=2, deferred=True, lines=lines)
     assert len(one) == len(lines) and one == two
+
+
+# --- the audit log ---------------------------------------------------------------------------------------
+
+def test_replay_reproduces_a_patient_session_with_an_edit_across_the_day_and_its_kx(rules, tmp_path):
+    """AM 97140 and PM 97530 of one patient on one day (the excerpt's pair, indicator 1, no 59): the PTP
+    error is on PM, naming AM. $2,470 given: AM 2 x 28 = 56 -> 2,526 > 2,480 KX; PM 2 x 40 = 80 KX.
+    `audit --replay` bills each session alone from the log: it must reproduce PM's edit across the day
+    (before the fix: 'warning removed: error ncci-ptp ...', exit 1)."""
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in [
+        doc("PM", [("97530", 30)], year_to_date={"pt_slp": 2470}), doc("AM", [("97140", 30)])]))
+    db = tmp_path / "log.db"
+    proc = run_cli("bill", path, "--rules", rules, "--format", "jsonl", "--audit-db", db)
+    pm, am = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert (kx(am), kx(pm)) == (["97140"], ["97530"])
+    assert any(w["rule"] == "ncci-ptp" and "session AM" in w["message"] for w in pm["warnings"])
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0, replay.stdout
+    assert b"replay: 2 sessions: 2 reproduced, 0 differ" in replay.stdout
+
+
+def test_harness_replay_reproduces_every_session_of_a_random_batch(rules, tmp_path):
+    """A random batch of patient and independent sessions (same-day pairs, year_to_date, several payers, bad
+    records) billed with --audit-db and --jobs 2: `audit --replay` reproduces every billed session."""
+    rnd = random.Random(7)
+    specs = [{"patient": rnd.choice(PATIENTS), "date": rnd.choice(DATES[:4]), "payer": rnd.choice(PAYERS),
+              "discipline": rnd.choice(["PT", "OT", "SLP"]),
+              "services": [(rnd.choice(CODES), rnd.randint(0, 60), rnd.choice([None, "PTA"]))
+                           for _ in range(rnd.randint(1, 3))],
+              "ytd": rnd.choice([None, None, "patient", 500]), "escaped": False,
+              "bad": rnd.choice([None] * 8 + ["schema", "payer"])} for _ in range(80)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(make(k, spec) + b"\n" for k, spec in enumerate(specs)))
+    db = tmp_path / "log.db"
+    proc = run_cli("bill", path, "--rules", rules, "--format", "jsonl", "--audit-db", db, "--jobs", "2")
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 80
+    assert any("of session" in w["message"] for r in records if "error" not in r for w in r["warnings"])
+    assert any(kx(r) for r in records if "error" not in r)
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0, replay.stdout.decode()[-2000:]
