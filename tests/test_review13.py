@@ -179,7 +179,7 @@ a_session = st.fixed_dictionaries({
     "ytd": st.sampled_from([None, None, "patient", 500, 2470]),     # "patient": that patient's one value
     "escaped": st.booleans(),
     "bad": st.sampled_from([None, None, None, None, "schema", "json", "payer"])})
-A_YTD = {"P1": 2400, "P2": 1000, None: 2450}
+A_YTD = {"P1": 2400, "P2": 1000, "P3": 2460, "P4": 0, None: 2450}
 
 
 def ytd_of(value) -> dict:
@@ -211,7 +211,7 @@ def comparable(record: dict) -> dict:
     be read is named by its place, session-N)."""
     if "error" in record:
         return {"session_id": re.sub(r"^session-\d+$", "session-N", record["session_id"]),
-                "error": re.sub(r"t\.jsonl:\d+", "t.jsonl:N", record["error"])}
+                "error": re.sub(r"^(\S+\.jsonl?|<stdin>):\d+: ", "INPUT:N: ", record["error"])}
     return record
 
 
@@ -321,3 +321,44 @@ def test_harness_replay_reproduces_every_session_of_a_random_batch(rules, tmp_pa
     assert any(kx(r) for r in records if "error" not in r)
     replay = run_cli("audit", db, "--replay")
     assert replay.returncode == 0, replay.stdout.decode()[-2000:]
+
+
+def cli(args, stdin=None, spool=None):
+    """`payrules ARGS` in a subprocess, with the spool's buffer of `spool` bytes and shards of 3 sessions."""
+    import subprocess
+    import sys
+    from test_batch import ROOT
+    code = (f"import sys; import engine.patients as P; P.SPOOL_BYTES = {spool or P.SPOOL_BYTES}; P.SHARD = 3\n"
+            f"from engine.cli import main; sys.exit(main({[str(a) for a in args]!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, input=stdin, timeout=300)
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode()[-2000:]
+    return proc
+
+
+def test_harness_the_command_gives_the_same_records_from_jsonl_a_json_list_stdin_and_any_jobs(rules, tmp_path):
+    """One random batch as JSONL and as a JSON list (one element a line, so element k is on line k + 2), from a
+    file and from standard input, with --jobs 1, 2 and 3, spools of 2 KB (several sorted runs) and shards of
+    3 sessions: the same records (error records up to their line numbers), one per session, and the
+    summary's counts add up to the sessions read."""
+    rnd = random.Random(21)
+    specs = [{"patient": rnd.choice(PATIENTS + ["P3", "P4"]), "date": rnd.choice(DATES), "payer": rnd.choice(PAYERS),
+              "discipline": rnd.choice(["PT", "OT", "SLP"]),
+              "services": [(rnd.choice(CODES), rnd.randint(0, 60), rnd.choice([None, "PTA"]))
+                           for _ in range(rnd.randint(1, 3))],
+              "ytd": rnd.choice([None, None, "patient", 500]), "escaped": rnd.random() < 0.1,
+              "bad": rnd.choice([None] * 8 + ["schema", "payer"])} for _ in range(120)]
+    lines = [make(k, spec) for k, spec in enumerate(specs)]
+    jsonl, array = tmp_path / "in.jsonl", tmp_path / "in.json"
+    jsonl.write_bytes(b"".join(line + b"\n" for line in lines))
+    array.write_bytes(b"[\n" + b",\n".join(lines) + b"\n]\n")
+    runs = [cli(["bill", path, "--rules", rules, "--format", "jsonl", "--jobs", jobs], spool=2048)
+            for path in (jsonl, array) for jobs in (1, 2, 3)]
+    runs.append(cli(["bill", "-", "--rules", rules, "--format", "jsonl"], stdin=jsonl.read_bytes(), spool=2048))
+    first = [json.loads(line) for line in runs[0].stdout.splitlines()]
+    assert len(first) == 120
+    for proc in runs:
+        records = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [comparable(r) for r in records] == [comparable(r) for r in first]
+        summary = proc.stderr.decode().rstrip("\n").rsplit("\n", 1)[-1]
+        read, billed, errors, failed = map(int, re.findall(r"\d+", summary))
+        assert read == billed + errors + failed == 120, summary
