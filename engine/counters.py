@@ -54,6 +54,7 @@ class Amounts:
     assistant_modifiers: tuple = ("CQ", "CO")
     effective_from: str | None = None
     source: str = ""
+    assistant_accrual: str = "reduced"      # what an amount counter adds for such a line: reduced | full
 
 
 @dataclass(frozen=True)
@@ -129,13 +130,12 @@ def _actions(items):
 def price(result: dict, date: str | None, payer) -> list:
     """Set `amount` on each billed line from the payer's fee schedules (in place); warnings for lines
     without one. Returns (line, Fee row, percent) of each priced line, for explain."""
-    tables = payer.edits.fees
     source = payer.edits.sources.get("fees", "")
     settings = payer.amounts
     priced = []
     for line in result["lines"]:
-        code, mods = line["code"], line["modifiers"]
-        fee = next((f for t in tables if (f := t.lookup(code, mods, date)) is not None), None)
+        code = line["code"]
+        fee, percent, assisted = _fee(line, date, payer)
         if fee is None:
             result["warnings"].append({"severity": "warning", "rule": "fee-schedule", "codes": [code],
                                        "message": f"{code}: no amount in the fee schedule"
@@ -144,11 +144,6 @@ def price(result: dict, date: str | None, payer) -> list:
             result["trace"].append({"rule": "fee-schedule", "source": source, "facts": [code],
                                     "effect": f"{code}: no amount"})
             continue
-        percent = None
-        assisted = [m for m in mods if m in settings.assistant_modifiers]
-        if (assisted and fee.modifier not in settings.assistant_modifiers and settings.assistant_percent
-                and (date is None or settings.effective_from is None or date >= settings.effective_from)):
-            percent = settings.assistant_percent
         amount = fee.amount * line["units"]
         if percent is not None:
             amount = amount * percent / 100
@@ -160,6 +155,35 @@ def price(result: dict, date: str | None, payer) -> list:
                                 "facts": [code], "effect": effect, "table": fee.where})
         priced.append((line, fee, percent))
     return priced
+
+
+def _fee(line: dict, date: str | None, payer) -> tuple:
+    """(the fee row pricing the line or None, the assistant percent it is taken at or None, the line's
+    assistant modifiers)."""
+    settings = payer.amounts
+    fee = next((f for t in payer.edits.fees if (f := t.lookup(line["code"], line["modifiers"], date)) is not None),
+               None)
+    assisted = [m for m in line["modifiers"] if m in settings.assistant_modifiers]
+    percent = None
+    if (fee is not None and assisted and fee.modifier not in settings.assistant_modifiers
+            and settings.assistant_percent
+            and (date is None or settings.effective_from is None or date >= settings.effective_from)):
+        percent = settings.assistant_percent
+    return fee, percent, assisted
+
+
+def accrued(line: dict, date: str, payer) -> tuple:
+    """(what an amount counter adds for a priced line, how explain names it): the line's amount, or with
+    the payer's `amounts.assistant_accrual: full` the amount before the assistant percent [UNCONFIRMED
+    which one the KX threshold accrues, docs/domain.md §18.1]."""
+    amount = Decimal(str(line["amount"]))
+    if payer.amounts.assistant_accrual == "full":
+        fee, percent, assisted = _fee(line, date, payer)
+        if percent is not None:
+            full = (fee.amount * line["units"]).quantize(CENT, ROUND_HALF_UP)
+            return full, f"{line['code']} {assisted[0]} {dollars(full)} (in full, not {dollars(amount)}: " \
+                         "assistant_accrual full)"
+    return amount, f"{line['code']} {dollars(amount)}"
 
 
 @dataclass
@@ -280,8 +304,7 @@ class PatientYear:
         elif counter.counts == "units":
             steps = [([line], Decimal(line["units"]), f"{line['code']} {line['units']}") for line in lines]
         else:
-            steps = [([line], Decimal(str(line["amount"])), f"{line['code']} {dollars(Decimal(str(line['amount'])))}")
-                     for line in lines if "amount" in line]
+            steps = [([line], *accrued(line, date, payer)) for line in lines if "amount" in line]
         missing = [t.id for t in counter.thresholds if t.value_for(year) is None]
         if missing:
             _warn(result, "warning", missing[0], [line["code"] for line in lines],

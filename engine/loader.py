@@ -700,7 +700,8 @@ def _amounts(spec) -> C.Amounts:
         return C.Amounts()
     data = spec.data["amounts"]
     return C.Amounts(data.get("assistant_percent"), tuple(data.get("assistant_modifiers", ("CQ", "CO"))),
-                     data.get("effective_from"), f"{spec.file}:{spec.line('amounts')}")
+                     data.get("effective_from"), f"{spec.file}:{spec.line('amounts')}",
+                     data.get("assistant_accrual", "reduced"))
 
 
 

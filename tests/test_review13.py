@@ -362,3 +362,47 @@ def test_harness_the_command_gives_the_same_records_from_jsonl_a_json_list_stdin
         summary = proc.stderr.decode().rstrip("\n").rsplit("\n", 1)[-1]
         read, billed, errors, failed = map(int, re.findall(r"\d+", summary))
         assert read == billed + errors + failed == 120, summary
+
+
+# --- KX at its edges (docs/domain.md §18.2: exceeds is >, 2026 $2,480; 97110 2 units x $30 = $60) ---------
+
+@pytest.mark.parametrize("ytd, expected", [
+    (2420, []),                 # 2,420 + 60 = 2,480.00: at the threshold, not past it: no KX
+    (2419.99, []),              # 2,479.99
+    (2420.01, ["97110"]),       # 2,480.01 > 2,480
+    (5000, ["97110"]),          # past it already: every line
+])
+def test_kx_exceeds_means_greater_than_to_the_cent(registry, ytd, expected):
+    [record] = bill([doc("S", [("97110", 30)], payer="example-medicare-fees", year_to_date={"pt_slp": ytd})],
+                    registry)
+    assert kx(record) == expected
+
+
+def test_a_year_without_a_kx_threshold_is_a_labelled_warning_not_a_silent_no_kx(registry):
+    """2027 has no KX value in rules/medicare.yaml (docs/domain.md §18.2): the line has no KX and a warning
+    of rule kx-threshold says it is not decided; the $3,000 review value of 2027 still acts (2,970 + 60)."""
+    [record] = bill([doc("S", [("97110", 30)], date="2027-01-05", payer="example-medicare-fees",
+                         year_to_date={"pt_slp": 2970})], registry)
+    assert kx(record) == []
+    said = {w["rule"]: (w["severity"], w["message"]) for w in record["warnings"]}
+    assert said["kx-threshold"][0] == "warning" and "2027" in said["kx-threshold"][1] \
+        and "not decided" in said["kx-threshold"][1]
+    assert "3,030.00" in said["kx-medical-review"][1]
+
+
+@pytest.mark.parametrize("accrual, total, expected", [
+    ("reduced", "2,476.00", []),           # 2,425 + 51.00 (85% of 2 x 30.00) = 2,476 <= 2,480
+    ("full", "2,485.00", ["97110"]),       # 2,425 + 60.00 (the amount before the 85%) = 2,485 > 2,480
+])
+def test_whether_kx_accrues_a_cq_lines_reduced_amount_is_a_payer_setting(rules, tmp_path, accrual, total, expected):
+    """docs/domain.md §18.1: UNCONFIRMED whether the KX total accrues the 85% or the full amount of a CQ/CO
+    line: `amounts.assistant_accrual` (Medicare: reduced). The line's amount is 51.00 either way."""
+    (tmp_path / "f.csv").write_bytes((rules / "fees" / "f.csv").read_bytes())
+    (tmp_path / "accrual.yaml").write_text(
+        "payer: accrual\nname: Accrual\nextends: medicare\ntables:\n  fees: [f.csv]\n"
+        f"amounts:\n  assistant_percent: 85\n  effective_from: 2022-01-01\n  assistant_accrual: {accrual}\n")
+    local = Registry([tmp_path])
+    [record] = bill([doc("S", [("97110", 30, "PTA")], payer="accrual", year_to_date={"pt_slp": 2425})], local)
+    assert record["lines"][0]["amount"] == 51.0 and kx(record) == expected
+    [step] = [t["effect"] for t in record["trace"] if t["rule"] == "kx-threshold"] or [None]
+    assert (step is not None) == bool(expected) and (step is None or f"= {total} >" in step)
