@@ -86,9 +86,9 @@ def load_fees(path, display: str | None = None) -> FeeTable:
     digest = hashlib.sha256(raw).hexdigest()
     text = _text(raw).lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
-    header, columns, rows, same = None, {}, [], {}
+    header, columns, rows, same, end = None, {}, [], {}, 0
     for record in reader:
-        line = reader.line_num - (sum(cell.count("\n") for cell in record))   # where the row starts
+        line, end = end + 1, reader.line_num        # where the row starts: after the last one's end
         if not any(cell.strip() for cell in record) or record[0].lstrip().startswith("#"):
             continue
         if header is None:
@@ -108,18 +108,18 @@ def load_fees(path, display: str | None = None) -> FeeTable:
                              and columns[name] < len(record) else "")
         code, modifier, amount = cell("code"), cell("modifier"), cell("amount")
         if not CODE.fullmatch(code):
-            raise TableError(f"{code!r} is not a CPT/HCPCS code (five characters: 97110, G0283)", display, line, "code")
+            raise TableError(f"{_shown(code)} is not a CPT/HCPCS code (five characters: 97110, G0283)", display, line, "code")
         if modifier and not MODIFIER.fullmatch(modifier):
-            raise TableError(f"{modifier!r} is not a modifier (two capital letters or digits, or blank)", display,
+            raise TableError(f"{_shown(modifier)} is not a modifier (two capital letters or digits, or blank)", display,
                              line, "modifier")
         if not AMOUNT.fullmatch(amount):
-            raise TableError(f"{amount!r} is not an amount in dollars (digits, at most two decimals: 60.50)",
+            raise TableError(f"{_shown(amount)} is not an amount in dollars (digits, at most two decimals: 60.50)",
                              display, line, "amount")
         dates = []
         for name in ("effective_from", "effective_to"):
             value = cell(name) or None
             if value is not None and not is_date(value):
-                raise TableError(f"{value!r} is not a date YYYY-MM-DD", display, line, name)
+                raise TableError(f"{_shown(value)} is not a date YYYY-MM-DD", display, line, name)
             dates.append(value)
         if dates[0] and dates[1] and dates[1] < dates[0]:
             raise TableError("effective_to is before effective_from", display, line, "effective_to")
@@ -139,3 +139,8 @@ def load_fees(path, display: str | None = None) -> FeeTable:
 def _overlap(a: Fee, b: Fee) -> bool:
     return (a.effective_from is None or b.effective_to is None or a.effective_from <= b.effective_to) and \
         (b.effective_from is None or a.effective_to is None or b.effective_from <= a.effective_to)
+
+
+def _shown(cell: str) -> str:
+    """A cell quoted in an error message: its first 40 characters (the message stays one short line)."""
+    return repr(cell) if len(cell) <= 40 else repr(cell[:40]) + f"... ({len(cell)} characters)"

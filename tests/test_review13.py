@@ -406,3 +406,54 @@ def test_whether_kx_accrues_a_cq_lines_reduced_amount_is_a_payer_setting(rules, 
     assert record["lines"][0]["amount"] == 51.0 and kx(record) == expected
     [step] = [t["effect"] for t in record["trace"] if t["rule"] == "kx-threshold"] or [None]
     assert (step is not None) == bool(expected) and (step is None or f"= {total} >" in step)
+
+
+# --- the fee schedule reader ------------------------------------------------------------------------------
+
+def test_a_bad_fee_cell_is_quoted_short_and_the_line_is_where_the_row_starts(tmp_path):
+    """A 200,000-character amount: one short error line (it was the whole cell: 200 KB). A row whose quote
+    is never closed starts on line 2 (it was said to be on line 1)."""
+    from engine.fees import load_fees
+    from engine.tables import TableError
+    path = tmp_path / "f.csv"
+    path.write_text("code,modifier,amount\n97110,," + "9" * 200_000 + "\n")
+    with pytest.raises(TableError) as caught:
+        load_fees(path, "f.csv")
+    assert len(str(caught.value)) < 200 and str(caught.value).startswith("f.csv:2: amount:")
+    path.write_text('code,modifier,amount\n"97110,,60\n')
+    with pytest.raises(TableError) as caught:
+        load_fees(path, "f.csv")
+    assert str(caught.value).startswith("f.csv:2: code:")
+
+
+CELLS = st.sampled_from(["97110", "97530", "", "CQ", "GP", "60", "60.5", "-60", "1,234.00", "$60", "60.005",
+                         "2026-01-01", "2026-02-30", "2025-12-31", '"', '"x"', "\n", "\r\n", "\x00", "#", "é", " 60 ", "9" * 500])
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=st.sampled_from(["code,modifier,amount", "code,modifier,amount,effective_from,effective_to",
+                               "Amount,CODE,modifier", "code,amount"]),
+       rows=st.lists(st.lists(CELLS, min_size=0, max_size=6), max_size=8),
+       crlf=st.booleans(), bom=st.booleans())
+def test_fuzz_a_fee_schedule_loads_or_is_one_short_file_line_error(tmp_path_factory, header, rows, crlf, bom):
+    """Any file: a table whose every amount is an exact Decimal of at most two places and not negative, or
+    a TableError `f.csv:LINE: column: message` on a line of the file, short; never another exception."""
+    from decimal import Decimal
+    from engine.fees import load_fees
+    from engine.tables import TableError
+    newline = "\r\n" if crlf else "\n"
+    text = ("\ufeff" if bom else "") + newline.join([header] + [",".join(r) for r in rows]) + newline
+    path = tmp_path_factory.mktemp("fees") / "f.csv"
+    path.write_bytes(text.encode("utf-8"))
+    try:
+        table = load_fees(path, "f.csv")
+    except TableError as exc:
+        message = str(exc)
+        match = re.match(r"f\.csv:(\d+): (\w+): ", message)
+        assert match and 1 <= int(match.group(1)) <= text.count("\n") + 1, message
+        assert match.group(2) == "header" or int(match.group(1)) >= 2, message     # a row is below the header
+        assert len(message) < 300 and "\n" not in message.split(": ", 2)[2].replace("\\n", ""), message
+        return
+    for rows_of_code in table._by_code.values():
+        for fee in rows_of_code:
+            assert isinstance(fee.amount, Decimal) and fee.amount >= 0 and fee.amount == fee.amount.quantize(Decimal("0.01"))
