@@ -21,7 +21,7 @@ from decimal import Decimal
 import re
 
 from .errors import is_date
-from .tables import CODE, TableError, _text
+from .tables import CODE, TableError, _shown, _text
 
 AMOUNT = re.compile(r"[0-9]{1,7}(?:\.[0-9]{1,2})?")
 MODIFIER = re.compile(r"[0-9A-Z]{2}")
@@ -86,6 +86,17 @@ def load_fees(path, display: str | None = None) -> FeeTable:
     digest = hashlib.sha256(raw).hexdigest()
     text = _text(raw).lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows, header = _rows(reader, display)
+    except csv.Error as exc:
+        raise TableError(f"not CSV: {exc}", display, reader.line_num, "row") from None
+    if header is None:
+        raise TableError("empty fee schedule: no header row code,modifier,amount", display, 1, "header")
+    return FeeTable(rows, display, digest)
+
+
+def _rows(reader, display: str) -> tuple:
+    """(the Fee rows, the header) of a fee schedule's CSV reader."""
     header, columns, rows, same, end = None, {}, [], {}, 0
     for record in reader:
         line, end = end + 1, reader.line_num        # where the row starts: after the last one's end
@@ -131,16 +142,10 @@ def load_fees(path, display: str | None = None) -> FeeTable:
                                  display, line, "code")
         rows.append(fee)
         same[code, modifier].append(fee)
-    if header is None:
-        raise TableError("empty fee schedule: no header row code,modifier,amount", display, 1, "header")
-    return FeeTable(rows, display, digest)
+    return rows, header
 
 
 def _overlap(a: Fee, b: Fee) -> bool:
     return (a.effective_from is None or b.effective_to is None or a.effective_from <= b.effective_to) and \
         (b.effective_from is None or a.effective_to is None or b.effective_from <= a.effective_to)
 
-
-def _shown(cell: str) -> str:
-    """A cell quoted in an error message: its first 40 characters (the message stays one short line)."""
-    return repr(cell) if len(cell) <= 40 else repr(cell[:40]) + f"... ({len(cell)} characters)"
