@@ -18,10 +18,10 @@ number rounded to cents (60.0 is $60.00), a running total in a state snapshot as
   block). Actions: add_modifier (in the payer's claim order; more than 4 is an error), warn, error, hold
   (an error: the claim is held until resolved; the line is not removed).
 - Periods: calendar_year, or plan_year from the payer's `plan_year_starts` (MM-DD). The patient's
-  `year_to_date` is that of the first of its sessions in the walk that gives one (`begin`, whatever
-  session carries it); it seeds each counter's period of the patient's first dated session (by bucket
-  name, or by counter id for a counter without buckets), whatever the payer; a later period starts at
-  zero. A session giving another value is told that it was not used (rule engine.year-to-date).
+  `year_to_date` has each key (bucket or counter id) from the first of its sessions in the walk that gives
+  it (`begin`, whatever session carries it); it seeds each counter's period of the patient's first dated
+  session, whatever the payer; a later period starts at zero. A session giving another value of a key is
+  told that it was not used (rule engine.year-to-date).
 - `snapshot()` / `PatientYear.restore(...)`: the accumulators as JSON, for the audit log's before/after
   and `--replay` (a session replayed alone from its logged "before" gives the same decision).
 """
@@ -201,25 +201,26 @@ class PatientYear:
     patient_id: str | None = None
     year_to_date: dict | None = None
     totals: dict = field(default_factory=dict)
-    given_by: str | None = None                     # the session id whose year_to_date is the patient's
+    given_by: dict = field(default_factory=dict)    # year_to_date key -> the session id that gave it
     start: str | None = None                        # the date of the patient's first session counted
     steps: list = field(default_factory=list)       # the last session's Steps
     explain: bool = False                           # also the Steps of lines that set nothing off
 
     def begin(self, sessions) -> "PatientYear":
         """The patient's year_to_date from its sessions as they will be walked (any order of the input gives
-        the same walk): the first that gives one, whichever session it is."""
+        the same walk): each key (bucket or counter id) from the first session that gives it."""
         for session in sessions:
-            if getattr(session, "year_to_date", None) is not None:
-                self.year_to_date, self.given_by = dict(session.year_to_date), session.session_id
-                break
+            for key, value in sorted((getattr(session, "year_to_date", None) or {}).items()):
+                if key not in self.given_by:
+                    self.year_to_date = {**(self.year_to_date or {}), key: value}
+                    self.given_by[key] = session.session_id
         return self
 
     def snapshot(self) -> dict:
         """The accumulators as JSON: keys 'payer/counter/period/bucket', totals as strings."""
         return {"patient_id": self.patient_id,
                 "year_to_date": dict(self.year_to_date) if self.year_to_date is not None else None,
-                "given_by": self.given_by, "start": self.start,
+                "given_by": dict(self.given_by), "start": self.start,
                 "totals": {"/".join(key): f"{value:.2f}" for key, value in sorted(self.totals.items())}}
 
     state = snapshot
@@ -227,24 +228,27 @@ class PatientYear:
     @classmethod
     def restore(cls, resolve, snap: dict) -> "PatientYear":
         year = cls(resolve, snap.get("patient_id"), snap.get("year_to_date"))
-        year.given_by, year.start = snap.get("given_by"), snap.get("start")
+        year.given_by, year.start = dict(snap.get("given_by") or {}), snap.get("start")
         year.totals = {tuple(k.split("/", 3)): Decimal(v) for k, v in (snap.get("totals") or {}).items()}
         return year
 
     def _given(self, session, result: dict) -> None:
-        """Takes the session's year_to_date as the patient's when it has none yet and nothing was counted,
-        else says a different one is not used."""
-        given = session.year_to_date
-        if given is None or dict(given) == self.year_to_date:
-            return
-        if self.year_to_date is None and not self.totals:
-            self.year_to_date, self.given_by = dict(given), session.session_id
-            return
-        whose = f"the one of session {self.given_by}" if self.year_to_date is not None else \
-            "none: the patient's year began with an earlier session that gave none"
-        _warn(result, "warning", "engine.year-to-date", [],
-              f"this session's year_to_date is not used: a patient's year starts from one year_to_date, "
-              f"{whose}; give the patient's sessions one value")
+        """Takes each key of the session's year_to_date the patient has none of yet, while no total it would
+        start has been worked; a key given another value or too late is said not to be used."""
+        unused, mine = [], self.year_to_date or {}
+        for key, value in sorted(session.year_to_date.items()):      # in one order, whatever the input's
+            if key in mine:
+                if mine[key] != value:
+                    unused.append(f"{key} (the patient's is that of session {self.given_by.get(key, '?')})")
+            elif any(total[3] == key for total in self.totals):
+                unused.append(f"{key} (the patient's year began without it)")
+            else:
+                self.year_to_date = {**(self.year_to_date or {}), key: value}
+                self.given_by[key] = session.session_id
+        if unused:
+            _warn(result, "warning", "engine.year-to-date", [],
+                  f"this session's year_to_date is not used for {'; '.join(unused)}: a patient's year starts from "
+                  "one value of each; give the patient's sessions one year_to_date")
 
     def _total(self, payer_id: str, counter: Counter, period: str, bucket: str) -> Decimal:
         key = (payer_id, counter.id, period, bucket)
@@ -262,7 +266,8 @@ class PatientYear:
         self.steps = []
         if "error" in result:
             return result
-        self._given(session, result)
+        if session.year_to_date:
+            self._given(session, result)
         date = date or session.date_of_service
         if date is not None and self.start is None:
             self.start = date

@@ -457,3 +457,14 @@ def test_fuzz_a_fee_schedule_loads_or_is_one_short_file_line_error(tmp_path_fact
     for rows_of_code in table._by_code.values():
         for fee in rows_of_code:
             assert isinstance(fee.amount, Decimal) and fee.amount >= 0 and fee.amount == fee.amount.quantize(Decimal("0.01"))
+
+
+def test_year_to_date_keys_given_on_different_sessions_are_all_the_patients(registry):
+    """pt_slp on one session, ot on another (billing staff keep each bucket's total apart): both are the
+    patient's. PT session A: 2,440 + 60 = 2,500 > 2,480 KX; OT session B (97530 2 x 40): 2,450 + 80 = 2,530
+    KX. No warning: no key was given two values."""
+    docs = [doc("A", [("97110", 30)], payer="example-medicare-fees", year_to_date={"pt_slp": 2440}),
+            doc("B", [("97530", 30)], payer="example-medicare-fees", discipline="OT", year_to_date={"ot": 2450})]
+    a, b = bill(docs, registry)
+    assert (kx(a), kx(b)) == (["97110"], ["97530"])
+    assert not [w for r in (a, b) for w in r["warnings"] if w["rule"] == "engine.year-to-date"]
