@@ -468,3 +468,18 @@ def test_year_to_date_keys_given_on_different_sessions_are_all_the_patients(regi
     a, b = bill(docs, registry)
     assert (kx(a), kx(b)) == (["97110"], ["97530"])
     assert not [w for r in (a, b) for w in r["warnings"] if w["rule"] == "engine.year-to-date"]
+
+
+# --- the PTP/MUE readers (engine/tables.py: the coordinator's file this round; the fix is described) -----
+
+@pytest.mark.xfail(strict=True, reason="engine/tables.py _header lists every header cell whole in its 'found ...' "
+                   "message; fix: quote each with _shown (40 characters) and list at most 10")
+def test_a_table_header_error_is_one_short_line(tmp_path):
+    """A header naming the code and value columns but no MAI, with a 10,000-character cell: the error names
+    the file and line and stays short (a bad-input error is one short line)."""
+    from engine.tables import TableError, load_mue
+    path = tmp_path / "m.csv"
+    path.write_text("HCPCS/CPT Code,Practitioner Services MUE Values," + "x" * 10_000 + "\n97110,4,1 Line Edit\n")
+    with pytest.raises(TableError) as caught:
+        load_mue(path, "m.csv")
+    assert str(caught.value).startswith("m.csv:1: header:") and len(str(caught.value)) < 300
