@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from decimal import Decimal, ROUND_HALF_UP
+from decimal import Decimal, ROUND_CEILING, ROUND_HALF_UP
 from operator import itemgetter
 
 from . import assistants as A
@@ -327,7 +327,7 @@ class PatientYear:
         v = value.value
         show = (lambda d: dollars(d)) if counter.counts == "amount" else (lambda d: f"{d:,}")
         if value.every:
-            past = int((after - 1) // v) > int((before - 1) // v) and after > v if v else False
+            past = _below(after, v) > _below(before, v) and after > v if v else False
             reached = int(after // v) > int(before // v) and after >= v if v else False
         else:
             past, reached = after > v, before < v <= after
@@ -341,7 +341,7 @@ class PatientYear:
                 continue
             acted = True
             if value.every:     # the multiple of the value just reached or passed
-                multiple = (int((after - 1) // v) if compare == ">" else int(after // v)) * v
+                multiple = (_below(after, v) if compare == ">" else int(after // v)) * v
                 relation = f"{compare} {show(multiple)} (every {show(v)})"
             else:
                 relation = f"{compare} {show(v)}"
@@ -370,6 +370,11 @@ class PatientYear:
         if not acted and not value.every:
             self.steps.append(Step(threshold.id, value.where,
                                    f"{arithmetic} {'<=' if after <= v else '>'} {show(v)}{label}: no action"))
+
+
+def _below(total: Decimal, value: Decimal) -> int:
+    """How many multiples of `value` lie strictly below `total` (visits 13 of 12: 1; $100.50 of $100: 1)."""
+    return int((total / value).to_integral_value(ROUND_CEILING)) - 1
 
 
 def _warn(result, severity, rule, codes, message, once=False) -> None:

@@ -483,3 +483,46 @@ def test_a_table_header_error_is_one_short_line(tmp_path):
     with pytest.raises(TableError) as caught:
         load_mue(path, "m.csv")
     assert str(caught.value).startswith("m.csv:1: header:") and len(str(caught.value)) < 300
+
+
+# --- counters -------------------------------------------------------------------------------------------
+
+def test_an_every_threshold_of_dollars_is_passed_by_a_cent(rules, tmp_path):
+    """An amount counter with a value every $100 (warn past each multiple): $40.50 given + 97110 2 x 30.00 =
+    $100.50 > $100: past the first multiple. The integer arithmetic of visits ((after - 1) // value) said
+    99.50 // 100 = 0: not past."""
+    (tmp_path / "f.csv").write_bytes((rules / "fees" / "f.csv").read_bytes())
+    (tmp_path / "every.yaml").write_text(
+        "payer: every-100\nname: Every 100\nextends: medicare\ntables:\n  fees: [f.csv]\n"
+        "counters:\n  - id: dollars\n    description: x\n    source: test\n    counts: amount\n"
+        "    period: calendar_year\n    thresholds:\n      - id: each-100\n        values:\n"
+        "          - {value: 100, every: true}\n        past:\n          - warn: \"past {value}\"\n")
+    local = Registry([tmp_path])
+    [record] = bill([doc("S", [("97110", 30)], payer="every-100", year_to_date={"dollars": 40.5})], local)
+    [step] = [t["effect"] for t in record["trace"] if t["rule"] == "each-100"]
+    assert step.startswith("40.50 + 97110 60.00 = 100.50 > 100.00 (every 100.00)")
+    # $39.50 + 60 = 99.50: not past; 140 + 60 = 200.00: at the second multiple, not past it (exceeds is >)
+    for given in (39.5, 140):
+        [record] = bill([doc("S", [("97110", 30)], payer="every-100", year_to_date={"dollars": given})], local)
+        assert not [t for t in record["trace"] if t["rule"] == "each-100"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.integers(1, 3000), cents=st.booleans(), before=st.integers(0, 10_000), add=st.integers(0, 5000))
+def test_every_threshold_fires_exactly_where_a_multiple_is_reached_or_passed(value, cents, before, add):
+    """Against brute force: `past` fires on a step from before to after when some multiple k x value (k >= 1)
+    is >= before and < after (the step goes past it); `reached` when one is > before and <= after. In
+    whole units or in cents (an amount counter)."""
+    from decimal import Decimal
+    from engine import counters as C
+    scale = Decimal("0.01") if cents else Decimal(1)
+    v, b, a = Decimal(value) * scale, Decimal(before) * scale, Decimal(before + add) * scale
+    threshold = C.Threshold("t", (C.Value(None, v, True, "", "x:1"),), (("warn", "reached"),), (("warn", "past"),), "x:1")
+    counter = C.Counter("c", "amount" if cents else "units", None, (), "calendar_year", "01-01", (threshold,), "x:1")
+    year = C.PatientYear(lambda *a: None)
+    result = {"warnings": [], "trace": []}
+    year._fire(counter, threshold, threshold.values[0], b, a, [], "x", 2026, None, result)
+    said = {w["message"] for w in result["warnings"]}
+    multiples = [k * v for k in range(1, int(a / v) + 2)]
+    assert ("past" in said) == any(b <= m < a for m in multiples), (v, b, a)
+    assert ("reached" in said) == any(b < m <= a for m in multiples), (v, b, a)
