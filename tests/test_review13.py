@@ -526,3 +526,21 @@ def test_every_threshold_fires_exactly_where_a_multiple_is_reached_or_passed(val
     multiples = [k * v for k in range(1, int(a / v) + 2)]
     assert ("past" in said) == any(b <= m < a for m in multiples), (v, b, a)
     assert ("reached" in said) == any(b < m <= a for m in multiples), (v, b, a)
+
+
+def test_the_log_keeps_each_patient_sessions_state_before_and_after_in_date_order(rules, tmp_path):
+    """Three sessions of one patient given latest first, $100 given: each 97110 2 x 30.00 = 60.00. In date
+    order the PT+SLP total goes 100 -> 160 -> 220 -> 280; each session's logged 'before' is the previous
+    one's 'after', and the first's 'before' has no total yet (the year_to_date is the patient's)."""
+    from engine.audit import query
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(doc(f"S{d}", [("97110", 30)], date=f"2026-03-0{d}", payer="example-medicare-fees",
+                                           **({"year_to_date": {"pt_slp": 100}} if d == 2 else {}))) + "\n"
+                            for d in (3, 2, 1)))
+    db = tmp_path / "log.db"
+    run_cli("bill", path, "--rules", rules, "--format", "jsonl", "--audit-db", db)
+    states = {e["session_id"]: e["input"]["patient_year"] for e in query(str(db))}
+    key = "example-medicare-fees/therapy-amounts/2026/pt_slp"
+    assert states["S1"]["before"]["totals"] == {} and states["S1"]["before"]["year_to_date"] == {"pt_slp": 100}
+    assert [states[s]["after"]["totals"][key] for s in ("S1", "S2", "S3")] == ["160.00", "220.00", "280.00"]
+    assert states["S2"]["before"] == states["S1"]["after"] and states["S3"]["before"] == states["S2"]["after"]
