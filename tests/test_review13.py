@@ -544,3 +544,46 @@ def test_the_log_keeps_each_patient_sessions_state_before_and_after_in_date_orde
     assert states["S1"]["before"]["totals"] == {} and states["S1"]["before"]["year_to_date"] == {"pt_slp": 100}
     assert [states[s]["after"]["totals"][key] for s in ("S1", "S2", "S3")] == ["160.00", "220.00", "280.00"]
     assert states["S2"]["before"] == states["S1"]["after"] and states["S3"]["before"] == states["S2"]["after"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])
+@pytest.mark.parametrize("kind", ["empty", "only-patients", "truncated-last-line"])
+def test_edge_inputs_give_well_formed_output_and_counts_that_add_up(rules, tmp_path, kind, fmt):
+    """No session at all; only patient sessions (nothing takes the streaming path); patient sessions whose
+    last line is cut short (no newline, unfinished JSON): one record per session, the output well formed."""
+    docs = [] if kind == "empty" else [doc(f"S{k}", [("97110", 30)], patient=f"P{k % 3}", date=f"2026-03-0{9 - k}")
+                                       for k in range(6)]
+    text = "".join(json.dumps(d) + "\n" for d in docs)
+    if kind == "truncated-last-line":
+        text = text[:-20]
+    path = tmp_path / "in.jsonl"
+    path.write_text(text)
+    for jobs in ("1", "2") if fmt == "jsonl" else ("1",):
+        proc = cli(["bill", path, "--rules", rules, "--format", fmt, "--jobs", jobs], spool=512)
+        out = proc.stdout.decode()
+        n = len(docs)
+        if fmt == "json":
+            records = json.loads(out)
+        elif fmt == "jsonl":
+            records = [json.loads(line) for line in out.splitlines()]
+        else:
+            records = out.splitlines()[1:]
+            assert out.splitlines()[0].startswith("session_id,")
+        assert len(records) == n
+        summary = proc.stderr.decode().rstrip("\n").rsplit("\n", 1)[-1]
+        read, billed, errors, failed = map(int, re.findall(r"\d+", summary))
+        assert read == billed + errors + failed == n and failed == (kind == "truncated-last-line"), summary
+
+
+def test_visit_limit_and_authorization_at_their_exact_boundaries(registry):
+    """example-visit-limits (docs/domain.md §18.4): 26 visits of one patient in 2026, shuffled. Visit 20
+    warns (reached), 21 on are held (past 20); an authorization every 12: visits 13 and 25 warn (past 12, 24),
+    not 12 or 24."""
+    days = [f"2026-{1 + k // 28:02}-{1 + k % 28:02}" for k in range(26)]
+    docs = [doc(f"V{k + 1:02}", [("97110", 30)], date=days[k], payer="example-visit-limits") for k in range(26)]
+    random.Random(3).shuffle(docs)
+    said = {r["session_id"]: {(w["rule"], w["severity"]) for w in r["warnings"]} for r in bill(docs, registry)}
+    visit = lambda n: said[f"V{n:02}"]      # noqa: E731
+    assert [n for n in range(1, 27) if ("authorization", "warning") in visit(n)] == [13, 25]
+    assert [n for n in range(1, 27) if ("visit-limit", "warning") in visit(n)] == [20]
+    assert [n for n in range(1, 27) if ("visit-limit", "error") in visit(n)] == list(range(21, 27))
