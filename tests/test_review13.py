@@ -587,3 +587,27 @@ def test_visit_limit_and_authorization_at_their_exact_boundaries(registry):
     assert [n for n in range(1, 27) if ("authorization", "warning") in visit(n)] == [13, 25]
     assert [n for n in range(1, 27) if ("visit-limit", "warning") in visit(n)] == [20]
     assert [n for n in range(1, 27) if ("visit-limit", "error") in visit(n)] == list(range(21, 27))
+
+
+@pytest.mark.parametrize("date, amount", [("2024-12-31", None), ("2025-01-01", 58.0), ("2025-12-31", 58.0),
+                                          ("2026-01-01", 60.0)])
+def test_fee_rows_are_in_force_on_both_boundary_days(registry, date, amount):
+    """The synthetic schedule: 97110 $29.00 from 2025-01-01 to 2025-12-31, $30.00 from 2026-01-01 (both days
+    included); 2 units. Before 2025 no row: no amount, a warning."""
+    [record] = bill([doc("S", [("97110", 30)], patient=None, date=date, payer="example-medicare-fees")], registry)
+    assert record["lines"][0].get("amount") == amount
+    assert any(w["rule"] == "fee-schedule" for w in record["warnings"]) == (amount is None)
+
+
+@pytest.mark.parametrize("row, minutes, provider, amount", [
+    ("0.03", 15, "PTA", 0.03),              # 1 x 0.03 x 85% = 0.0255 -> 0.03 (half up, not to even: 0.02)
+    ("33.33", 15, "PTA", 28.33),            # 28.3305 -> 28.33
+    ("1234567.89", 30, None, 2469135.78),   # thousands, exact: 2 x 1,234,567.89
+    ("0", 30, None, 0.0),
+])
+def test_amounts_are_exact_cents_rounded_half_up(tmp_path, row, minutes, provider, amount):
+    (tmp_path / "f.csv").write_text(f"code,modifier,amount\n97110,,{row}\n")
+    (tmp_path / "p.yaml").write_text("payer: cents\nname: Cents\nextends: medicare\ntables:\n  fees: [f.csv]\n")
+    services = [("97110", minutes, provider)] if provider else [("97110", minutes)]
+    [record] = bill([doc("S", services, patient=None, payer="cents")], Registry([tmp_path]))
+    assert record["lines"][0]["amount"] == amount
