@@ -17,8 +17,9 @@ the records written after the first of them.
 Sessions of a patient without a date of service come after the patient's dated ones. Within one date
 sessions are taken in session id order, then by content, then input order (counters.walk_key, as explain
 takes them), so that a session's record does not depend on the input's order (the edits across sessions of
-one date are on the later one). A shard's patient's sessions are parsed before the first is billed: the
-patient's year_to_date is the first given in that order, whichever session gives it."""
+one date are on the later one). Before a patient's first session is billed, those of its sessions that
+may give a year_to_date are read: the patient's is the first given in that order, whichever session
+gives it. A day's sessions of a patient at a time are held parsed."""
 from __future__ import annotations
 
 import collections
@@ -55,15 +56,15 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
     a distributed engine's partition)."""
     out = []
     for patient, rows in itertools.groupby(shard, itemgetter(0)):
-        # the patient's sessions parsed (one patient's at a time in memory), in the walk's order: two of one
-        # date and session id by content (counters.walk_key), whatever their order in the input
-        sessions = [(row[1:4], row[4], _parsed(row[5])) for row in rows]
-        sessions.sort(key=lambda s: (s[0], content(s[2])))
+        rows = list(rows)
         year = year_factory(biller.registry.resolve, patient)
         snapshot = getattr(year, "snapshot", None)
-        if hasattr(year, "begin"):
-            year.begin(s for *_, s in sessions)
-        for (_, date), day in itertools.groupby(sessions, lambda s: s[0][:2]):
+        if hasattr(year, "begin"):      # the patient's year_to_date, whichever of its sessions gives it
+            year.begin(_giving(rows))
+        for (_, date), day in itertools.groupby(rows, itemgetter(1, 2)):
+            # a day's sessions parsed (not a whole patient's: one patient may have very many), in the walk's
+            # order: two of one session id by content (counters.walk_key), whatever their order in the input
+            day = sorted(((row[3], row[4], _parsed(row[5])) for row in day), key=lambda s: (s[0], content(s[2])))
             billed = []         # (session id, lines, payer) of the day's sessions billed so far
             for _, place, session in day:
                 outcome = biller.evaluate(session, job.payer, job.date)
@@ -91,6 +92,22 @@ def same_day_lines(others) -> list:
     keeps them: [[session id, [{code, units, modifiers}]]] (what edits.apply_across reads)."""
     return [[sid, [{"code": line["code"], "units": line["units"], "modifiers": list(line["modifiers"])}
                    for line in lines]] for sid, lines in others]
+
+
+def _giving(rows) -> list:
+    """The sessions of a patient's sorted rows that give a year_to_date, in the walk's order (parsed: an
+    unparsed line only when its text may hold one)."""
+    giving = []
+    for row in rows:
+        item = pickle.loads(row[5])
+        if isinstance(item, RawLine):
+            if b"year_to_date" not in item[0] and b"\\u" not in item[0]:
+                continue
+            item = item.parse()
+        if getattr(item, "year_to_date", None) is not None:
+            giving.append((row[1:4], content(item), item))
+    giving.sort(key=itemgetter(0, 1))
+    return [item for *_, item in giving]
 
 
 def _parsed(blob):
