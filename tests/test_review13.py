@@ -57,6 +57,8 @@ def registry(rules):
 def doc(sid, codes, patient="P1", date=DAY, payer="gpfees", discipline="PT", **extra) -> dict:
     services = [{"code": c, "minutes": m, **({"provider": p[0]} if p else {})} for c, m, *p in codes]
     data = {"session_id": sid, "payer": payer, "discipline": discipline, "services": services, **extra}
+    if discipline is None:
+        del data["discipline"]
     if patient is not None:
         data["patient_id"] = patient
     if date is not None:
@@ -64,7 +66,7 @@ def doc(sid, codes, patient="P1", date=DAY, payer="gpfees", discipline="PT", **e
     return data
 
 
-def bill(docs, registry, jobs=1, deferred=False, lines=None) -> list:
+def bill(docs, registry, jobs=1, deferred=False, lines=None, date=None) -> list:
     """The records of `docs` through bill_in_order in the order written: as JSONL lines parsed in the
     reading process (the command's --jobs 1 path), or `deferred` (unparsed RawLines, as --jobs N sends
     them). `lines`: the raw JSONL lines to use instead of json.dumps(doc)."""
@@ -72,7 +74,7 @@ def bill(docs, registry, jobs=1, deferred=False, lines=None) -> list:
     items = [RawLine((raw, "t.jsonl", i, i)) for i, raw in enumerate(raws, 1)]
     if not deferred:
         items = [item.parse() for item in items]
-    return [json.loads(done[1]) for _, done in P.bill_in_order(iter(items), [], "python", Job(), jobs, registry)]
+    return [json.loads(done[1]) for _, done in P.bill_in_order(iter(items), [], "python", Job(date=date), jobs, registry)]
 
 
 def kx(record) -> list:
@@ -166,15 +168,15 @@ def test_a_patient_id_written_with_an_escape_takes_the_patient_path_with_jobs_to
 # --- the harness: a random batch, any permutation, any path --------------------------------------------
 
 PATIENTS = ["P1", "P2", None]
-DATES = ["2025-12-31", "2026-01-01", DAY, DAY, None]
-PAYERS = ["gpfees", "example-medicare-fees", "example-visit-limits", "every-year"]
+DATES = ["2025-12-31", "2026-01-01", DAY, DAY, None, "2027-01-04"]
+PAYERS = ["gpfees", "example-medicare-fees", "example-visit-limits", "every-year", "medicare"]
 CODES = ["97110", "97112", "97140", "97530"]
 COUNTER_RULES = ("kx-threshold", "kx-medical-review", "visit-limit", "authorization", "engine.year-to-date")
 
 a_session = st.fixed_dictionaries({
     "patient": st.sampled_from(PATIENTS), "date": st.sampled_from(DATES), "payer": st.sampled_from(PAYERS),
-    "discipline": st.sampled_from(["PT", "PT", "OT", "SLP"]),
-    "services": st.lists(st.tuples(st.sampled_from(CODES), st.integers(0, 60), st.sampled_from([None, "PTA"])),
+    "discipline": st.sampled_from(["PT", "PT", "OT", "SLP", None]),
+    "services": st.lists(st.tuples(st.sampled_from(CODES), st.integers(0, 60), st.sampled_from([None, "PTA", "OTA"])),
                          min_size=1, max_size=3),
     "ytd": st.sampled_from([None, None, "patient", 500, 2470]),     # "patient": that patient's one value
     "escaped": st.booleans(),
@@ -223,9 +225,10 @@ def counted(record: dict):
             sorted((w["rule"], w["message"]) for w in record["warnings"] if w["rule"] in COUNTER_RULES))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(specs=st.lists(a_session, min_size=1, max_size=14), seed=st.integers(0, 2**32))
-def test_harness_any_permutation_any_path_gives_each_session_the_same_record(registry, monkeypatch, specs, seed):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=st.lists(a_session, min_size=1, max_size=14), seed=st.integers(0, 2**32),
+       date=st.sampled_from([None, None, DAY]))
+def test_harness_any_permutation_any_path_gives_each_session_the_same_record(registry, monkeypatch, specs, seed, date):
     """Random sessions of a few patients (same-day, year-boundary and undated sessions, repeated session ids
     with different content, year_to_date on some sessions only and conflicting ones, several payers per
     patient, keys written with escapes, bad and truncated records interleaved), with spools of a few records
@@ -239,19 +242,19 @@ def test_harness_any_permutation_any_path_gives_each_session_the_same_record(reg
     lines = [make(k, spec) for k, spec in enumerate(specs)]
     order = list(range(len(lines)))
     random.Random(seed).shuffle(order)
-    first = bill(None, registry, lines=lines)
+    first = bill(None, registry, lines=lines, date=date)
     assert len(first) == len(lines)
     for deferred in (False, True):
-        again = bill(None, registry, deferred=deferred, lines=[lines[k] for k in order])
+        again = bill(None, registry, deferred=deferred, lines=[lines[k] for k in order], date=date)
         assert len(again) == len(lines)
         assert [comparable(again[i]) for i in range(len(order))] == [comparable(first[k]) for k in order]
     # the differential: Biller.bill + counters.apply_all over the whole input
     parsed = [RawLine((line, "t.jsonl", i, i)).parse() for i, line in enumerate(lines, 1)]
     biller = Biller(registry, "python")
-    results = [biller.bill(s) if not isinstance(s, Exception) else {"session_id": s.session_id, "error": "x"}
+    results = [biller.bill(s, None, date) if not isinstance(s, Exception) else {"session_id": s.session_id, "error": "x"}
                for s in parsed]
     biller.close()
-    apply_all(registry.resolve, parsed, results)
+    apply_all(registry.resolve, parsed, results, date)
     assert [counted(r) for r in results if "error" not in r] == [counted(r) for r in first if "error" not in r]
     # one patient's value on all its sessions, or on one of them only
     patients = {spec["patient"] for spec in specs if spec["patient"]}
@@ -261,8 +264,8 @@ def test_harness_any_permutation_any_path_gives_each_session_the_same_record(reg
                                             spec["bad"] in (None, "payer")] or [-1]) for p in patients}
     once = [make(k, spec, (ytd_of(A_YTD[spec["patient"]]) if giver[spec["patient"]] == k else {})
                  if spec["patient"] else None) for k, spec in enumerate(specs)]
-    assert [counted(r) for r in bill(None, registry, lines=once)] == \
-        [counted(r) for r in bill(None, registry, lines=everywhere)]
+    assert [counted(r) for r in bill(None, registry, lines=once, date=date)] == \
+        [counted(r) for r in bill(None, registry, lines=everywhere, date=date)]
 
 
 def test_harness_jobs_2_equals_jobs_1_on_a_random_batch(registry, monkeypatch):
