@@ -228,7 +228,8 @@ class PatientYear:
     @classmethod
     def restore(cls, resolve, snap: dict) -> "PatientYear":
         year = cls(resolve, snap.get("patient_id"), snap.get("year_to_date"))
-        year.given_by, year.start = dict(snap.get("given_by") or {}), snap.get("start")
+        given_by = snap.get("given_by")
+        year.given_by, year.start = dict(given_by) if isinstance(given_by, dict) else {}, snap.get("start")
         year.totals = {tuple(k.split("/", 3)): Decimal(v) for k, v in (snap.get("totals") or {}).items()}
         return year
 
