@@ -631,6 +631,9 @@ def differences(old: dict, new: dict) -> list:
             if a.get("modifiers") != b.get("modifiers"):
                 out.append(f"{code} modifiers {','.join(a.get('modifiers', [])) or '-'} -> "
                            f"{','.join(b.get('modifiers', [])) or '-'}")
+            if a.get("amount") != b.get("amount"):
+                said = lambda x: "no amount" if x is None else f"{x:,.2f}"     # noqa: E731
+                out.append(f"{code} amount {said(a.get('amount'))} -> {said(b.get('amount'))}")
     said = lambda w: f"{w['severity']} {w['rule']}: {w['message']}"      # noqa: E731
     before, after = ([said(w) for w in r.get("warnings", [])] for r in (old, new))
     out += [f"warning removed: {w}" for w in before if w not in after]

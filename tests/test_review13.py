@@ -629,3 +629,20 @@ def test_explain_shows_the_edit_across_a_days_sessions_that_bill_makes(rules, tm
     assert b"of session AM" in billed.stdout
     explained = run_cli("explain", path, "--rules", rules)
     assert b"of session AM" in explained.stdout
+
+
+def test_replay_with_current_rules_names_an_amount_that_changed(rules, tmp_path):
+    """The fee of 97140 goes from 28.00 to 128.00 after the run: replay with the logged files reproduces
+    (2 x 28.00 = 56.00), with today's it names the amount: 56.00 -> 256.00 (it said only 'lines differs')."""
+    import shutil
+    tree = tmp_path / "rules"
+    shutil.copytree(rules, tree)
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(doc("S", [("97140", 30)], patient=None)) + "\n")
+    db = tmp_path / "log.db"
+    run_cli("bill", path, "--rules", tree, "--format", "jsonl", "--audit-db", db)
+    fees = tree / "fees" / "f.csv"
+    fees.write_text(fees.read_text().replace("97140,,28.00", "97140,,128.00"))
+    assert run_cli("audit", db, "--replay").returncode == 0
+    today = run_cli("audit", db, "--replay", "--current-rules", "--rules", tree)
+    assert b"S: 97140 amount 56.00 -> 256.00\n" in today.stdout and today.returncode == 1
