@@ -134,6 +134,10 @@ def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
         if c.get("counters_differ"):
             lines += wrap(f"Payers' counters differ on this session (the patient's year): "
                           f"{', '.join(c['counters_differ'])}; see the modifiers and warnings", width, "  ", "    ")
+            for pid in payers:      # each payer's steps of those counters (none: it did not act)
+                for entry in c["results"][pid].get("trace", ()):
+                    if entry["rule"] in c["counters_differ"]:
+                        lines += wrap(f"{pid}: {entry['rule']}: {entry['effect']}", width, "    ", "      ")
         edits = _edits_differ(c)
         if edits:
             lines += wrap(f"Payers differ on the claim edits (NCCI tables) of {', '.join(edits)}: see the warnings",
@@ -156,7 +160,9 @@ def summary(comparisons: list) -> str:
     """Where payers differ across sessions, each payer against the base."""
     payers, base = comparisons[0]["payers"], comparisons[0]["base"]
     differ = sum(1 for c in comparisons if len({v for v in c["totals"].values()}) > 1 or c["differs"])
-    lines = [f"Summary: {plural(len(comparisons), 'session')}, payers differ on {differ}"]
+    counters = sum(1 for c in comparisons if c.get("counters_differ"))
+    lines = [f"Summary: {plural(len(comparisons), 'session')}, payers differ on {differ}"
+             + (f"; their counters (the patient's year) differ on {counters}" if counters else "")]
     for pid in payers:
         if pid == base:
             continue

@@ -159,10 +159,17 @@ def price(result: dict, date: str | None, payer) -> list:
 
 @dataclass
 class Step:
-    """One line's (or visit's) arithmetic against one threshold, for explain."""
+    """One line's (or visit's) arithmetic against one threshold, for explain: "2,435.00 + 97110 60.00 =
+    2,495.00 > 2,480.00 (2026) → KX", or "... <= 2,480.00 (2026) → no KX" when it sets nothing off."""
     threshold: str
     source: str                 # file:line of the threshold's value row
     text: str
+    confidence: str = ""        # the value row's label when not CERTAIN (UNCONFIRMED, SECONDARY, EXAMPLE)
+
+
+def _said(action: str, argument) -> str:
+    """What an action is called in a step: the modifier it adds (KX), else warning / error / hold."""
+    return argument if action == "add_modifier" else {"warn": "warning"}.get(action, action)
 
 
 @dataclass
@@ -275,7 +282,8 @@ class PatientYear:
             past, reached = after > v, before < v <= after
         if not (past and threshold.past or reached and threshold.reached or self.explain):
             return      # nothing to do or say (explain shows every line's arithmetic)
-        label = f" ({year}{', ' + value.confidence if value.confidence not in ('', 'CERTAIN') else ''})"
+        confidence = "" if value.confidence in ("", "CERTAIN") else value.confidence
+        label = f" ({year})"
         arithmetic = f"{show(before)} + {what} = {show(after)}"
         acted = False
         for fired, actions, compare in ((reached, threshold.reached, ">="), (past, threshold.past, ">")):
@@ -298,20 +306,27 @@ class PatientYear:
                                       f"{line['code']} {' '.join(line['modifiers'])}: {len(line['modifiers'])} "
                                       "modifiers, a claim line holds at most 4 (837P): none was dropped; correct "
                                       "the documentation")
-                    done.append(argument)
+                    done.append(_said(action, argument))
                 else:
                     severity = "warning" if action == "warn" else "error"
                     text = argument.format(value=show(v), total=show(after), year=year, counter=counter.id)
                     _warn(result, severity, threshold.id, [line["code"] for line in group],
                           ("held: " if action == "hold" else "") + text, once=True)
-                    done.append(action)
+                    done.append(_said(action, argument))
             step = f"{arithmetic} {relation}{label} → {', '.join(done)}"
-            self.steps.append(Step(threshold.id, value.where, step))
+            self.steps.append(Step(threshold.id, value.where, step, confidence))
             result["trace"].append({"rule": threshold.id, "source": value.where,
-                                    "facts": [line["code"] for line in group], "effect": step})
-        if not acted and not value.every:
+                                    "facts": [line["code"] for line in group],
+                                    "effect": step + (f" [value {confidence}]" if confidence else "")})
+        if not acted:
+            if value.every:     # the next multiple of the value, which this total has not passed
+                whole, part = divmod(after, v) if v else (0, 0)
+                relation = f"<= {show((whole + (1 if part else 0)) * v)} (every {show(v)})"
+            else:
+                relation = f"{'<=' if after <= v else '>'} {show(v)}"
+            said = dict.fromkeys(_said(a, arg) for a, arg in threshold.reached + threshold.past)
             self.steps.append(Step(threshold.id, value.where,
-                                   f"{arithmetic} {'<=' if after <= v else '>'} {show(v)}{label}: no action"))
+                                   f"{arithmetic} {relation}{label} → no {' or '.join(said)}", confidence))
 
 
 def _warn(result, severity, rule, codes, message, once=False) -> None:
