@@ -468,3 +468,19 @@ def test_a_payer_with_another_kx_threshold_and_buckets_is_yaml_only(tmp_path):
     biller.close()
     (r,) = run(Biller(Registry(), "python"), [pt("1", "2026-03-02", ("97110", 30), year_to_date={"pt_slp": 950})])
     assert kx(r) == []
+
+
+def test_bundled_patient_scenarios_run_in_payrules_test():
+    # the example payers' scenario files state patients' sequences (patient:), and `payrules test` runs
+    # them: KX crossing, buckets, the $3,000 warning, a year boundary; visit limit and authorization
+    import yaml
+    named = {}
+    for name in ("example-medicare-fees", "example-visit-limits"):
+        doc = yaml.safe_load((ROOT / f"rules/private_payers/{name}.tests.yaml").read_text())
+        named[name] = [s["name"] for s in doc["scenarios"] if "patient" in s]
+    assert len(named["example-medicare-fees"]) >= 4 and len(named["example-visit-limits"]) >= 1
+    proc = cli("test", *(f"rules/private_payers/{n}.tests.yaml" for n in named))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for payer, names in named.items():
+        for scenario in names:
+            assert any(l.startswith("ok") and l.endswith(f"{payer}: {scenario}") for l in proc.stdout.splitlines())
