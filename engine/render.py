@@ -160,9 +160,9 @@ def to_table(records: list, width: int = DEFAULT_WIDTH, year_rules=frozenset()) 
         if r["unbilled"]:
             rows = [(u["code"], u["minutes"], u["reason"]) for u in r["unbilled"]]
             out += ["  " + line for line in table(rows, ["Not billed", "Min", "Reason"], "lrl", width - 2)]
+        amount = f"; amount {money(sum(Decimal(str(a)) for a in priced))}" if priced else ""
         out += wrap(f"Timed: {r['total_timed_minutes']} min billed as {plural(r['total_timed_units'], 'unit')}; "
-                    f"total {plural(r['total_units'], 'unit')}"
-                    + (f"; amount {money(sum(Decimal(str(a)) for a in priced))}" if priced else ""), width, "  ", "    ")
+                    f"total {plural(r['total_units'], 'unit')}{amount}", width, "  ", "    ")
         for entry in r.get("trace", ()) if year_rules else ():
             if entry["rule"] in year_rules:
                 out += wrap(f"Patient's year: {entry['rule']}: {entry['effect']}", width, "  ", "    ")
