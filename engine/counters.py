@@ -351,33 +351,3 @@ def apply_all(resolve, sessions, results, date: str | None = None, explain: bool
         steps[i] = year.steps
     return steps
 
-
-class InOrder:
-    """The library's bill/bill_many counters (payer_rules.RuleBook; the command sorts each patient's
-    sessions by date in engine/patients.py): a PatientYear per patient kept in memory, for sessions of a
-    patient given in date order. A session dated before the patient's previous one gets a warning: its
-    counters would be wrong."""
-
-    def __init__(self, resolve):
-        self.resolve, self.years, self.last = resolve, {}, {}
-
-    def apply(self, session, result: dict, date: str | None = None) -> tuple:
-        """(state before, state after) of the session's patient, or (None, None)."""
-        key = patient_key(session)
-        if key is None or "error" in result:
-            return None, None
-        year = self.years.get(key)
-        if year is None:
-            year = PatientYear(self.resolve, key[1] if key[0] == "patient" else None)
-            if key[0] == "patient":
-                self.years[key] = year
-        date = date or session.date_of_service or ""
-        if date < self.last.get(key, ""):
-            _warn(result, "warning", "engine.patient-order", [],
-                  f"this session is dated before the patient's previous one ({self.last[key]}): the running "
-                  "totals were worked in input order and may be wrong; give each patient's sessions in date "
-                  "order")
-        self.last[key] = max(date, self.last.get(key, ""))
-        before = year.snapshot()
-        year.apply(session, result, date or None)
-        return before, year.snapshot()

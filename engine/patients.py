@@ -27,7 +27,7 @@ import tempfile
 from operator import itemgetter
 
 from . import edits as E
-from .batch import Job, _init_worker, _worker, bill_stream, finish
+from .batch import Job, _init_worker, _worker, bill_stream, finish, process
 from .billing import Biller
 from .counters import PatientYear
 from .errors import EvaluationError
@@ -170,9 +170,14 @@ def patient_key(item, date: str | None):
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=patient_year):
+def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=patient_year,
+                  biller=None, pace: bool = False):
     """batch.bill_stream's (item, tuple) pairs, for every session of `sources` in input order (the item is
-    None for a session billed as a patient's), each patient's sessions billed in date order."""
+    None for a session billed as a patient's), each patient's sessions billed in date order.
+
+    `biller`: bill with this Biller (one process; it is not closed), as the library and the service do with
+    their RuleBook's. `pace`: also yield (None, None) for each record held back and after each shard of
+    patients, so that a caller that serves others meanwhile (the service's event loop) gets its turns."""
     positions = collections.deque()     # places of the sessions sent down the stateless path, in order
     patients, records = Spool(), Spool()
     first = []                          # the place of the first patient session
@@ -188,7 +193,8 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
                 patients.add((*key, place, pickle.dumps(item, 5)))
 
     try:
-        stream = bill_stream(stateless(), rules, engine, job, jobs, registry)
+        stream = bill_stream(stateless(), rules, engine, job, jobs, registry) if biller is None else \
+            ((item, process(biller, item, job)) for item in stateless())
         try:
             for item, done in stream:
                 place = positions.popleft()
@@ -196,18 +202,41 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
                     yield item, done
                 else:
                     records.add((place, pickle.dumps(done, 5)))
+                    if pace:
+                        yield None, None
         finally:
             stream.close()
         if not first:
             return
-        for place, done in _bill_patients(patients, rules, engine, job, jobs, registry, year_factory):
-            records.add((place, pickle.dumps(done, 5)))
+        for shard in _bill_patients(patients, rules, engine, job, jobs, registry, year_factory, biller):
+            for place, done in shard:
+                records.add((place, pickle.dumps(done, 5)))
+            if pace:
+                yield None, None
         patients.close()
         for _, blob in records:
             yield None, pickle.loads(blob)
     finally:
         patients.close()
         records.close()
+
+
+def bill_records(items, biller, payer: str | None = None, date: str | None = None, pace: bool = False):
+    """(category, record) of each of `items` (Session, SessionError or RawLine), in input order, billed by
+    bill_in_order in this process with `biller` (the library's and the service's lists): the record is the
+    dict `payrules bill --format json` writes for the session, billed with --payer `payer`, --date `date`.
+    With `pace`, (None, None) between them, as bill_in_order's."""
+    import orjson
+    for _, done in bill_in_order(items, (), None, Job(payer, date, "jsonl"), 1, biller=biller, pace=pace):
+        if done is None:
+            yield None, None
+            continue
+        try:
+            record = orjson.loads(done[1])
+        except orjson.JSONDecodeError:      # what orjson does not read (an integer beyond 64 bits)
+            import json
+            record = json.loads(done[1])
+        yield done[0], record
 
 
 def _shards(sorted_sessions):
@@ -221,15 +250,18 @@ def _shards(sorted_sessions):
         yield shard
 
 
-def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory):
-    """(place, tuple) of every spooled session, shard by shard, in `jobs` processes."""
-    if jobs <= 1:
-        biller = Biller(registry or Registry(rules), engine)
+def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory, biller=None):
+    """bill_shard's [(place, tuple)] of each shard of the spooled sessions, in `jobs` processes (one with a
+    `biller` given)."""
+    if jobs <= 1 or biller is not None:
+        own = biller is None
+        biller = biller or Biller(registry or Registry(rules), engine)
         try:
             for shard in _shards(spool):
-                yield from bill_shard(shard, biller, job, year_factory)
+                yield bill_shard(shard, biller, job, year_factory)
         finally:
-            biller.close()
+            if own:
+                biller.close()
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -241,9 +273,9 @@ def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory):
         for shard in _shards(spool):
             pending.append(pool.submit(_bill_shard_in_worker, shard))
             while len(pending) >= 4 * jobs:
-                yield from _result(pending.popleft(), BrokenProcessPool)
+                yield _result(pending.popleft(), BrokenProcessPool)
         while pending:
-            yield from _result(pending.popleft(), BrokenProcessPool)
+            yield _result(pending.popleft(), BrokenProcessPool)
     finally:
         pool.shutdown(cancel_futures=True)
 
