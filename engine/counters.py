@@ -335,15 +335,17 @@ def patient_key(session):
 
 
 def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
-    """The counters over a whole input held in memory (explain, compare, the library): each patient's
-    sessions in date order, then input order, whatever the input order; results changed in place, in
-    input order. Returns each session's Steps (explain shows them)."""
+    """The counters over a whole input held in memory (explain, scenarios): each patient's sessions in the
+    order `payrules bill` takes them (engine/patients.py: by date of service, the undated last, then by
+    session id, then input order), whatever the input order; results changed in place, in input order.
+    Returns each session's Steps (explain shows them). The edits across a patient's sessions of one date
+    are not applied here (engine/patients.bill_shard applies them)."""
     steps = [[] for _ in results]
-    keyed = [(key, date or session.date_of_service or "", i) for i, session in enumerate(sessions)
+    keyed = [(key, date or session.date_of_service, session.session_id, i) for i, session in enumerate(sessions)
              if not isinstance(session, Exception) and (key := patient_key(session)) is not None]
-    keyed.sort(key=lambda k: (str(k[0]), k[1], k[2]))
+    keyed.sort(key=lambda k: (str(k[0]), k[1] is None, k[1] or "", k[2], k[3]))
     years: dict = {}
-    for key, _, i in keyed:
+    for key, _, _, i in keyed:
         year = years.get(key)
         if year is None:
             year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None, explain=explain)

@@ -228,3 +228,42 @@ def test_the_property_inputs_reach_kx_and_the_edits_across_sessions(book):
             if "warnings" in record and any("of session" in m for _, _, m in said(record, "ncci-ptp")):
                 found.add("ptp")
     assert found == {"kx", "ptp"}
+
+
+# --- compare of a list: each payer's results are what `bill --payer` gives ------------------------------------
+
+def test_compare_of_a_list_gives_each_payer_the_bill_commands_records(tmp_path):
+    # One patient, one date: PM (97530) given before AM (97140). Under each payer the pair is one date of
+    # service (docs/domain.md §17.1): the error is on PM naming AM; under example-ncci-bypass too (59 absent).
+    # Two sessions of another patient on one date, each $90 (97110 38 min = 3 x $30) from $2,350: the one
+    # first by session id (K1) is 2,440 <= 2,480, the other 2,530 > 2,480 gets KX, whatever the input order.
+    ytd = {"year_to_date": {"pt_slp": 2350}}
+    sessions = [session("PM", [("97530", 23)]), session("K2", [("97110", 38)], patient="P2", **ytd),
+                session("AM", [("97140", 23)]), session("K1", [("97110", 38)], patient="P2", **ytd)]
+    path = tmp_path / "day.json"
+    path.write_text(json.dumps(sessions), encoding="utf-8")
+    payers = [FEES, "example-ncci-bypass"]
+    run = subprocess.run([sys.executable, "-m", "engine", "compare", str(path), "--payers", ",".join(payers),
+                          "--format", "json", "--engine", "python"], cwd=REPO, capture_output=True, text=True)
+    compared = json.loads(run.stdout)
+    assert [c["session_id"] for c in compared] == ["PM", "K2", "AM", "K1"]
+    for payer in payers:
+        assert [c["results"][payer] for c in compared] == command(sessions, "--payer", payer, tmp_path=tmp_path)
+        pm, k2, am, k1 = (c["results"][payer] for c in compared)
+        assert [s for s, _, m in said(pm, "ncci-ptp") if "session AM" in m] == ["error"]
+    k2, k1 = compared[1]["results"][FEES], compared[3]["results"][FEES]
+    assert "KX" in modifiers(k2)["97110"] and "KX" not in modifiers(k1)["97110"]
+
+
+def test_explain_of_a_file_takes_a_patients_sessions_of_one_date_in_the_commands_order(tmp_path):
+    # K2 given before K1, one patient, one date, each $90 from $2,350 (as above): `bill` takes K1 first
+    # (session id order), so K2 crosses $2,480 and carries KX; explain shows the same decision.
+    ytd = {"year_to_date": {"pt_slp": 2350}}
+    sessions = [session("K2", [("97110", 38)], **ytd), session("K1", [("97110", 38)], **ytd)]
+    path = tmp_path / "day.json"
+    path.write_text(json.dumps(sessions), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "explain", str(path), "--format", "json", "--engine",
+                          "python"], cwd=REPO, capture_output=True, text=True)
+    k2, k1 = (doc["result"] for doc in json.loads(run.stdout))
+    assert "KX" in modifiers(k2)["97110"] and "KX" not in modifiers(k1)["97110"]
+    assert [k2, k1] == command(sessions, tmp_path=tmp_path)
