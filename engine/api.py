@@ -23,13 +23,12 @@ from typing import Any, Union
 from .billing import Biller
 from .cli import _check_why_not, _date, _ids
 from .compare import choose_base, compare_sessions
-from .counters import apply_all
 from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
 from .model import Session
 from .network import ENGINES, default_engine, durable_available
-from .patients import bill_records
+from .patients import bill_records, explain_in_order
 from .sessions import ParseError, parse_session
 from .yamlload import Located
 
@@ -133,10 +132,9 @@ class RuleBook:
             own = set() if payer or isinstance(parsed, SessionError) or not parsed.payer \
                 or not self._registry.has(parsed.payer) else {parsed.payer}
             _check_why_not(self._registry, rule_ids, {payer} if payer else own)
-            outcome = self._biller.evaluate(parsed, payer, date)
+            outcome, steps = explain_in_order([parsed], self._biller, payer, date)[0]
             if isinstance(outcome, dict):
                 return outcome
-            steps = apply_all(self._registry.resolve, [parsed], [outcome.result], date, explain=True)[0]
             return explain_json(outcome, rule_ids, steps)
 
     def payers(self) -> list[dict[str, Any]]:

@@ -47,10 +47,10 @@ def patient_year(resolve, patient_id: str) -> PatientYear:
 
 # --- the unit of work: a shard of patients ------------------------------------------------------------
 
-def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year) -> list:
+def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year, done=finish) -> list:
     """[(place, process()'s tuple)] of a shard: [(patient, no date, date, session id, place, pickled item)]
     sorted, every session of each of its patients. The same code whatever runs it (this process, a worker,
-    a distributed engine's partition)."""
+    a distributed engine's partition). `done`: what makes that tuple (explain_in_order keeps the outcome)."""
     out = []
     for patient, sessions in itertools.groupby(shard, itemgetter(0)):
         year = year_factory(biller.registry.resolve, patient)
@@ -63,7 +63,7 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
                     session = session.parse()
                 outcome = biller.evaluate(session, job.payer, job.date)
                 if isinstance(outcome, dict):           # not billed: an error record in its place
-                    out.append((place, finish(session, outcome, outcome, job)))
+                    out.append((place, done(session, outcome, outcome, job)))
                     continue
                 record, payer = outcome.result, outcome.payer
                 others = [(sid, lines) for sid, lines, p in billed if p is payer]
@@ -75,7 +75,7 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
                 state = [snapshot() if snapshot else None]
                 record = year.apply(outcome.session, record, job.date)
                 state.append(snapshot() if snapshot else None)
-                out.append((place, finish(session, outcome, record, job, tuple(state))))
+                out.append((place, done(session, outcome, record, job, tuple(state))))
     return out
 
 
@@ -237,6 +237,35 @@ def bill_records(items, biller, payer: str | None = None, date: str | None = Non
             import json
             record = json.loads(done[1])
         yield done[0], record
+
+
+def explain_in_order(sessions: list, biller, payer: str | None = None, date: str | None = None) -> list:
+    """(outcome or error record, the patient's year's Steps) of each session of an input held in memory
+    (`explain`), billed as bill_in_order bills it: a patient's sessions by bill_shard (date order, the edits
+    across its sessions of one date), each other session alone (with its own year_to_date, if any)."""
+    from .counters import apply_all
+    out, rows, years = [], [], []
+    for place, session in enumerate(sessions):
+        key = patient_key(session, date)
+        if key is None:
+            outcome = biller.evaluate(session, payer, date)
+            steps = [] if isinstance(outcome, dict) else \
+                apply_all(biller.registry.resolve, [session], [outcome.result], date, explain=True)[0]
+            out.append((outcome, steps))
+        else:
+            out.append(None)
+            rows.append((*key, place, pickle.dumps(session, 5)))
+
+    def year_factory(resolve, patient):
+        years.append(PatientYear(resolve, patient, explain=True))
+        return years[-1]
+
+    def done(session, outcome, record, job, states=None):
+        return outcome, (list(years[-1].steps) if states else [])
+
+    for place, explained in bill_shard(sorted(rows), biller, Job(payer, date), year_factory, done):
+        out[place] = explained
+    return out
 
 
 def _shards(sorted_sessions):

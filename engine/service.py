@@ -635,6 +635,9 @@ def openapi_document() -> dict:
     paths = {
         "/v1/bill": {"post": {
             "summary": "Bill a session, or a list of sessions (payrules bill --format json)",
+            "description": "A list is billed as `payrules bill` bills a file of it: each patient's sessions "
+                           "(patient_id) in date-of-service order, with the patient's year and the edits across "
+                           "its sessions of one date, whatever the list's order; the records in input order.",
             "parameters": query,
             "requestBody": json_body({"oneOf": [ref("Session"), {"type": "array", "items": ref("Session")}]}),
             "responses": {"200": answer("the result, or a list of results and error records",

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from engine.api import RuleBook
 from engine.service import create_app
@@ -45,15 +45,17 @@ def client(book):
     return TestClient(create_app(book), raise_server_exceptions=False)
 
 
-def command(sessions: list, *options: str, tmp_path: Path) -> list:
-    """`payrules bill FILE --format json` of the sessions as one JSON list: its records."""
+def command(sessions: list, *options: str, tmp_path: Path, name: str = "bill") -> list:
+    """`payrules bill FILE --format json` of the sessions as one JSON list: its records (`explain`: the
+    result, or the error record, of each explanation)."""
     path = tmp_path / "sessions.json"
     path.write_text(json.dumps(sessions), encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "engine", "bill", str(path), "--format", "json", "--engine",
+    run = subprocess.run([sys.executable, "-m", "engine", name, str(path), "--format", "json", "--engine",
                           "python", *options], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode in (0, 1), run.stderr
     prefix = re.compile(re.escape(str(path)) + r":\d+: ")     # the API's sessions come from no file
-    return [{**r, "error": prefix.sub("", r["error"])} if "error" in r else r for r in json.loads(run.stdout)]
+    records = [r.get("result", r) for r in json.loads(run.stdout)]
+    return [{**r, "error": prefix.sub("", r["error"])} if "error" in r else r for r in records]
 
 
 def session(sid, codes, patient="P1", date="2026-03-05", payer=FEES, discipline="PT", **extra) -> dict:
@@ -170,7 +172,7 @@ def test_bill_many_streams_sessions_without_a_patient_until_the_first_patient_se
 
 DATES = ["2025-06-02", "2025-12-30", "2026-01-05", "2026-03-05", "2026-03-06", "2026-11-20"]
 PAYERS = [FEES, "example-visit-limits", "example-ncci-bypass"]
-service_st = st.tuples(st.sampled_from(["97110", "97110", "97140", "97530", "97112"]), st.integers(8, 60),
+service_st = st.tuples(st.sampled_from(["97110", "97110", "97140", "97530", "97140", "97530", "97112"]), st.integers(8, 60),
                        st.sampled_from([(), (), ("59",)]))
 
 
@@ -179,16 +181,19 @@ def inputs(draw):
     """2-4 patients' sessions (dates in two years, often one date twice), a few without a patient, and a few
     the command cannot bill (an error record in their place)."""
     patients = [f"P{k}" for k in range(draw(st.integers(2, 4)))]
+    payer_of = {p: draw(st.sampled_from(PAYERS)) for p in patients}      # a patient's payer, mostly
     out = []
-    for k in range(draw(st.integers(2, 14))):
+    for k in range(draw(st.integers(4, 14))):
         kind = draw(st.sampled_from(["patient"] * 6 + ["none", "bad"]))
         codes = [(code, minutes, *mods) for code, minutes, mods in draw(st.lists(service_st, min_size=1, max_size=3))]
         extra = {}
         if draw(st.booleans()):
             extra["year_to_date"] = {"pt_slp": draw(st.integers(2200, 2480)), "ot": draw(st.integers(0, 2480)),
                                      "visits": draw(st.integers(0, 24))}
-        data = session(f"S{k}", codes, patient=draw(st.sampled_from(patients)) if kind == "patient" else None,
-                       date=draw(st.sampled_from(DATES)), payer=draw(st.sampled_from(PAYERS)),
+        patient = draw(st.sampled_from(patients))
+        data = session(f"S{k}", codes, patient=patient if kind == "patient" else None,
+                       date=draw(st.sampled_from(DATES + ["2026-03-05"] * 6)),     # often one date twice
+                       payer=draw(st.sampled_from([payer_of[patient]] * 4 + PAYERS)),
                        discipline=draw(st.sampled_from(["PT", "PT", "OT"])), **extra)
         if kind == "bad":
             data["services"][0]["minutes"] = -5             # a schema error: an error record in its place
@@ -198,7 +203,11 @@ def inputs(draw):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(sessions=inputs(), seed=st.integers(0, 2**32 - 1))
-def test_any_order_gives_each_session_the_commands_record_in_the_library_and_the_service(book, client, tmp_path,
+@example(sessions=[session("S0", [("97530", 23)]), session("S1", [("97140", 38)]), session("S3", [("97110", 8)], patient=None),
+                   session("S2", [("97110", 38)], date="2026-01-05", year_to_date={"pt_slp": 2400})],
+         seed=1)    # always tried: the PTP pair across S0/S1 (on S1); KX from S2, the first by date ($2,400 + $90)
+
+def test_any_order_gives_each_session_the_commands_record_in_the_library_the_service_and_explain(book, client, tmp_path,
                                                                                           sessions, seed):
     shuffled = sessions[:]
     random.Random(seed).shuffle(shuffled)
@@ -206,6 +215,8 @@ def test_any_order_gives_each_session_the_commands_record_in_the_library_and_the
     # the check of the check: only the sessions made bad are error records
     assert {sid for sid, r in want.items() if "error" in r} == \
         {s["session_id"] for s in sessions if s["services"][0]["minutes"] < 0}
+    explained = command(shuffled, tmp_path=tmp_path, name="explain")
+    assert {r["session_id"]: r for r in explained} == want
     for given_ in (sessions, shuffled):
         library = list(book.bill_many(iter(given_)))
         served = client.post("/v1/bill", json=given_).json()
@@ -267,3 +278,36 @@ def test_explain_of_a_file_takes_a_patients_sessions_of_one_date_in_the_commands
     k2, k1 = (doc["result"] for doc in json.loads(run.stdout))
     assert "KX" in modifiers(k2)["97110"] and "KX" not in modifiers(k1)["97110"]
     assert [k2, k1] == command(sessions, tmp_path=tmp_path)
+
+
+def test_explain_of_a_file_shows_the_edit_across_a_patients_sessions_of_one_date(tmp_path):
+    # PM (97530) and AM (97140), one patient, one date, PM given first: as `bill` gives it (docs/domain.md
+    # §17.1, indicator 1, no 59), PM's explanation has the PTP error naming AM among its edits.
+    sessions = [session("PM", [("97530", 23)]), session("AM", [("97140", 23)]), session("X", [("97110", 8)], patient=None)]
+    path = tmp_path / "day.json"
+    path.write_text(json.dumps(sessions), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "explain", str(path), "--format", "json", "--engine",
+                          "python"], cwd=REPO, capture_output=True, text=True)
+    docs = json.loads(run.stdout)
+    assert [doc["result"] for doc in docs] == command(sessions, tmp_path=tmp_path)
+    [edit] = [e for e in docs[0]["edits"] if e["rule"] == "ncci-ptp"]      # a trace entry, with its table row
+    assert edit["effect"] == "97530 denied with 97140 of session AM: no 59/X modifier documented"
+    assert edit["table"].startswith("rules/ncci/ptp-practitioner-excerpt.txt:")
+    assert [e for e in docs[1]["edits"] if e["rule"] == "ncci-ptp"] == []
+
+
+def test_a_scenario_patients_sessions_of_one_date_get_the_edit_across_them(tmp_path):
+    # The scenario's patient: 97530 then 97140 on one date (session-1, session-2 by place). As `bill` gives
+    # it (docs/domain.md §17.1): the PTP error on session-2, the later by session id, naming session-1.
+    (tmp_path / "day.tests.yaml").write_text(
+        "payer: medicare\nscenarios:\n"
+        "  - name: two sessions of one day\n    patient:\n"
+        "      - session: {date_of_service: 2026-03-05, discipline: PT, services: [{code: '97530', minutes: 23}]}\n"
+        "        expect: {only_these_warnings: true}\n"
+        "      - session: {date_of_service: 2026-03-05, discipline: PT, services: [{code: '97140', minutes: 23}]}\n"
+        "        expect:\n"
+        "          warnings: [{rule: ncci-ptp, severity: error, codes: ['97530', '97140'],\n"
+        "                      message: '97530 of session session-1 with 97140 of this session'}]\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "test", str(tmp_path / "day.tests.yaml"), "--engine",
+                          "python"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0 and "scenarios: 1 passed, 0 failed" in run.stdout, run.stdout + run.stderr
