@@ -335,8 +335,8 @@ def patient_key(session):
 
 
 def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
-    """The counters over a whole input held in memory (explain, scenarios): each patient's sessions in the
-    order `payrules bill` takes them (engine/patients.py: by date of service, the undated last, then by
+    """The counters over a whole input held in memory (explain's sessions without a patient_id, which have
+    their own year_to_date; tests): each patient's sessions in the order `payrules bill` takes them (engine/patients.py: by date of service, the undated last, then by
     session id, then input order), whatever the input order; results changed in place, in input order.
     Returns each session's Steps (explain shows them). The edits across a patient's sessions of one date
     are not applied here (engine/patients.bill_shard applies them)."""
