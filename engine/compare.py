@@ -18,12 +18,14 @@ def choose_base(payer_ids: list, base: str | None = None) -> str:
 
 
 def compare_sessions(sessions: list, payer_ids: list, biller, date=None, base: str | None = None) -> list:
-    """compare_session of each session of a whole input, each payer's results given its patients' counters
-    (engine/counters.py: each patient's sessions in date order under that payer)."""
-    from .counters import apply_all
-    billed = [{pid: biller.bill(session, pid, date) for pid in payer_ids} for session in sessions]
+    """compare_session of each session of a whole input, each payer's results those `payrules bill --payer
+    ID` gives for the input (engine/patients.py: each patient's sessions in date order, with its counters
+    and the edits across its sessions of one date, under that payer)."""
+    from .patients import bill_records
+    billed = [{} for _ in sessions]
     for pid in payer_ids:
-        apply_all(biller.registry.resolve, sessions, [results[pid] for results in billed], date)
+        for results, (_, record) in zip(billed, bill_records(sessions, biller, pid, date)):
+            results[pid] = record
     return [compare_session(session, payer_ids, biller, date, base, results)
             for session, results in zip(sessions, billed)]
 

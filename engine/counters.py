@@ -350,15 +350,17 @@ def patient_key(session):
 
 
 def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
-    """The counters over a whole input held in memory (explain, compare, the library): each patient's
-    sessions in date order, then input order, whatever the input order; results changed in place, in
-    input order. Returns each session's Steps (explain shows them)."""
+    """The counters over a whole input held in memory (explain's sessions without a patient_id, which have
+    their own year_to_date; tests): each patient's sessions in the order `payrules bill` takes them (engine/patients.py: by date of service, the undated last, then by
+    session id, then input order), whatever the input order; results changed in place, in input order.
+    Returns each session's Steps (explain shows them). The edits across a patient's sessions of one date
+    are not applied here (engine/patients.bill_shard applies them)."""
     steps = [[] for _ in results]
-    keyed = [(key, date or session.date_of_service or "", i) for i, session in enumerate(sessions)
+    keyed = [(key, date or session.date_of_service, session.session_id, i) for i, session in enumerate(sessions)
              if not isinstance(session, Exception) and (key := patient_key(session)) is not None]
-    keyed.sort(key=lambda k: (str(k[0]), k[1], k[2]))
+    keyed.sort(key=lambda k: (str(k[0]), k[1] is None, k[1] or "", k[2], k[3]))
     years: dict = {}
-    for key, _, i in keyed:
+    for key, _, _, i in keyed:
         year = years.get(key)
         if year is None:
             year = years[key] = PatientYear(resolve, key[1] if key[0] == "patient" else None, explain=explain)
@@ -366,33 +368,3 @@ def apply_all(resolve, sessions, results, date: str | None = None, explain: bool
         steps[i] = year.steps
     return steps
 
-
-class InOrder:
-    """The library's bill/bill_many counters (payer_rules.RuleBook; the command sorts each patient's
-    sessions by date in engine/patients.py): a PatientYear per patient kept in memory, for sessions of a
-    patient given in date order. A session dated before the patient's previous one gets a warning: its
-    counters would be wrong."""
-
-    def __init__(self, resolve):
-        self.resolve, self.years, self.last = resolve, {}, {}
-
-    def apply(self, session, result: dict, date: str | None = None) -> tuple:
-        """(state before, state after) of the session's patient, or (None, None)."""
-        key = patient_key(session)
-        if key is None or "error" in result:
-            return None, None
-        year = self.years.get(key)
-        if year is None:
-            year = PatientYear(self.resolve, key[1] if key[0] == "patient" else None)
-            if key[0] == "patient":
-                self.years[key] = year
-        date = date or session.date_of_service or ""
-        if date < self.last.get(key, ""):
-            _warn(result, "warning", "engine.patient-order", [],
-                  f"this session is dated before the patient's previous one ({self.last[key]}): the running "
-                  "totals were worked in input order and may be wrong; give each patient's sessions in date "
-                  "order")
-        self.last[key] = max(date, self.last.get(key, ""))
-        before = year.snapshot()
-        year.apply(session, result, date or None)
-        return before, year.snapshot()

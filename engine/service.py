@@ -6,8 +6,10 @@ RuleBook.compare, /v1/explain RuleBook.explain, GET /v1/payers RuleBook.payers. 
 worker's event-loop thread, so each process's rule networks are only ever driven from that one thread
 (durable-rules-notes.md §1): there is no thread hop per request and no threadpool contention on the book's
 lock. One session is bounded by the session limits the command has (services, minutes, record size); a
-list of sessions is checked against the time limit between sessions and yields the loop to other requests
-as it goes. The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
+list of sessions (and the page's batch upload) is billed as `payrules bill` bills a file (engine/patients.py:
+each patient's sessions in date order, the edits across a patient's sessions of one date), checked against
+the time limit between sessions, and yields the loop to other requests as it goes (every 32 records, or
+after each shard of patients' sessions). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
 """
 from __future__ import annotations
 
@@ -39,9 +41,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .counters import InOrder
-from .api import RuleBook, _id_of, _parse
-from .batch import Counts, Job, process
+from .api import RuleBook, _Turns, _id_of, _parse
+from .batch import Counts
 from .errors import PayrulesError
 from .paths import SCHEMAS_DIR
 from .render import clean
@@ -174,30 +175,59 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    def record(self, item: Any, number: int, payer: str | None, date: str | None, counters=None) -> dict:
-        """The result or error record of session `number` (payer and date checked): RuleBook.bill's, and
-        for a key repeated in the session the command's error record (`payrules bill` refuses it)."""
-        found = _repeated(item)
-        if found is None:
-            return self.book._bill(item, number, payer, date, counters)
-        error = ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]),
-                           session_id=_id_of(item, number))
-        with self.book._lock:
-            return self.book._biller.bill(error, payer, date)
+    def record(self, item: Any, number: int, payer: str | None, date: str | None) -> dict:
+        """The result or error record of session `number` (payer and date checked), billed alone:
+        RuleBook.bill's, and for a key repeated in the session the command's error record."""
+        if _repeated(item) is None:
+            return self.book._bill(item, number, payer, date)
+        return next(self.book._records([parsed(item, number)], payer, date))[1]
 
     async def bill_list(self, items: list, payer: str | None, date: str | None) -> list:
-        """Every session of a list billed, in order; the time limit is checked between sessions."""
-        deadline = time.monotonic() + self.time_limit
-        records, (payer, date) = [], self.book._options(payer, date)
-        counters = InOrder(self.book._registry.resolve)     # a patient's sessions of the list, as bill_many
-        for number, item in enumerate(items, 1):
-            records.append(self.record(item, number, payer, date, counters))
-            if number % YIELD_EVERY == 0:
-                if time.monotonic() > deadline:
-                    raise Refused(503, f"time limit of {self.time_limit:g} s reached after {number} of "
-                                       f"{len(items)} sessions: send fewer sessions per request")
+        """Every session of a list billed as RuleBook.bill_many bills it (each patient's sessions in date
+        order, as `payrules bill`), in input order; the time limit is checked between sessions."""
+        payer, date = self.book._options(payer, date)
+        sessions = (parsed(item, number) for number, item in enumerate(items, 1))
+        billed = await self.billed(sessions, payer, date, lambda n: f" after {n} of {len(items)} sessions: send "
+                                                                    "fewer sessions per request")
+        return [record for _, record in billed]
+
+    async def billed(self, sessions: Any, payer: str | None, date: str | None, refusal: Any) -> list:
+        """(category, record) of each parsed session, billed by engine/patients.bill_records with the book's
+        networks, in input order. Past the time limit: 503, `refusal(n)` saying after how many sessions.
+        Other requests get the event loop every YIELD_EVERY records (or shard of a patient's sessions)."""
+        turns = _Timed(self.book, time.monotonic() + self.time_limit,
+                       lambda n: Refused(503, f"time limit of {self.time_limit:g} s reached{refusal(n)}"))
+        out = []
+        for step, (category, record) in enumerate(self.book._records(sessions, payer, date, turns, pace=True), 1):
+            if record is not None:
+                out.append((category, record))
+            if step % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        return records
+        return out
+
+
+class _Timed(_Turns):
+    """The book's networks for one request: past `deadline`, the next session billed raises `refused(n)`
+    (n: the sessions billed so far), checked every YIELD_EVERY sessions."""
+
+    def __init__(self, book: RuleBook, deadline: float, refused: Any) -> None:
+        super().__init__(book)
+        self.deadline, self.refused, self.count = deadline, refused, 0
+
+    def evaluate(self, session: Any, payer_id: str | None = None, date: str | None = None) -> Any:
+        if self.count and self.count % YIELD_EVERY == 0 and time.monotonic() > self.deadline:
+            raise self.refused(self.count)
+        self.count += 1
+        return super().evaluate(session, payer_id, date)
+
+
+def parsed(item: Any, number: int) -> Any:
+    """Session `number` of a body as the library reads it, and for a key repeated in it the command's
+    error (`payrules bill` refuses it)."""
+    found = _repeated(item)
+    if found is None:
+        return _parse(item, number)
+    return ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]), session_id=_id_of(item, number))
 
 
 def _ids(request: Request, *records: Any) -> None:
@@ -342,17 +372,13 @@ async def ui_batch(request: Request, service: Service) -> Response:
             sessions, _ = load_sessions(str(path))
         except PayrulesError as exc:
             raise Refused(422, str(exc).replace(str(path), name)) from None
-    deadline = time.monotonic() + service.time_limit
-    records, counts, job, book = [], Counts(), Job(fmt="jsonl"), service.book
-    for number, session in enumerate(sessions, 1):
-        with book._lock:        # billed as `payrules bill` bills each session of a file
-            category, text, _, _ = process(book._biller, session, job)
+    counts, records = Counts(), []
+    # billed as `payrules bill` bills the file (each patient's sessions in date order)
+    for category, record in await service.billed(sessions, None, None, lambda n: ": upload fewer sessions"):
         counts.add(category)
-        records.append(orjson.loads(text.replace(str(path).encode(), name.encode())))
-        if number % YIELD_EVERY == 0:
-            if time.monotonic() > deadline:
-                raise Refused(503, f"time limit of {service.time_limit:g} s reached: upload fewer sessions")
-            await asyncio.sleep(0)
+        text = dumps(record)
+        records.append(orjson.loads(text.replace(str(path).encode(), name.encode())) if str(path).encode() in text
+                       else record)
     _ids(request, *records)
     return _html(render_batch(records, counts, name))
 
@@ -609,6 +635,9 @@ def openapi_document() -> dict:
     paths = {
         "/v1/bill": {"post": {
             "summary": "Bill a session, or a list of sessions (payrules bill --format json)",
+            "description": "A list is billed as `payrules bill` bills a file of it: each patient's sessions "
+                           "(patient_id) in date-of-service order, with the patient's year and the edits across "
+                           "its sessions of one date, whatever the list's order; the records in input order.",
             "parameters": query,
             "requestBody": json_body({"oneOf": [ref("Session"), {"type": "array", "items": ref("Session")}]}),
             "responses": {"200": answer("the result, or a list of results and error records",
