@@ -487,6 +487,15 @@ class PtpTable(_Table):
         self._edits[line] = edit
         return edit
 
+    def group(self, column1: str) -> dict:
+        """{column 2: [(effective, deletion, row)]} of a column 1 code (rows in file order); edit() makes a
+        row a PtpEdit."""
+        group = self._groups.get(column1)
+        return self._group(column1) if group is None else group
+
+    def edit(self, column2: str, row) -> PtpEdit:
+        return self._edits.get(row[1]) or self._edit(column2, row)
+
     def edits(self, codes, date) -> list[PtpEdit]:
         """The edits in force on `date` (effective <= date < deletion) for each ordered pair of distinct
         `codes`, whatever their modifier indicator, by column 1, column 2 and line."""
