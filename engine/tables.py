@@ -131,7 +131,8 @@ def _header(cells: list[str], specs, display: str, line: int) -> list[int | None
         return None
     for (name, required, _), index in zip(specs, found):
         if required and index is None:
-            seen = ", ".join(repr(" ".join(c.split())) for c in cells if c.strip())
+            named = [_shown(" ".join(c.split())) for c in cells if c.strip()]     # each cell quoted short
+            seen = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
             raise TableError(f"no {name!r} column in the header (found {seen})", display, line, "header")
     return found
 
