@@ -27,6 +27,7 @@ import signal
 import socket
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -45,7 +46,7 @@ from .api import RuleBook, _Turns, _id_of, _parse
 from .batch import Counts
 from .errors import PayrulesError
 from .paths import SCHEMAS_DIR
-from .render import clean
+from .render import clean, money
 from .sessions import MAX_INPUT_BYTES, ParseError, load_sessions
 from .yamlload import format_path
 
@@ -137,6 +138,7 @@ class Service:
         self.book, self.token, self.max_body, self.time_limit = book, token or None, max_body, time_limit
         self.page = Template((WEB_DIR / "page.html").read_text(encoding="utf-8"))
         self.openapi = dumps(openapi_document())
+        self.year = counter_rules(book)
 
     # --- request plumbing ------------------------------------------------------------------------------
     async def body(self, request: Request) -> Any:
@@ -347,7 +349,7 @@ async def ui_check(request: Request, service: Service) -> Response:
         raise Refused(400, "choose at least one payer")
     result = service.book.compare(session, payer_ids, date=body.get("date") or None)
     _ids(request, result)
-    return _html(render_compare(result))
+    return _html(render_compare(result, service.year))
 
 
 async def ui_explain(request: Request, service: Service) -> Response:
@@ -451,16 +453,41 @@ def _table(rows: list, first: tuple, caption: str, last: tuple = ("rules",)) -> 
     return f'<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def render_result(result: dict) -> str:
+def counter_rules(book: RuleBook) -> dict:
+    """Payer id -> the ids of its counter thresholds (KX, visit limits) in any of its versions: the trace
+    entries the page shows as the patient's year, as the command's table does."""
+    year: dict = {}
+    for payer in book._registry.all_payers():
+        year.setdefault(payer.id, set()).update(t.id for c in payer.counters for t in c.thresholds)
+    return year
+
+
+def session_amount(result: dict) -> str | None:
+    """The sum of the lines' amounts (exact, from their decimal text), or None when none is priced."""
+    amounts = [Decimal(str(line["amount"])) for line in result.get("lines", ()) if "amount" in line]
+    return money(sum(amounts)) if amounts else None
+
+
+def render_result(result: dict, year: Any = ()) -> str:
+    """A result as the page shows it; `year`: the ids of the payer's counter thresholds (counter_rules)."""
     if "error" in result:
         return f'<p class="error" role="alert">Not billed: {_e(result["error"])}</p>'
-    parts = [_table(result.get("lines", []), ("code", "units", "minutes", "modifiers"), "Claim lines")]
+    lines = [{**line, "amount": money(Decimal(str(line["amount"])))} if "amount" in line else line
+             for line in result.get("lines", [])]
+    parts = [_table(lines, ("code", "units", "minutes", "modifiers", "amount"), "Claim lines")]
     if not result.get("lines"):
         parts.append("<p>No billable lines.</p>")
     parts.append(_table(result.get("unbilled", []), ("code", "minutes", "reason"), "Not billed"))
     totals = {k: v for k, v in result.items() if k.startswith("total_")}
+    if session_amount(result) is not None:
+        totals["amount"] = session_amount(result)
     parts.append('<p class="totals">' + " · ".join(f"{_e(k.replace('_', ' '))}: <b>{_e(v)}</b>"
                                                  for k, v in totals.items()) + "</p>")
+    steps = [t for t in result.get("trace", ()) if t.get("rule") in year]
+    if steps:       # the running totals of the patient's year that acted on this session (KX, limits)
+        parts.append('<ul class="year" aria-label="the patient\'s year">' + "".join(
+            f'<li>Patient\'s year: {_e(t["rule"])}: {_e(t.get("effect", ""))} <span class="muted">'
+            f'{_e(t.get("source", ""))}</span></li>' for t in steps) + "</ul>")
     warnings = result.get("warnings", [])
     for severity in ("error", "warning", "info"):
         group = [w for w in warnings if w.get("severity") == severity]
@@ -476,7 +503,7 @@ def render_result(result: dict) -> str:
     return "".join(parts)
 
 
-def render_compare(c: dict) -> str:
+def render_compare(c: dict, year_of: dict | None = None) -> str:
     """The compare table (units by payer, with each payer's modifier sets when the rows carry them; a
     cell that differs from the base payer's highlighted) above each payer's result, side by side."""
     payer_ids, base = c["payers"], c.get("base", c["payers"][0])
@@ -504,7 +531,7 @@ def render_compare(c: dict) -> str:
                f'<thead><tr><th scope="col">code</th><th scope="col">minutes</th>{head}</tr></thead>'
                f'<tbody>{"".join(rows)}<tr class="total"><th scope="row">total units</th><td></td>{totals}</tr></tbody></table>')
     cards = "".join(
-        f'<section class="payer" aria-label="payer {_e(p)}"><h3>{_e(p)}</h3>{render_result(c["results"][p])}'
+        f'<section class="payer" aria-label="payer {_e(p)}"><h3>{_e(p)}</h3>{render_result(c["results"][p], (year_of or {}).get(p, ()))}'
         f'<button type="button" class="explain" data-payer="{_e(p)}">Explain {_e(p)}</button></section>'
         for p in payer_ids)
     return f'{summary}<div class="side-by-side">{cards}</div>'
@@ -533,11 +560,13 @@ def render_batch(records: list, counts: Counts, name: str) -> str:
             errors = [w["message"] for w in r["warnings"] if w["severity"] == "error"]
             rows.append({"session_id": r["session_id"], "payer": r["payer"], "status": "error" if errors else "billed",
                          "total_units": r["total_units"],
+                         **({"amount": session_amount(r)} if session_amount(r) is not None else {}),
                          "lines": " ".join(f'{l["code"]}x{l["units"]}' for l in r["lines"]), "message": "; ".join(errors)})
     return (f'<p class="summary" role="status">{_e(name)}: {counts.read} sessions: <b>{counts.billed}</b> billed, '
             f'<b>{counts.with_errors}</b> with errors, <b>{counts.failed_to_parse}</b> failed to parse</p>'
             f'<p><a class="download" href="{href}" download="{_e(download)}">Download the results ({_e(download)})</a></p>'
-            + _table(rows, ("session_id", "payer", "status", "total_units", "lines", "message"), "Sessions", ()))
+            + _table(rows, ("session_id", "payer", "status", "total_units", "amount", "lines", "message"), "Sessions",
+                     ()))
 
 
 def render_validate(errors: list, name: str) -> str:
