@@ -23,12 +23,12 @@ from typing import Any, Union
 from .billing import Biller
 from .cli import _check_why_not, _date, _ids
 from .compare import choose_base, compare_sessions
-from .counters import InOrder, apply_all
 from .errors import PayrulesError, SessionError, UsageError
 from .explain import explain_json
 from .loader import Registry
 from .model import Session
 from .network import ENGINES, default_engine, durable_available
+from .patients import bill_records, explain_in_order
 from .sessions import ParseError, parse_session
 from .yamlload import Located
 
@@ -62,21 +62,33 @@ class RuleBook:
         self._finalizer = weakref.finalize(self, self._biller.close)
 
     def bill(self, session: Any, *, payer: str | None = None, date: DateLike | None = None) -> Record:
-        """The result of one session (design.md §5), or its error record `{"session_id", "error"}`.
+        """The result of one session (design.md §5), or its error record `{"session_id", "error"}`: what
+        `payrules bill` gives for a file of that one session.
 
         `session` is a session as JSON gives it (design.md §4); `payer` bills it under that payer whatever
         its own (`--payer`), `date` sets its date of service (`--date`). A session without a session_id is
-        "session-1", as in a file of one session."""
+        "session-1", as in a file of one session. Its `year_to_date` seeds its patient's year (KX, visit
+        limits), with or without a patient_id; no other session is counted with it (bill_many counts a
+        patient's sessions together)."""
         payer, date = self._options(payer, date)
-        return self._bill(session, 1, payer, date, InOrder(self._registry.resolve))
+        return self._bill(session, 1, payer, date)
 
     def bill_many(self, sessions: Iterable[Any], *, payer: str | None = None,
                   date: DateLike | None = None) -> Iterator[Record]:
-        """The result or error record of each session, in input order, one per session, billed as the
-        iterator is read (a generator input is read one session at a time). An element that is not a
-        session (not a mapping, or one the schema refuses) is an error record in its place. A session
-        without a session_id is "session-N", N its position from 1, as in a file that lists them.
-        `sessions` itself must be an iterable of sessions: one session (a mapping), a str or a
+        """The result or error record of each session, in input order, one per session: what `payrules
+        bill --format json` writes for a file of these sessions (engine/patients.py), whatever their order.
+
+        A patient's sessions (those with a `patient_id`) are billed in date-of-service order, with the
+        patient's year (KX, visit limits, from its `year_to_date`) and the edits across its sessions of one
+        date (NCCI PTP, MUE per date of service). Sessions without a patient_id are billed as the iterator
+        is read (a generator input is read one session at a time) until the first session with a
+        patient_id: from there on a record may depend on a later session, so the rest of the input is read
+        before the next result. Memory is bounded as the command's: patient sessions and the records after
+        the first of them are spooled to temporary files (TMPDIR) beyond 32 MB each.
+
+        An element that is not a session (not a mapping, or one the schema refuses) is an error record in
+        its place. A session without a session_id is "session-N", N its position from 1, as in a file that
+        lists them. `sessions` itself must be an iterable of sessions: one session (a mapping), a str or a
         non-iterable raises PayrulesError, and so do a bad `payer` or `date`, at once."""
         if isinstance(sessions, (Mapping, str, bytes, bytearray)):
             raise UsageError("sessions: give an iterable of sessions (bill() takes one session)")
@@ -85,8 +97,8 @@ class RuleBook:
         except TypeError:
             raise UsageError(f"sessions: {type(sessions).__name__} is not an iterable of sessions") from None
         payer, date = self._options(payer, date)
-        counters = InOrder(self._registry.resolve)      # a patient's sessions in date order, as bill's stream
-        return (self._bill(item, number, payer, date, counters) for number, item in enumerate(items, 1))
+        parsed = (_parse(item, number) for number, item in enumerate(items, 1))
+        return (record for _, record in self._records(parsed, payer, date))
 
     def compare(self, session: Any, payers: Iterable[str] | str, *, base: str | None = None,
                 date: DateLike | None = None) -> dict[str, Any]:
@@ -120,10 +132,9 @@ class RuleBook:
             own = set() if payer or isinstance(parsed, SessionError) or not parsed.payer \
                 or not self._registry.has(parsed.payer) else {parsed.payer}
             _check_why_not(self._registry, rule_ids, {payer} if payer else own)
-            outcome = self._biller.evaluate(parsed, payer, date)
+            outcome, steps = explain_in_order([parsed], self._biller, payer, date)[0]
             if isinstance(outcome, dict):
                 return outcome
-            steps = apply_all(self._registry.resolve, [parsed], [outcome.result], date, explain=True)[0]
             return explain_json(outcome, rule_ids, steps)
 
     def payers(self) -> list[dict[str, Any]]:
@@ -147,16 +158,15 @@ class RuleBook:
         return f"RuleBook(rules={self.rules!r}, engine={self.engine!r})"
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _bill(self, data: Any, number: int, payer: str | None, date: str | None, counters=None) -> Record:
-        """One session billed (the service uses this too); `counters`: the patient's years of the sessions
-        billed with it (bill_many's), a fresh one when it is billed alone."""
-        counters = counters if counters is not None else InOrder(self._registry.resolve)
-        session = _parse(data, number)
-        with self._lock:
-            record = self._biller.bill(session, payer, date)
-            if not isinstance(session, SessionError):
-                counters.apply(session, record, date)       # the patient's year (engine/counters.py)
-            return record
+    def _bill(self, data: Any, number: int, payer: str | None, date: str | None) -> Record:
+        """One session billed alone, as the command bills a file of it (the service uses this too)."""
+        return next(self._records([_parse(data, number)], payer, date))[1]
+
+    def _records(self, parsed: Iterable[Any], payer: str | None, date: str | None, biller: Any = None,
+                 pace: bool = False) -> Iterator[tuple]:
+        """engine/patients.bill_records over parsed sessions (Session or SessionError), with this book's
+        rule networks (`biller`: a _Turns of them, by default a new one)."""
+        return bill_records(parsed, biller or _Turns(self), payer, date, pace)
 
     def _options(self, payer: Any, date: Any) -> tuple[str | None, str | None]:
         """`payer` and `date` checked as the command checks --payer and --date (an empty payer is none)."""
@@ -172,6 +182,27 @@ class RuleBook:
             return _date(date if isinstance(date, str) else str(date))   # a datetime.date is its ISO text
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"date: {exc}") from None
+
+
+class _Turns:
+    """A RuleBook's Biller as engine/patients.py drives it: each call that reaches the rule networks or the
+    registry's caches holds the book's lock (a list billed in one thread and the calls of another take
+    turns, one network call at a time), and closing it leaves the book's networks alone."""
+
+    def __init__(self, book: RuleBook) -> None:
+        self._biller, self._lock = book._biller, book._lock
+        self.registry = self            # process() and bill_shard() resolve payers through biller.registry
+
+    def evaluate(self, session: Any, payer_id: str | None = None, date: str | None = None) -> Any:
+        with self._lock:
+            return self._biller.evaluate(session, payer_id, date)
+
+    def resolve(self, payer_id: str, date: str | None) -> Any:
+        with self._lock:
+            return self._biller.registry.resolve(payer_id, date)
+
+    def close(self) -> None:
+        pass
 
 
 def _engine(engine: Any) -> str | None:

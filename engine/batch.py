@@ -81,7 +81,7 @@ def finish(session, outcome, record: dict, job: Job, states: tuple = (None, None
     state before and after it (the audit log keeps them, so that --replay reproduces a KX decision)."""
     failed = "error" in record or any(w["severity"] == "error" for w in record["warnings"])
     category = "parse" if isinstance(session, ParseError) else ("error" if failed else "billed")
-    text = render_one(record, job.fmt, job.width)
+    text = render_one(record, job.fmt, job.width, year_rules(outcome) if job.fmt == "table" else ())
     audit = None
     if job.audit:       # with the record as JSONL: the same bytes object when that is the output (pickled once)
         from .audit import entry
@@ -90,7 +90,13 @@ def finish(session, outcome, record: dict, job: Job, states: tuple = (None, None
     return category, text, report_lines(session, record) if failed else (), audit
 
 
-def render_one(record: dict, fmt: str, width: int = render.DEFAULT_WIDTH) -> bytes:
+def year_rules(outcome) -> frozenset:
+    """The ids of the payer's counter thresholds (KX, visit limits), whose steps the table shows."""
+    payer = getattr(outcome, "payer", None)
+    return frozenset(t.id for c in payer.counters for t in c.thresholds) if payer else frozenset()
+
+
+def render_one(record: dict, fmt: str, width: int = render.DEFAULT_WIDTH, year=frozenset()) -> bytes:
     """The record as written out: UTF-8 bytes, made where it was billed so that the reading process,
     which writes them, does not encode a record's text again."""
     if fmt == "jsonl":
@@ -100,7 +106,7 @@ def render_one(record: dict, fmt: str, width: int = render.DEFAULT_WIDTH) -> byt
     elif fmt == "csv":
         text = render.csv_lines(record)
     else:
-        text = render.to_table([record], width)
+        text = render.to_table([record], width, year)
     return encode_text(text)
 
 

@@ -423,8 +423,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .counters import apply_all
     from .explain import explain_json, explain_text
+    from .patients import explain_in_order
     registry = Registry(args.rules)
     registry.check_all(args.engine or default_engine())
     if args.payer and not registry.has(args.payer):
@@ -433,12 +433,11 @@ def cmd_explain(args) -> int:
     _check_why_not(registry, args.why_not, {args.payer} if args.payer else
                    {s.payer for s in sessions if not isinstance(s, SessionError) and registry.has(s.payer)})
     biller = Biller(registry, args.engine or default_engine())
-    try:
-        outcomes = [biller.evaluate(s, args.payer, args.date) for s in sessions]
+    try:    # as `bill` bills the input: a patient's sessions in date order, with its year (engine/patients.py)
+        outcomes, steps = zip(*explain_in_order(sessions, biller, args.payer, args.date)) if sessions else ((), ())
     finally:
         biller.close()
     records = [o if isinstance(o, dict) else o.result for o in outcomes]
-    steps = apply_all(registry.resolve, sessions, records, args.date, explain=True)     # the patient's year (engine/counters.py)
     for session, record in zip(sessions, records):
         _report(session, record)
     if args.format == "json":

@@ -18,12 +18,14 @@ def choose_base(payer_ids: list, base: str | None = None) -> str:
 
 
 def compare_sessions(sessions: list, payer_ids: list, biller, date=None, base: str | None = None) -> list:
-    """compare_session of each session of a whole input, each payer's results given its patients' counters
-    (engine/counters.py: each patient's sessions in date order under that payer)."""
-    from .counters import apply_all
-    billed = [{pid: biller.bill(session, pid, date) for pid in payer_ids} for session in sessions]
+    """compare_session of each session of a whole input, each payer's results those `payrules bill --payer
+    ID` gives for the input (engine/patients.py: each patient's sessions in date order, with its counters
+    and the edits across its sessions of one date, under that payer)."""
+    from .patients import bill_records
+    billed = [{} for _ in sessions]
     for pid in payer_ids:
-        apply_all(biller.registry.resolve, sessions, [results[pid] for results in billed], date)
+        for results, (_, record) in zip(billed, bill_records(sessions, biller, pid, date)):
+            results[pid] = record
     return [compare_session(session, payer_ids, biller, date, base, results)
             for session, results in zip(sessions, billed)]
 
@@ -134,6 +136,10 @@ def to_table(comparisons: list, width: int = DEFAULT_WIDTH) -> str:
         if c.get("counters_differ"):
             lines += wrap(f"Payers' counters differ on this session (the patient's year): "
                           f"{', '.join(c['counters_differ'])}; see the modifiers and warnings", width, "  ", "    ")
+            for pid in payers:      # each payer's steps of those counters (none: it did not act)
+                for entry in c["results"][pid].get("trace", ()):
+                    if entry["rule"] in c["counters_differ"]:
+                        lines += wrap(f"{pid}: {entry['rule']}: {entry['effect']}", width, "    ", "      ")
         edits = _edits_differ(c)
         if edits:
             lines += wrap(f"Payers differ on the claim edits (NCCI tables) of {', '.join(edits)}: see the warnings",
@@ -156,7 +162,9 @@ def summary(comparisons: list) -> str:
     """Where payers differ across sessions, each payer against the base."""
     payers, base = comparisons[0]["payers"], comparisons[0]["base"]
     differ = sum(1 for c in comparisons if len({v for v in c["totals"].values()}) > 1 or c["differs"])
-    lines = [f"Summary: {plural(len(comparisons), 'session')}, payers differ on {differ}"]
+    counters = sum(1 for c in comparisons if c.get("counters_differ"))
+    lines = [f"Summary: {plural(len(comparisons), 'session')}, payers differ on {differ}"
+             + (f"; their counters (the patient's year) differ on {counters}" if counters else "")]
     for pid in payers:
         if pid == base:
             continue

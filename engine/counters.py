@@ -188,10 +188,17 @@ def accrued(line: dict, date: str, payer) -> tuple:
 
 @dataclass
 class Step:
-    """One line's (or visit's) arithmetic against one threshold, for explain."""
+    """One line's (or visit's) arithmetic against one threshold, for explain: "2,435.00 + 97110 60.00 =
+    2,495.00 > 2,480.00 (2026) → KX", or "... <= 2,480.00 (2026) → no KX" when it sets nothing off."""
     threshold: str
     source: str                 # file:line of the threshold's value row
     text: str
+    confidence: str = ""        # the value row's label when not CERTAIN (UNCONFIRMED, SECONDARY, EXAMPLE)
+
+
+def _said(action: str, argument) -> str:
+    """What an action is called in a step: the modifier it adds (KX), else warning / error / hold."""
+    return argument if action == "add_modifier" else {"warn": "warning"}.get(action, action)
 
 
 @dataclass
@@ -334,7 +341,8 @@ class PatientYear:
             past, reached = after > v, before < v <= after
         if not (past and threshold.past or reached and threshold.reached or self.explain):
             return      # nothing to do or say (explain shows every line's arithmetic)
-        label = f" ({year}{', ' + value.confidence if value.confidence not in ('', 'CERTAIN') else ''})"
+        confidence = "" if value.confidence in ("", "CERTAIN") else value.confidence
+        label = f" ({year})"
         arithmetic = f"{show(before)} + {what} = {show(after)}"
         acted = False
         for fired, actions, compare in ((reached, threshold.reached, ">="), (past, threshold.past, ">")):
@@ -357,20 +365,27 @@ class PatientYear:
                                       f"{line['code']} {' '.join(line['modifiers'])}: {len(line['modifiers'])} "
                                       "modifiers, a claim line holds at most 4 (837P): none was dropped; correct "
                                       "the documentation")
-                    done.append(argument)
+                    done.append(_said(action, argument))
                 else:
                     severity = "warning" if action == "warn" else "error"
                     text = argument.format(value=show(v), total=show(after), year=year, counter=counter.id)
                     _warn(result, severity, threshold.id, [line["code"] for line in group],
                           ("held: " if action == "hold" else "") + text, once=True)
-                    done.append(action)
+                    done.append(_said(action, argument))
             step = f"{arithmetic} {relation}{label} → {', '.join(done)}"
-            self.steps.append(Step(threshold.id, value.where, step))
+            self.steps.append(Step(threshold.id, value.where, step, confidence))
             result["trace"].append({"rule": threshold.id, "source": value.where,
-                                    "facts": [line["code"] for line in group], "effect": step})
-        if not acted and not value.every:
+                                    "facts": [line["code"] for line in group],
+                                    "effect": step + (f" [value {confidence}]" if confidence else "")})
+        if not acted:
+            if value.every:     # the next multiple of the value, which this total has not passed
+                whole, part = divmod(after, v) if v else (0, 0)
+                relation = f"<= {show((whole + (1 if part else 0)) * v)} (every {show(v)})"
+            else:
+                relation = f"{'<=' if after <= v else '>'} {show(v)}"
+            said = dict.fromkeys(_said(a, arg) for a, arg in threshold.reached + threshold.past)
             self.steps.append(Step(threshold.id, value.where,
-                                   f"{arithmetic} {'<=' if after <= v else '>'} {show(v)}{label}: no action"))
+                                   f"{arithmetic} {relation}{label} → no {' or '.join(said)}", confidence))
 
 
 def _below(total: Decimal, value: Decimal) -> int:
@@ -418,7 +433,8 @@ def walk_key(session, date: str | None = None) -> tuple:
 def apply_all(resolve, sessions, results, date: str | None = None, explain: bool = False) -> list:
     """The counters over a whole input held in memory (explain, compare, scenarios): each patient's
     sessions in walk_key order, whatever the input order, as `payrules bill` takes them; results changed in
-    place, in input order. Returns each session's Steps (explain shows them)."""
+    place, in input order. Returns each session's Steps (explain shows them). The edits across a patient's
+    sessions of one date are not applied here (engine/patients.bill_shard applies them)."""
     steps = [[] for _ in results]
     keyed = sorted((str(key), walk_key(session, date), i) for i, session in enumerate(sessions)
                    if not isinstance(session, Exception) and (key := patient_key(session)) is not None)
@@ -431,33 +447,3 @@ def apply_all(resolve, sessions, results, date: str | None = None, explain: bool
             steps[i] = year.steps
     return steps
 
-
-class InOrder:
-    """The library's bill/bill_many counters (payer_rules.RuleBook; the command sorts each patient's
-    sessions by date in engine/patients.py): a PatientYear per patient kept in memory, for sessions of a
-    patient given in date order. A session dated before the patient's previous one gets a warning: its
-    counters would be wrong."""
-
-    def __init__(self, resolve):
-        self.resolve, self.years, self.last = resolve, {}, {}
-
-    def apply(self, session, result: dict, date: str | None = None) -> tuple:
-        """(state before, state after) of the session's patient, or (None, None)."""
-        key = patient_key(session)
-        if key is None or "error" in result:
-            return None, None
-        year = self.years.get(key)
-        if year is None:
-            year = PatientYear(self.resolve, key[1] if key[0] == "patient" else None)
-            if key[0] == "patient":
-                self.years[key] = year
-        date = date or session.date_of_service or ""
-        if date < self.last.get(key, ""):
-            _warn(result, "warning", "engine.patient-order", [],
-                  f"this session is dated before the patient's previous one ({self.last[key]}): the running "
-                  "totals were worked in input order and may be wrong; give each patient's sessions in date "
-                  "order")
-        self.last[key] = max(date, self.last.get(key, ""))
-        before = year.snapshot()
-        year.apply(session, result, date or None)
-        return before, year.snapshot()

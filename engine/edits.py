@@ -28,6 +28,7 @@ from . import tables as T
 from .fees import load_fees
 
 BYPASS = ("59", "XE", "XS", "XP", "XU")
+_BYPASS = frozenset(BYPASS)
 MAI_TEXT = {1: "MAI 1, per line", 2: "MAI 2, per date of service, policy: not appealable",
             3: "MAI 3, per date of service, clinical: appealable with documentation"}
 # CMS's own example of distinct services for one pair (docs/domain.md §17)
@@ -66,6 +67,7 @@ class EditTables:
     named: tuple = ()           # (display path, sha256) of every table the payer's files name, replaced ones too
     fees: tuple = ()            # fees.FeeTable, ... (priced by engine/counters.py, not an edit)
     texts: dict = field(default_factory=dict, compare=False, repr=False)    # a PTP row's edit: _ptp_edit
+    codes: dict = field(default_factory=dict, compare=False, repr=False)    # a code's rows: _code_rows
 
     def __bool__(self) -> bool:
         return bool(self.ptp or self.mue)
@@ -83,13 +85,24 @@ def apply(result: dict, date: str | None, edits: EditTables) -> list:
     """Add the edits of `edits` to a result's warnings and trace (in place). Returns (trace entry, table
     row: PtpEdit, MueValue or None) of each, for explain."""
     lines = result["lines"]
-    if not edits or not lines:
+    if not lines:
         return []
+    known, codes, limited = edits.codes, {}, []     # the billed codes in line order -> their rows (_code_rows)
+    for line in lines:
+        code = line["code"]
+        rows = codes.get(code)
+        if rows is None:
+            rows = codes[code] = known.get(code) or _code_rows(edits, code)
+        if rows[0] is not None:
+            limited.append((line, rows[0]))
     found: list = []
-    if edits.ptp and len(lines) > 1:
-        _ptp(lines, date, edits, found)
-    if edits.mue:
-        _mue(lines, edits, found)
+    if len(codes) > 1 and edits.ptp:
+        if date is None:
+            _ptp_undated(codes, edits, found)
+        else:
+            _ptp(lines, codes, T._day(date), edits, found)
+    if limited:
+        _mue(lines, limited, edits, found)
     if not found:
         return found
     warnings, trace, made = result["warnings"], result["trace"], []
@@ -98,6 +111,21 @@ def apply(result: dict, date: str | None, edits: EditTables) -> list:
         trace.append({**entry, "facts": ["session"]})
         made.append((trace[-1], row))
     return made
+
+
+def _code_rows(edits: EditTables, code: str) -> tuple:
+    """(MUE value or None, {column 2: [(effective, deletion, PTP table, row)]} of the PTP rows with `code` in
+    column 1 and an indicator other than 9, or None) of a code, worked out once per code and payer
+    (EditTables.codes): a session's pairs are then found by one set intersection per code."""
+    mue = next((v for table in edits.mue if (v := table.lookup(code)) is not None), None)
+    pairs: dict = {}
+    for table in edits.ptp:
+        for column2, rows in table.group(code).items():
+            for effective, deletion, row in rows:
+                if column2 != code and row[4] != 9:         # row[4]: the modifier indicator
+                    pairs.setdefault(column2, []).append((effective, deletion, table, row))
+    edits.codes[code] = found = (mue, pairs or None)
+    return found
 
 
 def _add(found, severity, rule, message, codes, source, row, effect):
@@ -115,26 +143,30 @@ def _say(made, warnings, trace, *edit) -> None:
     made.append((entry, row))
 
 
-def _ptp(lines, date, edits, made):
-    source = edits.sources["ptp"]
-    position: dict = {}                 # code -> its place among the session's billed codes
-    for line in lines:
-        position.setdefault(line["code"], len(position))
-    if len(position) < 2:
-        return                          # no pair of codes
-    codes = list(position)
-    if date is None:    # which edits are in force depends on the date: not guessed, said for pairs with rows
-        rows = [r for table in edits.ptp for a in codes for b in codes if a != b
-                for r in table.pair_rows(a, b) if r.modifier != 9]
-        if rows:
-            pairs = ", ".join(dict.fromkeys(f"{r.column1}/{r.column2}" for r in rows))
-            _add(made, "warning", "ncci-ptp",
-                 f"no date_of_service: the NCCI PTP edits of {pairs} depend on it and were not checked (give "
-                 "date_of_service or --date)", [rows[0].column2, rows[0].column1], source, rows[0],
-                 "not checked: no date of service")
+def _ptp_undated(codes, edits, made):
+    """Which edits are in force depends on the date: not guessed, said for the pairs with rows."""
+    rows = [r for table in edits.ptp for a in codes for b in codes if a != b
+            for r in table.pair_rows(a, b) if r.modifier != 9]
+    if rows:
+        pairs = ", ".join(dict.fromkeys(f"{r.column1}/{r.column2}" for r in rows))
+        _add(made, "warning", "ncci-ptp",
+             f"no date_of_service: the NCCI PTP edits of {pairs} depend on it and were not checked (give "
+             "date_of_service or --date)", [rows[0].column2, rows[0].column1], edits.sources["ptp"], rows[0],
+             "not checked: no date of service")
+
+
+def _ptp(lines, codes, day, edits, made):
+    found = []
+    for pairs in codes.values():
+        if pairs[1] is not None:
+            for column2 in pairs[1].keys() & codes.keys():      # a set intersection: mostly empty
+                for effective, deletion, table, row in pairs[1][column2]:
+                    if effective <= day < deletion:
+                        found.append(table.edit(column2, row))
+    if not found:
         return
-    found = [e for table in edits.ptp for e in table.edits(codes, date) if e.modifier != 9]
     if len(found) > 1:
+        position = {code: n for n, code in enumerate(codes)}
         found.sort(key=lambda e: (position[e.column2], position[e.column1], e.path, e.line))
     texts = edits.texts
     for edit in found:
@@ -142,9 +174,14 @@ def _ptp(lines, date, edits, made):
         for line in lines:
             if line["code"] != col2:
                 continue
-            documented = edit.modifier and next((m for m in line["modifiers"] if m in BYPASS), "")
+            documented = ""             # the line's first documented 59/X modifier, when the edit allows one
+            if edit.modifier:
+                for modifier in line["modifiers"]:
+                    if modifier in _BYPASS:
+                        documented = modifier
+                        break
             key = (edit.path, edit.line, documented)
-            made.append(texts.get(key) or _ptp_edit(edit, documented, edits, source, key))
+            made.append(texts.get(key) or _ptp_edit(edit, documented, edits, edits.sources["ptp"], key))
 
 
 def _ptp_edit(edit, documented: str, edits, source: str, key) -> tuple:
@@ -178,24 +215,25 @@ def _ptp_edit(edit, documented: str, edits, source: str, key) -> tuple:
     return made[0]
 
 
-def _mue(lines, edits, made):
-    source, tables = edits.sources["mue"], edits.mue
-    totals: dict = {}
-    for line in lines:
-        totals[line["code"]] = totals.get(line["code"], 0) + line["units"]
-    for line in lines:
+def _mue(lines, limited, edits, made):
+    """`limited`: (line, its code's MUE) of each line whose code has one."""
+    totals = None
+    for line, mue in limited:
         code = line["code"]
-        mue = next((v for table in tables if (v := table.lookup(code)) is not None), None) if len(tables) > 1 \
-            else tables[0].lookup(code)
-        if mue is None:
-            continue
-        units = line["units"] if mue.mai == 1 else totals[code]
+        if mue.mai == 1:
+            units = line["units"]
+        else:                           # MAI 2 and 3: the units of the code on the date of service
+            if totals is None:
+                totals = {}
+                for other in lines:
+                    totals[other["code"]] = totals.get(other["code"], 0) + other["units"]
+            units = totals[code]
         if units <= mue.value:
             continue
         counted = f"{units} units on the line" if mue.mai == 1 else f"{units} units on the date of service"
         _add(made, "error", "ncci-mue",
              f"{code}: {counted} exceed the MUE of {mue.value} ({MAI_TEXT[mue.mai]}); the whole line is denied, "
-             "not only the excess", [code], source, mue,
+             "not only the excess", [code], edits.sources["mue"], mue,
              f"{code} line of {line['units']} units denied: {units} > MUE {mue.value} (MAI {mue.mai})")
 
 

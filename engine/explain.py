@@ -28,7 +28,8 @@ def explain_json(outcome: Outcome, why_not: list = (), steps=()) -> dict:
         "unbilled": result["unbilled"],
         "edits": [{**entry, "row": row_text(row) if row else None} for entry, row in outcome.edits],
         "amounts": year_trace(outcome),
-        "patient_year": [{"threshold": s.threshold, "source": s.source, "step": s.text} for s in steps],
+        "patient_year": [{"threshold": s.threshold, "source": s.source, "step": s.text,
+                          "confidence": s.confidence or "CERTAIN"} for s in steps],
         "why_not": [why_not_json(outcome, rule_id) for rule_id in why_not],
         "result": result,
     }
@@ -152,7 +153,8 @@ def year_text(outcome: Outcome, steps) -> list:
                 for e in amounts]
     if steps:
         out += ["", "The patient's year (running totals in date order, then line order):"]
-        out += [f"  {step.threshold}: {step.text}  [{step.source}]" for step in steps]
+        out += [f"  {step.threshold}: {step.text}  [{step.source}"
+                + (f", value {step.confidence}]" if step.confidence else "]") for step in steps]
     return out
 
 

@@ -19,7 +19,10 @@ sessions are taken in session id order, then by content, then input order (count
 takes them), so that a session's record does not depend on the input's order (the edits across sessions of
 one date are on the later one). Before a patient's first session is billed, those of its sessions that
 may give a year_to_date are read: the patient's is the first given in that order, whichever session
-gives it. A day's sessions of a patient at a time are held parsed."""
+gives it. A day's sessions of a patient at a time are held parsed.
+
+The library's lists (RuleBook.bill_many, bill), the service's, `compare` (per payer) and a scenario's patient
+bill through bill_records, `explain` through explain_in_order: the same code, so none depends on the order."""
 from __future__ import annotations
 
 import collections
@@ -30,7 +33,7 @@ import tempfile
 from operator import itemgetter
 
 from . import edits as E
-from .batch import Job, _init_worker, _worker, bill_stream, finish
+from .batch import Job, _init_worker, _worker, bill_stream, finish, process
 from .billing import Biller
 from .counters import PatientYear, content
 from .errors import EvaluationError
@@ -50,10 +53,10 @@ def patient_year(resolve, patient_id: str) -> PatientYear:
 
 # --- the unit of work: a shard of patients ------------------------------------------------------------
 
-def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year) -> list:
+def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year, done=finish) -> list:
     """[(place, process()'s tuple)] of a shard: [(patient, no date, date, session id, place, pickled item)]
     sorted, every session of each of its patients. The same code whatever runs it (this process, a worker,
-    a distributed engine's partition)."""
+    a distributed engine's partition). `done`: what makes that tuple (explain_in_order keeps the outcome)."""
     out = []
     for patient, rows in itertools.groupby(shard, itemgetter(0)):
         rows = list(rows)
@@ -69,7 +72,7 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
             for _, place, session in day:
                 outcome = biller.evaluate(session, job.payer, job.date)
                 if isinstance(outcome, dict):           # not billed: an error record in its place
-                    out.append((place, finish(session, outcome, outcome, job)))
+                    out.append((place, done(session, outcome, outcome, job)))
                     continue
                 record, payer = outcome.result, outcome.payer
                 others = [(sid, lines) for sid, lines, p in billed if p is payer]
@@ -83,7 +86,7 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year)
                 state = [snapshot() if snapshot else None]
                 record = year.apply(outcome.session, record, job.date)
                 state += [snapshot() if snapshot else None, same_day]
-                out.append((place, finish(session, outcome, record, job, tuple(state))))
+                out.append((place, done(session, outcome, record, job, tuple(state))))
     return out
 
 
@@ -213,9 +216,14 @@ def patient_key(item, date: str | None):
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=patient_year):
+def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, year_factory=patient_year,
+                  biller=None, pace: bool = False):
     """batch.bill_stream's (item, tuple) pairs, for every session of `sources` in input order (the item is
-    None for a session billed as a patient's), each patient's sessions billed in date order."""
+    None for a session billed as a patient's), each patient's sessions billed in date order.
+
+    `biller`: bill with this Biller (one process; it is not closed), as the library and the service do with
+    their RuleBook's. `pace`: also yield (None, None) for each record held back and after each shard of
+    patients, so that a caller that serves others meanwhile (the service's event loop) gets its turns."""
     positions = collections.deque()     # places of the sessions sent down the stateless path, in order
     patients, records = Spool(), Spool()
     first = []                          # the place of the first patient session
@@ -231,7 +239,8 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
                 patients.add((*key, place, pickle.dumps(item, 5)))
 
     try:
-        stream = bill_stream(stateless(), rules, engine, job, jobs, registry)
+        stream = bill_stream(stateless(), rules, engine, job, jobs, registry) if biller is None else \
+            ((item, process(biller, item, job)) for item in stateless())
         try:
             for item, done in stream:
                 place = positions.popleft()
@@ -239,18 +248,70 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
                     yield item, done
                 else:
                     records.add((place, pickle.dumps(done, 5)))
+                    if pace:
+                        yield None, None
         finally:
             stream.close()
         if not first:
             return
-        for place, done in _bill_patients(patients, rules, engine, job, jobs, registry, year_factory):
-            records.add((place, pickle.dumps(done, 5)))
+        for shard in _bill_patients(patients, rules, engine, job, jobs, registry, year_factory, biller):
+            for place, done in shard:
+                records.add((place, pickle.dumps(done, 5)))
+            if pace:
+                yield None, None
         patients.close()
         for _, blob in records:
             yield None, pickle.loads(blob)
     finally:
         patients.close()
         records.close()
+
+
+def bill_records(items, biller, payer: str | None = None, date: str | None = None, pace: bool = False):
+    """(category, record) of each of `items` (Session, SessionError or RawLine), in input order, billed by
+    bill_in_order in this process with `biller` (the library's and the service's lists): the record is the
+    dict `payrules bill --format json` writes for the session, billed with --payer `payer`, --date `date`.
+    With `pace`, (None, None) between them, as bill_in_order's."""
+    import orjson
+    for _, done in bill_in_order(items, (), None, Job(payer, date, "jsonl"), 1, biller=biller, pace=pace):
+        if done is None:
+            yield None, None
+            continue
+        try:
+            record = orjson.loads(done[1])
+        except orjson.JSONDecodeError:      # what orjson does not read (an integer beyond 64 bits)
+            import json
+            record = json.loads(done[1])
+        yield done[0], record
+
+
+def explain_in_order(sessions: list, biller, payer: str | None = None, date: str | None = None) -> list:
+    """(outcome or error record, the patient's year's Steps) of each session of an input held in memory
+    (`explain`), billed as bill_in_order bills it: a patient's sessions by bill_shard (date order, the edits
+    across its sessions of one date), each other session alone (with its own year_to_date, if any)."""
+    from .counters import apply_all
+    out, rows, years = [], [], []
+    for place, session in enumerate(sessions):
+        key = patient_key(session, date)
+        if key is None:
+            outcome = biller.evaluate(session, payer, date)
+            steps = [] if isinstance(outcome, dict) else \
+                apply_all(biller.registry.resolve, [session], [outcome.result], date, explain=True)[0]
+            out.append((outcome, steps))
+        else:
+            out.append(None)
+            rows.append((*key, place, pickle.dumps(session, 5)))
+
+    def year_factory(resolve, patient):
+        years.append(PatientYear(resolve, patient, explain=True))
+        return years[-1]
+
+    def done(session, outcome, record, job, states=None):
+        return outcome, (list(years[-1].steps) if states else [])
+
+    for place, explained in bill_shard(sorted(rows), biller, Job(payer, date), year_factory, done):
+        out[place] = explained
+    return out
 
 
 def _shards(sorted_sessions):
@@ -264,15 +325,18 @@ def _shards(sorted_sessions):
         yield shard
 
 
-def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory):
-    """(place, tuple) of every spooled session, shard by shard, in `jobs` processes."""
-    if jobs <= 1:
-        biller = Biller(registry or Registry(rules), engine)
+def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory, biller=None):
+    """bill_shard's [(place, tuple)] of each shard of the spooled sessions, in `jobs` processes (one with a
+    `biller` given)."""
+    if jobs <= 1 or biller is not None:
+        own = biller is None
+        biller = biller or Biller(registry or Registry(rules), engine)
         try:
             for shard in _shards(spool):
-                yield from bill_shard(shard, biller, job, year_factory)
+                yield bill_shard(shard, biller, job, year_factory)
         finally:
-            biller.close()
+            if own:
+                biller.close()
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -284,9 +348,9 @@ def _bill_patients(spool, rules, engine, job, jobs, registry, year_factory):
         for shard in _shards(spool):
             pending.append(pool.submit(_bill_shard_in_worker, shard))
             while len(pending) >= 4 * jobs:
-                yield from _result(pending.popleft(), BrokenProcessPool)
+                yield _result(pending.popleft(), BrokenProcessPool)
         while pending:
-            yield from _result(pending.popleft(), BrokenProcessPool)
+            yield _result(pending.popleft(), BrokenProcessPool)
     finally:
         pool.shutdown(cancel_futures=True)
 

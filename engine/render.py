@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 
 def to_json(records: list, single: bool) -> str:
@@ -10,7 +11,10 @@ def to_json(records: list, single: bool) -> str:
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-CSV_COLUMNS = ["session_id", "payer", "status", "code", "minutes", "units", "modifiers", "rules", "message"]
+# `amount` (last, added by issue 13): a billed line's amount from the payer's fee schedule, dollars with
+# two decimals and no thousands separator (2469.00); empty for a line without one and for other rows.
+CSV_COLUMNS = ["session_id", "payer", "status", "code", "minutes", "units", "modifiers", "rules", "message",
+               "amount"]
 CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
 # A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): it is
 # written as "'" + the text, in double quotes.
@@ -41,17 +45,18 @@ def csv_lines(r: dict) -> str:
     message). Every other text cell is an id or code whose schema pattern starts with a letter or digit."""
     sid = r["session_id"]
     if "error" in r:
-        rows = [(sid, "", "error", "", "", "", "", "", r["error"])]
+        rows = [(sid, "", "error", "", "", "", "", "", r["error"], "")]
     else:
         payer = r["payer"]
         rows = [(sid, payer, "billed", line["code"], line["minutes"], line["units"], " ".join(line["modifiers"]),
-                 " ".join(line["rules"]), "") for line in r["lines"]]
+                 " ".join(line["rules"]), "", f"{line['amount']:.2f}" if "amount" in line else "")
+                for line in r["lines"]]
         rows += [(sid, payer, "unbilled", line["code"], line["minutes"], 0, "", " ".join(line["rules"]),
-                  line["reason"]) for line in r["unbilled"]]
-        rows += [(sid, payer, w["severity"], " ".join(w["codes"]), "", "", "", w["rule"], w["message"])
+                  line["reason"], "") for line in r["unbilled"]]
+        rows += [(sid, payer, w["severity"], " ".join(w["codes"]), "", "", "", w["rule"], w["message"], "")
                  for w in r["warnings"]]
-    text = "".join([f"{a},{b},{c},{d},{e},{f},{g},{h},{i}\n" for a, b, c, d, e, f, g, h, i in rows])
-    if (text.count(",") == 8 * len(rows) and text.count("\n") == len(rows) and '"' not in text
+    text = "".join([f"{a},{b},{c},{d},{e},{f},{g},{h},{i},{j}\n" for a, b, c, d, e, f, g, h, i, j in rows])
+    if (text.count(",") == 9 * len(rows) and text.count("\n") == len(rows) and '"' not in text
             and "\r" not in text and str(sid)[:1] not in FORMULA_START
             and FORMULA_START.isdisjoint([row[8][:1] for row in rows])):
         return text
@@ -120,8 +125,15 @@ def table(rows: list, headers: list, align: str, width: int | None = None) -> li
     return [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells]
 
 
-def to_table(records: list, width: int = DEFAULT_WIDTH) -> str:
-    """Each session: its billed lines, then the lines not billed with their reasons, the totals and the
+def money(amount: float) -> str:
+    """A line's amount as a person reads it: 2469.0 -> '2,469.00'."""
+    return f"{amount:,.2f}"
+
+
+def to_table(records: list, width: int = DEFAULT_WIDTH, year_rules=frozenset()) -> str:
+    """Each session: its billed lines (with their amounts when the payer has a fee schedule), then the
+    lines not billed with their reasons, the totals, the patient's year (the trace entries of the
+    counter thresholds named in `year_rules` that acted on the session: KX, visit limits) and the
     warnings; text wrapped to `width` columns. Text from the session (its id; messages and reasons that
     may quote it) is clean()ed."""
     blocks = []
@@ -132,7 +144,13 @@ def to_table(records: list, width: int = DEFAULT_WIDTH) -> str:
             blocks.append("\n".join(out))
             continue
         out = wrap(f"Session {r['session_id']}  payer {r['payer']}  method {r['method']}", width, "", "  ")
-        if r["lines"]:
+        priced = [l["amount"] for l in r["lines"] if "amount" in l]
+        if r["lines"] and priced:
+            rows = [(l["code"], l["minutes"], l["units"], " ".join(l["modifiers"]) or "-",
+                     money(l["amount"]) if "amount" in l else "-", ", ".join(l["rules"])) for l in r["lines"]]
+            out += ["  " + line for line in table(rows, ["Code", "Min", "Units", "Modifiers", "Amount", "Rules"],
+                                                  "lrrlrl", width - 2)]
+        elif r["lines"]:
             rows = [(l["code"], l["minutes"], l["units"], " ".join(l["modifiers"]) or "-", ", ".join(l["rules"]))
                     for l in r["lines"]]
             out += ["  " + line for line in table(rows, ["Code", "Min", "Units", "Modifiers", "Rules"], "lrrll",
@@ -142,8 +160,12 @@ def to_table(records: list, width: int = DEFAULT_WIDTH) -> str:
         if r["unbilled"]:
             rows = [(u["code"], u["minutes"], u["reason"]) for u in r["unbilled"]]
             out += ["  " + line for line in table(rows, ["Not billed", "Min", "Reason"], "lrl", width - 2)]
+        amount = f"; amount {money(sum(Decimal(str(a)) for a in priced))}" if priced else ""
         out += wrap(f"Timed: {r['total_timed_minutes']} min billed as {plural(r['total_timed_units'], 'unit')}; "
-                    f"total {plural(r['total_units'], 'unit')}", width, "  ", "    ")
+                    f"total {plural(r['total_units'], 'unit')}{amount}", width, "  ", "    ")
+        for entry in r.get("trace", ()) if year_rules else ():
+            if entry["rule"] in year_rules:
+                out += wrap(f"Patient's year: {entry['rule']}: {entry['effect']}", width, "  ", "    ")
         for w in r["warnings"]:
             codes = f" [{', '.join(w['codes'])}]" if w["codes"] else ""
             out += wrap(f"{w['severity'].upper():7} {w['rule']}{codes}: {w['message']}", width, "  ", "          ")

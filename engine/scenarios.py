@@ -76,10 +76,9 @@ def run_scenario(scenario: Scenario, biller) -> list:
     sessions are billed in date order with their counters (engine/counters.py), each checked alone."""
     if not scenario.patient:
         return _check(biller.bill(scenario.session, scenario.payer, scenario.date), scenario.expect)
-    from .counters import apply_all
+    from .patients import bill_records      # as `payrules bill` bills them, the same-day edits too
     sessions = [session for session, _ in scenario.patient]
-    results = [biller.bill(session, scenario.payer, scenario.date) for session in sessions]
-    apply_all(biller.registry.resolve, sessions, results, scenario.date)
+    results = [record for _, record in bill_records(sessions, biller, scenario.payer, scenario.date)]
     return [f"patient[{k}]: {diff}" for k, ((_, expect), result) in enumerate(zip(scenario.patient, results))
             for diff in _check(result, expect)]
 

@@ -6,8 +6,10 @@ RuleBook.compare, /v1/explain RuleBook.explain, GET /v1/payers RuleBook.payers. 
 worker's event-loop thread, so each process's rule networks are only ever driven from that one thread
 (durable-rules-notes.md §1): there is no thread hop per request and no threadpool contention on the book's
 lock. One session is bounded by the session limits the command has (services, minutes, record size); a
-list of sessions is checked against the time limit between sessions and yields the loop to other requests
-as it goes. The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
+list of sessions (and the page's batch upload) is billed as `payrules bill` bills a file (engine/patients.py:
+each patient's sessions in date order, the edits across a patient's sessions of one date), checked against
+the time limit between sessions, and yields the loop to other requests as it goes (every 32 records, or
+after each shard of patients' sessions). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import signal
 import socket
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -39,12 +42,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .counters import InOrder
-from .api import RuleBook, _id_of, _parse
-from .batch import Counts, Job, process
+from .api import RuleBook, _Turns, _id_of, _parse
+from .batch import Counts
 from .errors import PayrulesError
 from .paths import SCHEMAS_DIR
-from .render import clean
+from .render import clean, money
 from .sessions import MAX_INPUT_BYTES, ParseError, load_sessions
 from .yamlload import format_path
 
@@ -136,6 +138,7 @@ class Service:
         self.book, self.token, self.max_body, self.time_limit = book, token or None, max_body, time_limit
         self.page = Template((WEB_DIR / "page.html").read_text(encoding="utf-8"))
         self.openapi = dumps(openapi_document())
+        self.year = counter_rules(book)
 
     # --- request plumbing ------------------------------------------------------------------------------
     async def body(self, request: Request) -> Any:
@@ -174,30 +177,59 @@ class Service:
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    def record(self, item: Any, number: int, payer: str | None, date: str | None, counters=None) -> dict:
-        """The result or error record of session `number` (payer and date checked): RuleBook.bill's, and
-        for a key repeated in the session the command's error record (`payrules bill` refuses it)."""
-        found = _repeated(item)
-        if found is None:
-            return self.book._bill(item, number, payer, date, counters)
-        error = ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]),
-                           session_id=_id_of(item, number))
-        with self.book._lock:
-            return self.book._biller.bill(error, payer, date)
+    def record(self, item: Any, number: int, payer: str | None, date: str | None) -> dict:
+        """The result or error record of session `number` (payer and date checked), billed alone:
+        RuleBook.bill's, and for a key repeated in the session the command's error record."""
+        if _repeated(item) is None:
+            return self.book._bill(item, number, payer, date)
+        return next(self.book._records([parsed(item, number)], payer, date))[1]
 
     async def bill_list(self, items: list, payer: str | None, date: str | None) -> list:
-        """Every session of a list billed, in order; the time limit is checked between sessions."""
-        deadline = time.monotonic() + self.time_limit
-        records, (payer, date) = [], self.book._options(payer, date)
-        counters = InOrder(self.book._registry.resolve)     # a patient's sessions of the list, as bill_many
-        for number, item in enumerate(items, 1):
-            records.append(self.record(item, number, payer, date, counters))
-            if number % YIELD_EVERY == 0:
-                if time.monotonic() > deadline:
-                    raise Refused(503, f"time limit of {self.time_limit:g} s reached after {number} of "
-                                       f"{len(items)} sessions: send fewer sessions per request")
+        """Every session of a list billed as RuleBook.bill_many bills it (each patient's sessions in date
+        order, as `payrules bill`), in input order; the time limit is checked between sessions."""
+        payer, date = self.book._options(payer, date)
+        sessions = (parsed(item, number) for number, item in enumerate(items, 1))
+        billed = await self.billed(sessions, payer, date, lambda n: f" after {n} of {len(items)} sessions: send "
+                                                                    "fewer sessions per request")
+        return [record for _, record in billed]
+
+    async def billed(self, sessions: Any, payer: str | None, date: str | None, refusal: Any) -> list:
+        """(category, record) of each parsed session, billed by engine/patients.bill_records with the book's
+        networks, in input order. Past the time limit: 503, `refusal(n)` saying after how many sessions.
+        Other requests get the event loop every YIELD_EVERY records (or shard of a patient's sessions)."""
+        turns = _Timed(self.book, time.monotonic() + self.time_limit,
+                       lambda n: Refused(503, f"time limit of {self.time_limit:g} s reached{refusal(n)}"))
+        out = []
+        for step, (category, record) in enumerate(self.book._records(sessions, payer, date, turns, pace=True), 1):
+            if record is not None:
+                out.append((category, record))
+            if step % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        return records
+        return out
+
+
+class _Timed(_Turns):
+    """The book's networks for one request: past `deadline`, the next session billed raises `refused(n)`
+    (n: the sessions billed so far), checked every YIELD_EVERY sessions."""
+
+    def __init__(self, book: RuleBook, deadline: float, refused: Any) -> None:
+        super().__init__(book)
+        self.deadline, self.refused, self.count = deadline, refused, 0
+
+    def evaluate(self, session: Any, payer_id: str | None = None, date: str | None = None) -> Any:
+        if self.count and self.count % YIELD_EVERY == 0 and time.monotonic() > self.deadline:
+            raise self.refused(self.count)
+        self.count += 1
+        return super().evaluate(session, payer_id, date)
+
+
+def parsed(item: Any, number: int) -> Any:
+    """Session `number` of a body as the library reads it, and for a key repeated in it the command's
+    error (`payrules bill` refuses it)."""
+    found = _repeated(item)
+    if found is None:
+        return _parse(item, number)
+    return ParseError(f"duplicate key {found[1]!r}", "", None, format_path(found[0]), session_id=_id_of(item, number))
 
 
 def _ids(request: Request, *records: Any) -> None:
@@ -317,7 +349,7 @@ async def ui_check(request: Request, service: Service) -> Response:
         raise Refused(400, "choose at least one payer")
     result = service.book.compare(session, payer_ids, date=body.get("date") or None)
     _ids(request, result)
-    return _html(render_compare(result))
+    return _html(render_compare(result, service.year))
 
 
 async def ui_explain(request: Request, service: Service) -> Response:
@@ -342,17 +374,13 @@ async def ui_batch(request: Request, service: Service) -> Response:
             sessions, _ = load_sessions(str(path))
         except PayrulesError as exc:
             raise Refused(422, str(exc).replace(str(path), name)) from None
-    deadline = time.monotonic() + service.time_limit
-    records, counts, job, book = [], Counts(), Job(fmt="jsonl"), service.book
-    for number, session in enumerate(sessions, 1):
-        with book._lock:        # billed as `payrules bill` bills each session of a file
-            category, text, _, _ = process(book._biller, session, job)
+    counts, records = Counts(), []
+    # billed as `payrules bill` bills the file (each patient's sessions in date order)
+    for category, record in await service.billed(sessions, None, None, lambda n: ": upload fewer sessions"):
         counts.add(category)
-        records.append(orjson.loads(text.replace(str(path).encode(), name.encode())))
-        if number % YIELD_EVERY == 0:
-            if time.monotonic() > deadline:
-                raise Refused(503, f"time limit of {service.time_limit:g} s reached: upload fewer sessions")
-            await asyncio.sleep(0)
+        text = dumps(record)
+        records.append(orjson.loads(text.replace(str(path).encode(), name.encode())) if str(path).encode() in text
+                       else record)
     _ids(request, *records)
     return _html(render_batch(records, counts, name))
 
@@ -425,16 +453,41 @@ def _table(rows: list, first: tuple, caption: str, last: tuple = ("rules",)) -> 
     return f'<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def render_result(result: dict) -> str:
+def counter_rules(book: RuleBook) -> dict:
+    """Payer id -> the ids of its counter thresholds (KX, visit limits) in any of its versions: the trace
+    entries the page shows as the patient's year, as the command's table does."""
+    year: dict = {}
+    for payer in book._registry.all_payers():
+        year.setdefault(payer.id, set()).update(t.id for c in payer.counters for t in c.thresholds)
+    return year
+
+
+def session_amount(result: dict) -> str | None:
+    """The sum of the lines' amounts (exact, from their decimal text), or None when none is priced."""
+    amounts = [Decimal(str(line["amount"])) for line in result.get("lines", ()) if "amount" in line]
+    return money(sum(amounts)) if amounts else None
+
+
+def render_result(result: dict, year: Any = ()) -> str:
+    """A result as the page shows it; `year`: the ids of the payer's counter thresholds (counter_rules)."""
     if "error" in result:
         return f'<p class="error" role="alert">Not billed: {_e(result["error"])}</p>'
-    parts = [_table(result.get("lines", []), ("code", "units", "minutes", "modifiers"), "Claim lines")]
+    lines = [{**line, "amount": money(Decimal(str(line["amount"])))} if "amount" in line else line
+             for line in result.get("lines", [])]
+    parts = [_table(lines, ("code", "units", "minutes", "modifiers", "amount"), "Claim lines")]
     if not result.get("lines"):
         parts.append("<p>No billable lines.</p>")
     parts.append(_table(result.get("unbilled", []), ("code", "minutes", "reason"), "Not billed"))
     totals = {k: v for k, v in result.items() if k.startswith("total_")}
+    if session_amount(result) is not None:
+        totals["amount"] = session_amount(result)
     parts.append('<p class="totals">' + " · ".join(f"{_e(k.replace('_', ' '))}: <b>{_e(v)}</b>"
                                                  for k, v in totals.items()) + "</p>")
+    steps = [t for t in result.get("trace", ()) if t.get("rule") in year]
+    if steps:       # the running totals of the patient's year that acted on this session (KX, limits)
+        parts.append('<ul class="year" aria-label="the patient\'s year">' + "".join(
+            f'<li>Patient\'s year: {_e(t["rule"])}: {_e(t.get("effect", ""))} <span class="muted">'
+            f'{_e(t.get("source", ""))}</span></li>' for t in steps) + "</ul>")
     warnings = result.get("warnings", [])
     for severity in ("error", "warning", "info"):
         group = [w for w in warnings if w.get("severity") == severity]
@@ -450,7 +503,7 @@ def render_result(result: dict) -> str:
     return "".join(parts)
 
 
-def render_compare(c: dict) -> str:
+def render_compare(c: dict, year_of: dict | None = None) -> str:
     """The compare table (units by payer, with each payer's modifier sets when the rows carry them; a
     cell that differs from the base payer's highlighted) above each payer's result, side by side."""
     payer_ids, base = c["payers"], c.get("base", c["payers"][0])
@@ -478,7 +531,7 @@ def render_compare(c: dict) -> str:
                f'<thead><tr><th scope="col">code</th><th scope="col">minutes</th>{head}</tr></thead>'
                f'<tbody>{"".join(rows)}<tr class="total"><th scope="row">total units</th><td></td>{totals}</tr></tbody></table>')
     cards = "".join(
-        f'<section class="payer" aria-label="payer {_e(p)}"><h3>{_e(p)}</h3>{render_result(c["results"][p])}'
+        f'<section class="payer" aria-label="payer {_e(p)}"><h3>{_e(p)}</h3>{render_result(c["results"][p], (year_of or {}).get(p, ()))}'
         f'<button type="button" class="explain" data-payer="{_e(p)}">Explain {_e(p)}</button></section>'
         for p in payer_ids)
     return f'{summary}<div class="side-by-side">{cards}</div>'
@@ -507,11 +560,13 @@ def render_batch(records: list, counts: Counts, name: str) -> str:
             errors = [w["message"] for w in r["warnings"] if w["severity"] == "error"]
             rows.append({"session_id": r["session_id"], "payer": r["payer"], "status": "error" if errors else "billed",
                          "total_units": r["total_units"],
+                         **({"amount": session_amount(r)} if session_amount(r) is not None else {}),
                          "lines": " ".join(f'{l["code"]}x{l["units"]}' for l in r["lines"]), "message": "; ".join(errors)})
     return (f'<p class="summary" role="status">{_e(name)}: {counts.read} sessions: <b>{counts.billed}</b> billed, '
             f'<b>{counts.with_errors}</b> with errors, <b>{counts.failed_to_parse}</b> failed to parse</p>'
             f'<p><a class="download" href="{href}" download="{_e(download)}">Download the results ({_e(download)})</a></p>'
-            + _table(rows, ("session_id", "payer", "status", "total_units", "lines", "message"), "Sessions", ()))
+            + _table(rows, ("session_id", "payer", "status", "total_units", "amount", "lines", "message"), "Sessions",
+                     ()))
 
 
 def render_validate(errors: list, name: str) -> str:
@@ -609,6 +664,9 @@ def openapi_document() -> dict:
     paths = {
         "/v1/bill": {"post": {
             "summary": "Bill a session, or a list of sessions (payrules bill --format json)",
+            "description": "A list is billed as `payrules bill` bills a file of it: each patient's sessions "
+                           "(patient_id) in date-of-service order, with the patient's year and the edits across "
+                           "its sessions of one date, whatever the list's order; the records in input order.",
             "parameters": query,
             "requestBody": json_body({"oneOf": [ref("Session"), {"type": "array", "items": ref("Session")}]}),
             "responses": {"200": answer("the result, or a list of results and error records",

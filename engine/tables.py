@@ -131,7 +131,8 @@ def _header(cells: list[str], specs, display: str, line: int) -> list[int | None
         return None
     for (name, required, _), index in zip(specs, found):
         if required and index is None:
-            seen = ", ".join(repr(" ".join(c.split())) for c in cells if c.strip())
+            named = [_shown(" ".join(c.split())) for c in cells if c.strip()]     # each cell quoted short
+            seen = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
             raise TableError(f"no {name!r} column in the header (found {seen})", display, line, "header")
     return found
 
@@ -486,6 +487,15 @@ class PtpTable(_Table):
                        self._rationales[rationale], self.path, line)
         self._edits[line] = edit
         return edit
+
+    def group(self, column1: str) -> dict:
+        """{column 2: [(effective, deletion, row)]} of a column 1 code (rows in file order); edit() makes a
+        row a PtpEdit."""
+        group = self._groups.get(column1)
+        return self._group(column1) if group is None else group
+
+    def edit(self, column2: str, row) -> PtpEdit:
+        return self._edits.get(row[1]) or self._edit(column2, row)
 
     def edits(self, codes, date) -> list[PtpEdit]:
         """The edits in force on `date` (effective <= date < deletion) for each ordered pair of distinct

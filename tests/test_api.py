@@ -122,8 +122,8 @@ def engine_name(request):
 
 def test_corpus_holds_every_kind():
     sessions = corpus()
-    # 29 scenario sessions + example-medicare-fees's 5 and example-visit-limits's 10 (their patients' sessions)
-    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 + 5 + 10 and len(GOLDEN_SESSIONS) >= 20
+    # 29 scenario sessions + example-medicare-fees's 8 and example-visit-limits's 10 (their patients' sessions)
+    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 + 8 + 10 and len(GOLDEN_SESSIONS) >= 20
     assert all(bad in sessions for bad in BAD)
 
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 DATE = "2026-03-02"
 SUMMARY = re.compile(r"^payrules: (\d+) sessions? read: (\d+) billed, (\d+) with errors, (\d+) failed to parse$")
-CSV_HEADER = ["session_id", "payer", "status", "code", "minutes", "units", "modifiers", "rules", "message"]
+CSV_HEADER = ["session_id", "payer", "status", "code", "minutes", "units", "modifiers", "rules", "message",
+              "amount"]
 
 
 def run_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:

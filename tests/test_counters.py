@@ -167,7 +167,7 @@ def test_kx_on_every_line_past_the_threshold_the_crossing_line_included(biller):
     (r,) = run(biller, [pt("2026-03-02", ("97110", 30), ("97140", 15), year_to_date={"pt_slp": 2400})])
     assert kx(r) == ["97140"]
     step = next(t for t in r["trace"] if t["rule"] == "kx-threshold")
-    assert step["effect"] == "2,460.00 + 97140 28.00 = 2,488.00 > 2,480.00 (2026, UNCONFIRMED) → KX"
+    assert step["effect"] == "2,460.00 + 97140 28.00 = 2,488.00 > 2,480.00 (2026) → KX [value UNCONFIRMED]"
     assert step["source"].startswith("rules/medicare.yaml:")
     # the value itself is not past it: 2,420 + 60 = 2,480 exactly -> no KX on 97110
     (r,) = run(biller, [pt("2026-03-02", ("97110", 30), year_to_date={"pt_slp": 2420})])

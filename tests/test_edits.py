@@ -184,7 +184,9 @@ CODES = ["97110", "97112", "97140", "97530", "97116"]
 
 
 def naive(rows, mues, lines, date):
-    """The edits by reading every row, as docs/domain.md §17 states them: (severity, rule, code, line)."""
+    """The edits by reading every row, as docs/domain.md §17 states them: (severity, rule, code, line), in
+    the order of the output: PTP edits by the column 2 code's place among the billed codes, then column 1's,
+    then the row's line, each on every line of its column 2 code; then the MUE edits in line order."""
     day = int(date.replace("-", ""))
     codes = list(dict.fromkeys(c for c, _, _ in lines))
     out = []
@@ -221,7 +223,7 @@ def test_edits_equal_a_naive_scan_of_every_row(tmp_path, rows, mues, lines, date
     res = result(*[(c, u, list(m)) for c, u, m in lines])
     E.apply(res, date, tables(tmp_path, rows, mues) if rows or mues else E.NONE)
     got = [(w["severity"], w["rule"], w["codes"][0], w["table"]) for w in res["warnings"]]
-    assert sorted(got) == sorted(naive(rows, mues, lines, date))
+    assert got == naive(rows, mues, lines, date)        # the same edits, in the same order
 
 
 # ---------------------------------------------------------------- payer files: tables, inheritance, errors
@@ -441,7 +443,7 @@ def test_one_payers_tables_give_each_session_of_a_batch_its_own_edits(tmp_path, 
         E.apply(res, date, shared)
         got = [(w["severity"], w["rule"], w["codes"][0], w["table"]) for w in res["warnings"]]
         if date is not None:
-            assert sorted(got) == sorted(naive(rows, mues, lines, date))
+            assert got == naive(rows, mues, lines, date)
         for w in res["warnings"]:
             w["codes"].append("00000")
             w["message"] = "changed"

@@ -128,7 +128,9 @@ def test_readme_python_example_runs_as_written(installed):
     """Run as written, from the checkout's root, against the installed package. The output block is worked
     by hand in the README (CMS 8-minute rule, domain.md §3.1-3.3): 33 + 7 = 40 timed minutes -> 3 units;
     97110 has 2 full units with 3 minutes left, 97140 has 7 left, so 97140 gets the third; GP for PT.
-    97530 60 minutes -> 4 units (53-67); a session with no services is its error record."""
+    97530 60 minutes -> 4 units (53-67); a session with no services is its error record. One patient's
+    sessions given March first: 97110 38 min = 3 units x $30.00 (synthetic schedule, 2026) = $90; in date
+    order February takes $2,350 to $2,440 (<= $2,480, no KX), March to $2,530 (> $2,480, KX; domain.md §18.2)."""
     code, output = readme_example()
     assert "import payer_rules" in code and "bill_many" in code and "PayrulesError" in code
     run = run_installed(installed, ["-c", code], REPO)

@@ -457,3 +457,26 @@ def test_serve_on_an_address_it_cannot_listen_on_is_one_error_line():
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.startswith("error: cannot listen on no-such-host.invalid:8080: ")
     assert len(err.splitlines()) == 1
+
+
+def test_the_page_shows_amounts_and_the_patients_year(client):
+    """The page shows what the command's table shows of the patient's year (engine/render.py to_table):
+    example-medicare-fees prices 97110 at 30.00 a unit (its SYNTHETIC schedule). 30 min = 2 units = 60.00;
+    2,470.00 already this year + 60.00 = 2,530.00 > 2,480.00 (the 2026 KX threshold in rules/medicare.yaml)
+    -> KX. In a batch of the same session the sessions table has its amount."""
+    session = {"session_id": "K", "patient_id": "P1", "payer": "example-medicare-fees", "discipline": "PT",
+               "date_of_service": "2026-03-02", "year_to_date": {"pt_slp": 2470},
+               "services": [{"code": "97110", "minutes": 30}]}
+    page = client.post("/ui/check", json={"session": session, "payers": ["example-medicare-fees", "medicare"]})
+    assert page.status_code == 200
+    text = page.text
+    assert '<th scope="col">amount</th>' in text and '<td data-col="amount">60.00</td>' in text
+    assert "amount: <b>60.00</b>" in text
+    assert "Patient's year: kx-threshold: 2,470.00 + 97110 60.00 = 2,530.00 &gt; 2,480.00 (2026) → KX" in text
+    # medicare has no fee schedule: no amount column or total, and KX cannot be decided (a warning says
+    # so), so no step is shown for it
+    medicare = text.split('aria-label="payer medicare"')[1]
+    assert '<th scope="col">amount</th>' not in medicare and "amount: <b>" not in medicare
+    assert "Patient's year" not in medicare and "kx-threshold, kx-medical-review cannot be decided" in medicare
+    batch = client.post("/ui/batch", json={"name": "day.jsonl", "text": json.dumps(session) + "\n"})
+    assert '<td data-col="amount">60.00</td>' in batch.text

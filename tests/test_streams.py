@@ -181,7 +181,7 @@ def test_sigint_jsonl_and_csv_end_on_a_whole_line(huge, jobs):
     assert code == 130 and out.endswith(b"\n")
     read, _, _, failed = interrupted_summary(err)
     rows = list(csv.reader(io.StringIO(out.decode("utf-8"))))
-    assert rows[0][0] == "session_id" and all(len(row) == 9 for row in rows)
+    assert rows[0][0] == "session_id" and all(len(row) == 10 for row in rows)
     # a good session is one billed row (97110 33 min -> 2 units); a broken one is one error row
     check_prefix([row[0] for row in rows[1:]], read, failed)
 
@@ -446,7 +446,7 @@ def test_csv_lines_read_back_as_their_cells(sid, reason, message, error):
     # starts a formula reads back with "'" before it. (The plain fast path and the per-cell path agree.)
     if error:
         record = {"session_id": sid, "error": message}
-        cells = [[sid, "", "error", "", "", "", "", "", message]]
+        cells = [[sid, "", "error", "", "", "", "", "", message, ""]]
     else:
         record = {"session_id": sid, "payer": "medicare",
                   "lines": [{"code": "97110", "minutes": 33, "units": 2, "modifiers": ["GP"],
@@ -454,8 +454,8 @@ def test_csv_lines_read_back_as_their_cells(sid, reason, message, error):
                   "unbilled": [{"code": "97035", "minutes": 7, "reason": reason, "rules": ["timed-pool"]}],
                   "warnings": [{"severity": "info", "rule": "timed-pool", "message": message,
                                 "codes": ["97110", "97035"]}]}
-        cells = [[sid, "medicare", "billed", "97110", "33", "2", "GP", "timed-pool modifier-gp", ""],
-                 [sid, "medicare", "unbilled", "97035", "7", "0", "", "timed-pool", reason],
-                 [sid, "medicare", "info", "97110 97035", "", "", "", "timed-pool", message]]
+        cells = [[sid, "medicare", "billed", "97110", "33", "2", "GP", "timed-pool modifier-gp", "", ""],
+                 [sid, "medicare", "unbilled", "97035", "7", "0", "", "timed-pool", reason, ""],
+                 [sid, "medicare", "info", "97110 97035", "", "", "", "timed-pool", message, ""]]
     expected = [["'" + c if c[:1] in render.FORMULA_START else c for c in row] for row in cells]
     assert list(csv.reader(io.StringIO(render.csv_lines(record), newline=""))) == expected

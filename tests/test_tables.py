@@ -567,3 +567,17 @@ def test_a_line_longer_than_a_read_chunk_is_an_error_not_the_whole_file_in_memor
     path.write_bytes(f"{NOTICE}\n{PTP_HEADER}\n".encode() + b"9" * (tables.CHUNK + 10))     # line 3 never ends
     with pytest.raises(TableError, match=rf"^ptp\.txt:3: a line longer than {tables.CHUNK} bytes: not a text table$"):
         load_ptp(path, "ptp.txt")
+
+
+@pytest.mark.parametrize("cells", [["x" * 10_000], [f"extra {n}" for n in range(500)]])
+def test_a_header_error_is_one_short_line_whatever_the_header_holds(tmp_path, cells):
+    """A header naming the code and value columns but no MAI: the error names the file, line and field and
+    stays one short line, however long its cells or however many (each quoted to 40 characters, at most 10
+    listed). Before, every cell was listed whole: a 10,000-character cell made a 10 KB message."""
+    from engine.tables import TableError, load_mue
+    path = tmp_path / "m.csv"
+    path.write_text("HCPCS/CPT Code,Practitioner Services MUE Values," + ",".join(cells) + "\n97110,4,1 Line Edit\n")
+    with pytest.raises(TableError) as caught:
+        load_mue(path, "m.csv")
+    message = str(caught.value)
+    assert message.startswith("m.csv:1: header: no ") and len(message) < 400 and "\n" not in message
