@@ -5,7 +5,8 @@ found (`payrules audit PATH --session/--rule/--payer/--from/--to`) and reproduce
 A session's row holds its id, position in the run, payer and date of service as billed, the sha256 of the
 whole session as read (context included: it proves which input it was without keeping the context), the
 rule set it was billed with and the set of rules that fired. Its billing input (discipline and services:
-code, minutes, group_size, provider, modifiers — what a rule can read) and its result (as `bill --format jsonl`
+code, minutes, group_size, provider, modifiers — what a rule can read —, patient_id, year_to_date, and of
+the context only the keys its payer's counters read: an authorization number) and its result (as `bill --format jsonl`
 writes it) are in its batch: the sessions of one write transaction, compressed together with zlib, which
 shrinks them about 20-fold (the same words recur session after session). Rule files are stored once each,
 content and all, by sha256; a rule set lists the files (display path, sha256) a payer was built from.
@@ -107,15 +108,29 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None,
         if session.context is not NO_CONTEXT:
             doc["context"] = session.context
             digest = hashlib.sha256(_canonical(doc)).digest()
+            # of the context, only what billing read is kept: the keys that name an authorization
+            read = context_read(None if isinstance(outcome, dict) else outcome.payer)
+            kept = {key: session.context[key] for key in sorted(read) if key in session.context}
+            doc.pop("context")
+            if kept:
+                doc["context"] = kept
+                billing_input = _canonical(doc)
         else:
             digest = hashlib.sha256(billing_input).digest()
         if states[0] is not None:   # the patient's accumulators before and after (engine/counters.py): replay
-            doc.pop("context", None)
             doc["patient_year"] = {"before": states[0], "after": states[1]}
             if len(states) > 2 and states[2]:   # the day's other sessions an edit across sessions read
                 doc["patient_year"]["same_day"] = states[2]
             billing_input = _canonical(doc)
     return record["session_id"], payer_id, date, rules, fired, billing_input + b"\n", digest, line
+
+
+def context_read(payer) -> frozenset:
+    """The keys of a session's context that billing under `payer` reads: its counters' authorization_field
+    (period: authorization). No rule reads the context."""
+    if payer is None:
+        return frozenset()
+    return frozenset(c.authorization_field for c in payer.counters if c.period == "authorization")
 
 
 def input_doc(session: Session) -> dict:
@@ -605,7 +620,8 @@ def _session(entry: dict) -> Session:
     services = tuple(Service(s["code"], s["minutes"], s.get("group_size"), s.get("provider"),
                              tuple(s.get("modifiers", ()))) for s in given["services"])
     return Session(given["session_id"], services, entry["payer"], entry["date_of_service"], given.get("discipline"),
-                   patient_id=given.get("patient_id"), year_to_date=given.get("year_to_date"))
+                   context=given.get("context", NO_CONTEXT), patient_id=given.get("patient_id"),
+                   year_to_date=given.get("year_to_date"))
 
 
 def differences(old: dict, new: dict) -> list:

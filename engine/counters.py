@@ -17,7 +17,9 @@ number rounded to cents (60.0 is $60.00), a running total in a state snapshot as
   actions on the line where after first reaches the value (`every`: each multiple of it, past the first
   block). Actions: add_modifier (in the payer's claim order; more than 4 is an error), warn, error, hold
   (an error: the claim is held until resolved; the line is not removed).
-- Periods: calendar_year, or plan_year from the payer's `plan_year_starts` (MM-DD). The patient's
+- Periods: calendar_year, plan_year from the payer's `plan_year_starts` (MM-DD), or authorization: the
+  visits under each authorization (the session's context value named by `authorization_field`; a session
+  without one is not counted and gets a warning; year_to_date does not seed it). The patient's
   `year_to_date` has each key (bucket or counter id) from the first of its sessions in the walk that gives
   it (`begin`, whatever session carries it); it seeds each counter's period of the patient's first dated
   session, whatever the payer; a later period starts at zero. A session giving another value of a key is
@@ -35,6 +37,8 @@ from operator import itemgetter
 from . import assistants as A
 
 CENT = Decimal("0.01")
+# what a counter's warn/error/hold message may name (the loader refuses any other)
+PLACEHOLDERS = frozenset(("value", "total", "year", "counter", "authorization"))
 NOT_SEEDED = object()
 
 
@@ -85,18 +89,28 @@ class Counter:
     counts: str                 # amount | units | visits
     codes: frozenset | None     # only these codes count (None: every code)
     buckets: tuple              # (name, (disciplines)) ; () : one total
-    period: str                 # calendar_year | plan_year
+    period: str                 # calendar_year | plan_year | authorization
     plan_year_starts: str       # MM-DD
     thresholds: tuple
     where: str
+    authorization_field: str = "authorization"      # period authorization: the session's context key
 
     def bucket(self, discipline) -> str | None:
         if not self.buckets:
             return self.id
         return next((name for name, members in self.buckets if discipline in members), None)
 
+    def authorization(self, session) -> str | None:
+        """period: authorization: the authorization the session is billed under (its context value, a text
+        or a whole number), or None when it gives none."""
+        value = (getattr(session, "context", None) or {}).get(self.authorization_field)
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+            return None
+        return " ".join(str(value).split())[:64]
+
     def period_of(self, date: str) -> str:
-        """The period a date falls in, named by its first day's year (and start, for a plan year)."""
+        """The period of a year a date falls in, named by its first day's year (and start, for a plan
+        year)."""
         if self.period == "plan_year":
             start = self.plan_year_starts
             year = int(date[:4]) - (date[5:] < start)
@@ -119,7 +133,7 @@ def build(spec, index: int, data: dict, codes: dict) -> Counter:
     return Counter(data["id"], data["counts"], codes.get(data["codes"]) if "codes" in data else None,
                    tuple((name, tuple(members)) for name, members in (data.get("buckets") or {}).items()),
                    data.get("period", "calendar_year"), data.get("plan_year_starts", "01-01"), tuple(thresholds),
-                   where("id"))
+                   where("id"), data.get("authorization_field", "authorization"))
 
 
 def _actions(items):
@@ -237,7 +251,7 @@ class PatientYear:
         year = cls(resolve, snap.get("patient_id"), snap.get("year_to_date"))
         given_by = snap.get("given_by")
         year.given_by, year.start = dict(given_by) if isinstance(given_by, dict) else {}, snap.get("start")
-        year.totals = {tuple(k.split("/", 3)): Decimal(v) for k, v in (snap.get("totals") or {}).items()}
+        year.totals = {_key(k): Decimal(v) for k, v in (snap.get("totals") or {}).items()}
         return year
 
     def _given(self, session, result: dict) -> None:
@@ -262,7 +276,9 @@ class PatientYear:
         key = (payer_id, counter.id, period, bucket)
         total = self.totals.get(key)
         if total is None:
-            given = (self.year_to_date or {}).get(bucket) if period == counter.period_of(self.start) else None
+            # year_to_date is the year's: it seeds the period of the patient's first session, not an authorization
+            given = (self.year_to_date or {}).get(bucket) \
+                if counter.period != "authorization" and period == counter.period_of(self.start) else None
             total = money(given) if given is not None and counter.counts == "amount" else \
                 Decimal(int(given)) if given is not None else Decimal(0)
             self.totals[key] = total
@@ -308,8 +324,19 @@ class PatientYear:
                   f"the payer has no fee schedule: the running total of {counter.id} cannot be worked, so "
                   f"{', '.join(t.id for t in counter.thresholds)} cannot be decided (name one under tables: fees)")
             return
-        period = counter.period_of(date)
-        year = int(period[:4])
+        authorization = None
+        if counter.period == "authorization":
+            authorization = counter.authorization(session)
+            if authorization is None:
+                _warn(result, "warning", counter.thresholds[0].id, [line["code"] for line in lines],
+                      f"no authorization: counter {counter.id} counts the visits of each authorization (the "
+                      f"session's context {counter.authorization_field}: its prior authorization number); this "
+                      "session was not counted")
+                return
+            period, year = f"authorization {authorization}", int(date[:4])
+        else:
+            period = counter.period_of(date)
+            year = int(period[:4])
         key = (payer.id, counter.id, period, bucket)
         total = self._total(payer.id, counter, period, bucket)
         if counter.counts == "visits":
@@ -328,12 +355,15 @@ class PatientYear:
                 value = threshold.value_for(year)
                 if value is None:
                     continue
-                self._fire(counter, threshold, value, before, total, group, what, year, payer, result)
+                self._fire(counter, threshold, value, before, total, group, what, year, payer, result,
+                           authorization)
         self.totals[key] = total
 
-    def _fire(self, counter, threshold, value, before, after, group, what, year, payer, result) -> None:
+    def _fire(self, counter, threshold, value, before, after, group, what, year, payer, result,
+              authorization=None) -> None:
         v = value.value
-        show = (lambda d: dollars(d)) if counter.counts == "amount" else (lambda d: f"{d:,}")
+        # visits and units are whole (a restored snapshot holds them as "12.00")
+        show = (lambda d: dollars(d)) if counter.counts == "amount" else (lambda d: f"{int(d):,}")
         if value.every:
             past = _below(after, v) > _below(before, v) and after > v if v else False
             reached = int(after // v) > int(before // v) and after >= v if v else False
@@ -342,7 +372,7 @@ class PatientYear:
         if not (past and threshold.past or reached and threshold.reached or self.explain):
             return      # nothing to do or say (explain shows every line's arithmetic)
         confidence = "" if value.confidence in ("", "CERTAIN") else value.confidence
-        label = f" ({year})"
+        label = f" (authorization {authorization}, {year})" if authorization is not None else f" ({year})"
         arithmetic = f"{show(before)} + {what} = {show(after)}"
         acted = False
         for fired, actions, compare in ((reached, threshold.reached, ">="), (past, threshold.past, ">")):
@@ -368,7 +398,8 @@ class PatientYear:
                     done.append(_said(action, argument))
                 else:
                     severity = "warning" if action == "warn" else "error"
-                    text = argument.format(value=show(v), total=show(after), year=year, counter=counter.id)
+                    text = argument.format(value=show(v), total=show(after), year=year, counter=counter.id,
+                                           authorization=authorization or "")
                     _warn(result, severity, threshold.id, [line["code"] for line in group],
                           ("held: " if action == "hold" else "") + text, once=True)
                     done.append(_said(action, argument))
@@ -386,6 +417,14 @@ class PatientYear:
             said = dict.fromkeys(_said(a, arg) for a, arg in threshold.reached + threshold.past)
             self.steps.append(Step(threshold.id, value.where,
                                    f"{arithmetic} {relation}{label} → no {' or '.join(said)}", confidence))
+
+
+def _key(text: str) -> tuple:
+    """A snapshot's 'payer/counter/period/bucket' as the totals' key: ids and buckets hold no '/', a period
+    (an authorization number) may."""
+    payer, counter, rest = text.split("/", 2)
+    period, bucket = rest.rsplit("/", 1)
+    return payer, counter, period, bucket
 
 
 def _below(total: Decimal, value: Decimal) -> int:
@@ -419,7 +458,8 @@ def content(session) -> str:
     if getattr(session, "services", None) is None:
         return ""
     ytd = sorted(session.year_to_date.items()) if session.year_to_date is not None else None
-    return repr((session.payer, session.discipline, session.services, ytd))
+    context = sorted((str(k), repr(v)) for k, v in (getattr(session, "context", None) or {}).items())
+    return repr((session.payer, session.discipline, session.services, ytd, context))
 
 
 def walk_key(session, date: str | None = None) -> tuple:

@@ -232,6 +232,19 @@ def _file_errors(spec: Spec) -> list:
                                        "(what happens at and past its value)"))
         if counter.get("period") == "plan_year" and "plan_year_starts" not in counter:
             errors.append(spec.err(("counters", i, "period"), "period plan_year needs plan_year_starts (MM-DD)"))
+        for key, period in (("plan_year_starts", "plan_year"), ("authorization_field", "authorization")):
+            if key in counter and counter.get("period", "calendar_year") != period:
+                errors.append(spec.err(("counters", i, key), f"{key} is for period: {period} (this counter's "
+                                                             f"period is {counter.get('period', 'calendar_year')})"))
+        for t, threshold in enumerate(counter["thresholds"]):
+            for when in ("reached", "past"):
+                for j, action in enumerate(threshold.get(when) or ()):
+                    (kind, text), = action.items()
+                    bad = _bad_placeholders(text, C.PLACEHOLDERS) if kind != "add_modifier" else None
+                    if bad:
+                        errors.append(spec.err(("counters", i, "thresholds", t, when, j, kind),
+                                               f"unknown placeholder {{{bad}}}{suggest(bad, C.PLACEHOLDERS)}; "
+                                               f"allowed: {', '.join(sorted(C.PLACEHOLDERS))}"))
     amounts = data.get("amounts") if ("amounts",) not in broken else None
     if isinstance(amounts, dict) and "effective_from" in amounts and not is_date(amounts["effective_from"]):
         errors.append(spec.err(("amounts", "effective_from"), date_problem(amounts["effective_from"])))
@@ -318,10 +331,10 @@ def _backwards(span) -> bool:
     return bool(span[0] and span[1] and span[0] > span[1])
 
 
-def _bad_placeholders(template: str):
+def _bad_placeholders(template: str, allowed=PLACEHOLDERS):
     try:
         for _, name, spec, conv in string.Formatter().parse(template):
-            if name is not None and (name not in PLACEHOLDERS or spec or conv):
+            if name is not None and (name not in allowed or spec or conv):
                 return name or "(empty)"
     except ValueError:
         return "(unbalanced braces: write {{ and }} for literal braces)"

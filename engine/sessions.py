@@ -537,7 +537,7 @@ _CODE = re.compile(r"^([0-9]{4}[0-9A-Z]|[A-Z][0-9]{4})$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _SESSION_KEYS = frozenset(("session_id", "payer", "date_of_service", "discipline", "services", "context",
                            "patient_id", "year_to_date"))
-_YTD_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_YTD_KEY = re.compile(r"[a-z][a-z0-9_-]{0,63}")     # a bucket name or a counter id
 _SERVICE_KEYS = frozenset(("code", "minutes", "group_size", "provider", "modifiers"))
 _MODIFIER = re.compile(r"[0-9A-Z]{2}")      # fullmatch: "59\n" is not a modifier
 # modifiers the engine itself decides from the payer's rules: never taken as documented input

@@ -122,8 +122,9 @@ def engine_name(request):
 
 def test_corpus_holds_every_kind():
     sessions = corpus()
-    # 29 scenario sessions + example-medicare-fees's 8 and example-visit-limits's 10 (their patients' sessions)
-    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 + 8 + 10 and len(GOLDEN_SESSIONS) >= 20
+    # 29 scenario sessions + example-medicare-fees's 8, example-visit-limits's 10 and example-authorizations's 15
+    # (their patients' sessions)
+    assert len(example_sessions()) == 6 and len(scenario_sessions()) == 29 + 8 + 10 + 15 and len(GOLDEN_SESSIONS) >= 20
     assert all(bad in sessions for bad in BAD)
 
 
@@ -328,7 +329,8 @@ def test_error_records_are_the_commands(books, tmp_path):
     assert [{**r, "session_id": None} for r in got] == [{**r, "session_id": None} for r in expected]
     assert all(set(r) == {"session_id", "error"} for r in got)
     assert got[0] == {"session_id": "session-1", "error": "a session must be a mapping"}
-    assert got[6] == {"session_id": "S-bad", "error": "unknown payer 'acme'; known: example-full-unit, "
+    assert got[6] == {"session_id": "S-bad", "error": "unknown payer 'acme'; known: example-authorizations, "
+                                                      "example-full-unit, "
                                                       "example-medicare-fees, example-midpoint, example-ncci-bypass, "
                                                       "example-unit-limits, example-visit-limits, medicare"}
 
