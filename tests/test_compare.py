@@ -378,7 +378,8 @@ def test_all_payers_includes_every_listed_payer(tmp_path):
     # EX1: example-unit-limits is medicare here (no 97140, no unlisted code) → 3
     assert c["totals"] == {"medicare": 3, "example-midpoint": 4, "example-full-unit": 2, "example-unit-limits": 3,
                            "example-ncci-bypass": 3,     # medicare's units: it changes only an NCCI setting
-                           "example-medicare-fees": 3, "example-visit-limits": 3}   # and only counters
+                           "example-medicare-fees": 3, "example-visit-limits": 3,   # and only counters
+                           "example-authorizations": 3}
 
 
 def test_unknown_payer_is_a_usage_error_naming_it(tmp_path):
