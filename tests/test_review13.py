@@ -388,8 +388,9 @@ def test_a_year_without_a_kx_threshold_is_a_labelled_warning_not_a_silent_no_kx(
                          year_to_date={"pt_slp": 2970})], registry)
     assert kx(record) == []
     said = {w["rule"]: (w["severity"], w["message"]) for w in record["warnings"]}
-    assert said["kx-threshold"][0] == "warning" and "2027" in said["kx-threshold"][1] \
-        and "not decided" in said["kx-threshold"][1]
+    assert said["kx-threshold"] == ("warning", "no value of kx-threshold for 2027 in the payer's rules "
+                                    "(rules/medicare.yaml:278): not decided, KX not applied; add the 2027 value "
+                                    "once it is known")
     assert "3,030.00" in said["kx-medical-review"][1]
 
 
