@@ -647,3 +647,15 @@ def test_replay_with_current_rules_names_an_amount_that_changed(rules, tmp_path)
     assert run_cli("audit", db, "--replay").returncode == 0
     today = run_cli("audit", db, "--replay", "--current-rules", "--rules", tree)
     assert b"S: 97140 amount 56.00 -> 256.00\n" in today.stdout and today.returncode == 1
+
+
+def test_a_fractional_count_in_a_payer_file_is_a_rule_file_error(tmp_path):
+    """A visits limit of "12.50" was read as 12 (reached on visit 12, which 12.5 is not): a file:line error."""
+    from engine.errors import RuleFileError
+    (tmp_path / "p.yaml").write_text(
+        "payer: val\nname: Val\nextends: medicare\ncounters:\n  - id: visits\n    description: x\n    source: t\n"
+        "    counts: visits\n    thresholds:\n      - id: lim\n        values:\n          - {value: \"12.50\"}\n"
+        "        reached:\n          - warn: \"at {value}\"\n")
+    with pytest.raises(RuleFileError) as caught:
+        Registry([tmp_path])
+    assert "p.yaml:12:" in str(caught.value) and "whole number" in str(caught.value)
