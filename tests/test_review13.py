@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import re
 
 import pytest
@@ -659,3 +660,27 @@ def test_a_fractional_count_in_a_payer_file_is_a_rule_file_error(tmp_path):
     with pytest.raises(RuleFileError) as caught:
         Registry([tmp_path])
     assert "p.yaml:12:" in str(caught.value) and "whole number" in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_replay_with_a_full_temporary_disk_is_one_clear_error(rules, tmp_path, where):
+    """--replay writes the logged rule files to a temporary folder: a full disk there is one error line
+    saying so and exit 2 (it said 'cannot read input: No space left on device')."""
+    import subprocess
+    import sys
+    from test_batch import ROOT
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(doc("S", [("97140", 30)])) + "\n")
+    db = tmp_path / "log.db"
+    run_cli("bill", path, "--rules", rules, "--format", "jsonl", "--audit-db", db)
+    full = ("def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            + ("tempfile.TemporaryDirectory = full\n" if where == "folder" else
+               "real = pathlib.Path.write_bytes\n"
+               "pathlib.Path.write_bytes = lambda self, data: full() if 'payrules-replay-' in str(self) "
+               "else real(self, data)\n"))
+    code = (f"import errno, pathlib, sys, tempfile\n{full}"
+            f"from engine.cli import main; sys.exit(main(['audit', {str(db)!r}, '--replay']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: cannot write the logged rule files to a temporary folder in "
+                           f"{tempfile.gettempdir()}: No space left on device; free some space or set TMPDIR\n")
