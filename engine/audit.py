@@ -542,9 +542,17 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
 
     today = Registry(current_rules) if current_rules is not None else None     # a bad rule file: exit 2
 
+    def unwritable(exc: OSError) -> UsageError:
+        return UsageError(f"cannot write the logged rule files to a temporary folder in {tempfile.gettempdir()}: "
+                          f"{exc.strerror or exc}; free some space or set TMPDIR")
+
     def work(reader):
         out, billers = [], {}
-        with tempfile.TemporaryDirectory(prefix="payrules-replay-") as tmp:
+        try:
+            folder = tempfile.TemporaryDirectory(prefix="payrules-replay-")
+        except OSError as exc:
+            raise unwritable(exc) from None
+        with folder as tmp:
             try:
                 for row in reader.rows(session_id):
                     entry, set_id = reader.entry(row), row[8]
@@ -556,6 +564,8 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
                         try:
                             registry = today or _logged_registry(reader, set_id, Path(tmp) / str(set_id))
                             billers[key] = Biller(registry, key[1])
+                        except OSError as exc:      # the logged files could not be written out (a full disk)
+                            raise unwritable(exc) from None
                         except PayrulesError as exc:
                             billers[key] = exc
                     biller = billers[key]

@@ -345,10 +345,12 @@ class PatientYear:
             steps = [([line], Decimal(line["units"]), f"{line['code']} {line['units']}") for line in lines]
         else:
             steps = [([line], *accrued(line, date, payer)) for line in lines if "amount" in line]
-        missing = [t.id for t in counter.thresholds if t.value_for(year) is None]
-        if missing:
-            _warn(result, "warning", missing[0], [line["code"] for line in lines],
-                  f"no value of {', '.join(missing)} for {year} in the payer's rules: not decided")
+        for threshold in counter.thresholds:
+            if threshold.value_for(year) is None:       # a year the data does not reach yet (2027): said
+                gives = [arg if a == "add_modifier" else a for a, arg in threshold.reached + threshold.past]
+                _warn(result, "warning", threshold.id, [line["code"] for line in lines],
+                      f"no value of {threshold.id} for {year} in the payer's rules ({threshold.where}): not decided, "
+                      f"{', '.join(dict.fromkeys(gives))} not applied; add the {year} value once it is known")
         for group, add, what in steps:
             before, total = total, total + add
             for threshold in counter.thresholds:

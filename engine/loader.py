@@ -227,6 +227,10 @@ def _file_errors(spec: Spec) -> list:
                     errors.append(spec.err(("counters", i, "thresholds", t, "values", k, "year"),
                                            f"a second value for {row.get('year') or 'every year'}"))
                 years.add(row.get("year"))
+                if counter.get("counts") != "amount" and isinstance(row.get("value"), str) and \
+                        row["value"].partition(".")[2].strip("0"):
+                    errors.append(spec.err(("counters", i, "thresholds", t, "values", k, "value"),
+                                           f"{row['value']!r}: a count of {counter['counts']} is a whole number"))
             if "reached" not in threshold and "past" not in threshold:
                 errors.append(spec.err(("counters", i, "thresholds", t, "id"), "a threshold needs reached: or past: "
                                        "(what happens at and past its value)"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import re
 
 import pytest
@@ -388,8 +389,9 @@ def test_a_year_without_a_kx_threshold_is_a_labelled_warning_not_a_silent_no_kx(
                          year_to_date={"pt_slp": 2970})], registry)
     assert kx(record) == []
     said = {w["rule"]: (w["severity"], w["message"]) for w in record["warnings"]}
-    assert said["kx-threshold"][0] == "warning" and "2027" in said["kx-threshold"][1] \
-        and "not decided" in said["kx-threshold"][1]
+    assert said["kx-threshold"] == ("warning", "no value of kx-threshold for 2027 in the payer's rules "
+                                    "(rules/medicare.yaml:278): not decided, KX not applied; add the 2027 value "
+                                    "once it is known")
     assert "3,030.00" in said["kx-medical-review"][1]
 
 
@@ -629,3 +631,39 @@ def test_replay_with_current_rules_names_an_amount_that_changed(rules, tmp_path)
     assert run_cli("audit", db, "--replay").returncode == 0
     today = run_cli("audit", db, "--replay", "--current-rules", "--rules", tree)
     assert b"S: 97140 amount 56.00 -> 256.00\n" in today.stdout and today.returncode == 1
+
+
+def test_a_fractional_count_in_a_payer_file_is_a_rule_file_error(tmp_path):
+    """A visits limit of "12.50" was read as 12 (reached on visit 12, which 12.5 is not): a file:line error."""
+    from engine.errors import RuleFileError
+    (tmp_path / "p.yaml").write_text(
+        "payer: val\nname: Val\nextends: medicare\ncounters:\n  - id: visits\n    description: x\n    source: t\n"
+        "    counts: visits\n    thresholds:\n      - id: lim\n        values:\n          - {value: \"12.50\"}\n"
+        "        reached:\n          - warn: \"at {value}\"\n")
+    with pytest.raises(RuleFileError) as caught:
+        Registry([tmp_path])
+    assert "p.yaml:12:" in str(caught.value) and "whole number" in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_replay_with_a_full_temporary_disk_is_one_clear_error(rules, tmp_path, where):
+    """--replay writes the logged rule files to a temporary folder: a full disk there is one error line
+    saying so and exit 2 (it said 'cannot read input: No space left on device')."""
+    import subprocess
+    import sys
+    from test_batch import ROOT
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(doc("S", [("97140", 30)])) + "\n")
+    db = tmp_path / "log.db"
+    run_cli("bill", path, "--rules", rules, "--format", "jsonl", "--audit-db", db)
+    full = ("def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            + ("tempfile.TemporaryDirectory = full\n" if where == "folder" else
+               "real = pathlib.Path.write_bytes\n"
+               "pathlib.Path.write_bytes = lambda self, data: full() if 'payrules-replay-' in str(self) "
+               "else real(self, data)\n"))
+    code = (f"import errno, pathlib, sys, tempfile\n{full}"
+            f"from engine.cli import main; sys.exit(main(['audit', {str(db)!r}, '--replay']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: cannot write the logged rule files to a temporary folder in "
+                           f"{tempfile.gettempdir()}: No space left on device; free some space or set TMPDIR\n")
