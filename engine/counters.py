@@ -272,13 +272,18 @@ class PatientYear:
                   f"this session's year_to_date is not used for {'; '.join(unused)}: a patient's year starts from "
                   "one value of each; give the patient's sessions one year_to_date")
 
-    def _total(self, payer_id: str, counter: Counter, period: str, bucket: str) -> Decimal:
+    def _total(self, payer_id: str, counter: Counter, period: str, bucket: str, result: dict) -> Decimal:
         key = (payer_id, counter.id, period, bucket)
         total = self.totals.get(key)
         if total is None:
             # year_to_date is the year's: it seeds the period of the patient's first session, not an authorization
             given = (self.year_to_date or {}).get(bucket) \
                 if counter.period != "authorization" and period == counter.period_of(self.start) else None
+            if given is not None and counter.counts != "amount" and Decimal(str(given)) % 1:
+                _warn(result, "warning", "engine.year-to-date", [],
+                      f"year_to_date {bucket} {given} is not a whole number of {counter.counts}: not used, the "
+                      f"{counter.id} total of {period} starts at 0")
+                given = None
             total = money(given) if given is not None and counter.counts == "amount" else \
                 Decimal(int(given)) if given is not None else Decimal(0)
             self.totals[key] = total
@@ -338,7 +343,7 @@ class PatientYear:
             period = counter.period_of(date)
             year = int(period[:4])
         key = (payer.id, counter.id, period, bucket)
-        total = self._total(payer.id, counter, period, bucket)
+        total = self._total(payer.id, counter, period, bucket, result)
         if counter.counts == "visits":
             steps = [(lines, Decimal(1), "visit")]
         elif counter.counts == "units":

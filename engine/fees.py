@@ -9,7 +9,7 @@
 - Every row keeps its physical line: an amount is traced to `path:line`. A bad row stops the run like a
   broken rule file: TableError `FILE:LINE: column: message` (exit 2), the first bad row only.
 - CRLF or LF, a UTF-8 BOM, blank lines and `#` comment lines anywhere; columns found by name (any order,
-  any case).
+  any case), and no other column (an unquoted `1,234.00` would otherwise shift a cell into it silently).
 """
 from __future__ import annotations
 
@@ -111,6 +111,13 @@ def _rows(reader, display: str) -> tuple:
             if missing:
                 raise TableError(f"the header has no {', '.join(missing)} column (a fee schedule's header is "
                                  "code,modifier,amount[,effective_from,effective_to])", display, line, "header")
+            # no other column: an unquoted 1,234.00 would shift into it and price the code at $1, silently
+            other = [name for name in header if name not in COLUMNS]
+            if other or len(set(header)) < len(header):
+                named = ", ".join(_shown(name) for name in (other or header)[:5])
+                raise TableError(f"{'columns other than' if other else 'a column named twice among'} code, "
+                                 f"modifier, amount, effective_from, effective_to ({named}): remove them (an "
+                                 "unquoted 1,234.00 would shift into another column)", display, line, "header")
             continue
         if len(record) > len(header):
             raise TableError(f"{len(record)} cells, the header has {len(header)} (a comma inside an amount? write "

@@ -184,3 +184,14 @@ def test_a_counter_message_is_refused_at_load_or_billed_without_a_crash(tmp_path
         assert warning["message"] == message.format(value=1, total=2, year=2026, counter="visits", authorization="A")
     finally:
         biller.close()
+
+
+def test_a_fractional_count_in_year_to_date_is_said_not_cut(billers):
+    """example-visit-limits: year_to_date visits 19.7 was cut to 19 silently (visit 20 then warned). A count
+    is whole: 19.7 is not used (a warning says so) and the year starts at 0: this visit is visit 1."""
+    biller = billers["python"]
+    results = run(biller, [{**visit("2026-03-01"), "payer": "example-visit-limits", "year_to_date": {"visits": 19.7}}])
+    (result,) = results.values()
+    assert [(w["rule"], w["message"]) for w in result["warnings"]] == [
+        ("engine.year-to-date", "year_to_date visits 19.7 is not a whole number of visits: not used, the visits "
+                                "total of 2026 starts at 0")]

@@ -538,11 +538,12 @@ def test_python_and_durable_engines_agree(tmp_path, fmt):
 
 
 def test_all_payers_are_measured_against_medicare(tmp_path):
-    # --all-payers lists the payers alphabetically: example-full-unit comes first, medicare last, and
+    # --all-payers lists the payers alphabetically: example-authorizations comes first, medicare last, and
     # medicare is the base all the same.
     proc, c, path = compare(tmp_path, EX1, None)
     assert proc.returncode == 0, proc.stderr
-    assert c["payers"][0] == "example-full-unit" and c["base"] == "medicare"
+    assert c["payers"][0] == "example-authorizations" and c["payers"][-1] == "medicare"
+    assert c["base"] == "medicare"
     table = run_cli("compare", path, "--all-payers")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -552,9 +553,9 @@ def test_all_payers_are_measured_against_medicare(tmp_path):
     # 2 (-1), 4 (+1), 3, 3; columns in the order example-full-unit, example-midpoint, example-unit-limits,
     # medicare
     total = next(cells(l) for l in lines if l.split() and l.split()[0] == "Total")
-    # example-medicare-fees (3) after full-unit, example-ncci-bypass (3) before unit-limits, and
-    # example-visit-limits (3) after it: Medicare's units, all three
-    assert total == ["Total", "2 (-1)", "3", "4 (+1)", "3", "3", "3", "3"], total
+    # example-authorizations (3) first, example-medicare-fees (3) after full-unit, example-ncci-bypass (3)
+    # before unit-limits, and example-visit-limits (3) after it: Medicare's units, all four
+    assert total == ["Total", "3", "2 (-1)", "3", "4 (+1)", "3", "3", "3", "3"], total
     assert any(l.strip().endswith("units more/fewer than medicare") for l in lines), table.stdout
 
 

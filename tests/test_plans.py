@@ -34,7 +34,7 @@ from engine.billing import Biller
 from engine.loader import Registry
 
 
-BUNDLED_PAYERS = ["example-full-unit", "example-medicare-fees", "example-midpoint", "example-ncci-bypass",
+BUNDLED_PAYERS = ["example-authorizations", "example-full-unit", "example-medicare-fees", "example-midpoint", "example-ncci-bypass",
                   "example-unit-limits", "example-visit-limits", "medicare"]
 
 

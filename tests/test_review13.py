@@ -667,3 +667,17 @@ def test_replay_with_a_full_temporary_disk_is_one_clear_error(rules, tmp_path, w
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"error: cannot write the logged rule files to a temporary folder in "
                            f"{tempfile.gettempdir()}: No space left on device; free some space or set TMPDIR\n")
+
+
+@pytest.mark.parametrize("header", ["code,modifier,amount,note", "code,modifier,amount,amount",
+                                    "note,code,modifier,amount"])
+def test_a_fee_schedule_with_another_column_is_refused_so_a_split_amount_is_never_a_price(tmp_path, header):
+    """With a 'note' column after amount, the row 97110,,1,234.00 read as amount 1 (note '234.00'): $1 a unit,
+    silently. A fee schedule now has only its documented columns: the header is a FILE:LINE error."""
+    from engine.fees import load_fees
+    from engine.tables import TableError
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n97110,,1,234.00\n")
+    with pytest.raises(TableError) as caught:
+        load_fees(path, "f.csv")
+    assert str(caught.value).startswith("f.csv:1: header: ")
