@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["RuleBook", "bill", "PayrulesError", "run", "__version__"]
 
 if TYPE_CHECKING:
