@@ -121,6 +121,8 @@ def entry(session, outcome, record: dict, line: bytes, payer_id=None, date=None,
             doc["patient_year"] = {"before": states[0], "after": states[1]}
             if len(states) > 2 and states[2]:   # the day's other sessions an edit across sessions read
                 doc["patient_year"]["same_day"] = states[2]
+                if len(states) > 3 and states[3]:       # and how many more there were (not looked at)
+                    doc["patient_year"]["same_day_beyond"] = states[3]
             billing_input = _canonical(doc)
     return record["session_id"], payer_id, date, rules, fired, billing_input + b"\n", digest, line
 
@@ -584,7 +586,8 @@ def replay(path: str, session_id=None, current_rules=None, engine=None) -> list:
                             from .edits import apply_across
                             payer = biller.registry.resolve(record["payer"], session.date_of_service)
                             apply_across(record, session.date_of_service, payer.edits,
-                                         [(sid, lines) for sid, lines in logged_year["same_day"]])
+                                         [(sid, lines) for sid, lines in logged_year["same_day"]],
+                                         logged_year.get("same_day_beyond", 0))
                         PatientYear.restore(biller.registry.resolve, logged_year["before"]).apply(session, record)
                     out.append((entry, record, differences(entry["result"], record)))
             finally:

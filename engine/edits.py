@@ -239,18 +239,24 @@ def _mue(lines, limited, edits, made):
 
 # --- one date of service, several sessions (engine/patients.py) ---------------------------------------
 
-def apply_across(result: dict, date: str | None, edits: EditTables, others: list) -> list:
+def apply_across(result: dict, date: str | None, edits: EditTables, others: list, beyond: int = 0) -> list:
     """The edits between a session's lines and those of the patient's other sessions on the same date of
     service, billed to the same payer, that come before it (`others`: (session id, its result lines), in
     the order engine/patients.py takes them): two sessions of one day are one date of service (docs/domain.md
     §17). Only what the sessions give together: a PTP pair with one code in this session and the other in
     another, an MUE MAI 2/3 total over the sessions' lines that this session's lines alone stay within
     (apply() has checked each session alone). Every such edit is on this, the later, session and names the
-    other one. Returns what apply() does."""
+    other one. `beyond`: how many earlier sessions of the day there are past `others` (engine/patients.py
+    looks at the first SAME_DAY), which a warning names. Returns what apply() does."""
     lines, made = result["lines"], []
     if not edits or not lines or not others or date is None:
         return made
     warnings, trace = result["warnings"], result["trace"]
+    if beyond:
+        warnings.append({"severity": "warning", "rule": "engine.same-day", "codes": [], "message":
+                         f"{len(others) + beyond} earlier sessions of this patient on this date under this payer "
+                         f"(a placeholder patient_id?): the edits across sessions were checked against the first "
+                         f"{len(others)} only"})
     here = {line["code"] for line in lines}
     if edits.ptp:
         source = edits.sources["ptp"]

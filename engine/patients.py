@@ -40,6 +40,7 @@ from .errors import EvaluationError
 from .loader import Registry
 from .sessions import RawLine
 
+SAME_DAY = 12              # a patient's earlier sessions of one date the edits across sessions look at
 SHARD = 256                 # sessions per shard, at least: a shard ends at the end of a patient's sessions
 SPOOL_BYTES = 32 << 20      # bytes of records held in memory by each spool before a sorted run is written
 
@@ -68,24 +69,28 @@ def bill_shard(shard: list, biller: Biller, job: Job, year_factory=patient_year,
             # a day's sessions parsed (not a whole patient's: one patient may have very many), in the walk's
             # order: two of one session id by content (counters.walk_key), whatever their order in the input
             day = sorted(((row[3], row[4], _parsed(row[5])) for row in day), key=lambda s: (s[0], content(s[2])))
-            billed = []         # (session id, lines, payer) of the day's sessions billed so far
+            billed: dict = {}   # id(payer) -> [(session id, lines)] of the day's sessions billed so far
             for _, place, session in day:
                 outcome = biller.evaluate(session, job.payer, job.date)
                 if isinstance(outcome, dict):           # not billed: an error record in its place
                     out.append((place, done(session, outcome, outcome, job)))
                     continue
                 record, payer = outcome.result, outcome.payer
-                others = [(sid, lines) for sid, lines, p in billed if p is payer]
+                earlier = billed.setdefault(id(payer), [])
+                # the first SAME_DAY of them: a placeholder patient_id on thousands of sessions of one date
+                # would make the edits across sessions quadratic (the later session names every earlier one)
+                others, beyond = earlier[:SAME_DAY], max(0, len(earlier) - SAME_DAY)
                 same_day = None
                 if others and payer.edits:
-                    made = E.apply_across(record, date or None, payer.edits, others)
+                    made = E.apply_across(record, date or None, payer.edits, others, beyond)
                     if made:
                         outcome.edits = [*outcome.edits, *made]
+                    if made or beyond:
                         same_day = same_day_lines(others)       # the audit log keeps them: --replay
-                billed.append((record["session_id"], record["lines"], payer))
+                earlier.append((record["session_id"], record["lines"]))
                 state = [snapshot() if snapshot else None]
                 record = year.apply(outcome.session, record, job.date)
-                state += [snapshot() if snapshot else None, same_day]
+                state += [snapshot() if snapshot else None, same_day, beyond if same_day is not None else 0]
                 out.append((place, done(session, outcome, record, job, tuple(state))))
     return out
 

@@ -322,3 +322,28 @@ def test_a_numeric_patient_id_and_a_csv_patient_id_take_the_patient_path(tmp_pat
         assert [r["session_id"] for r in out] == ["B", "A"], proc.stderr
         said = [w["message"] for w in out[0]["warnings"] if w["rule"] == "ncci-ptp"]
         assert any("session A" in m for m in said), (path.name, out[0]["warnings"])
+
+
+def test_a_placeholder_patient_on_many_sessions_of_one_date_stays_linear(tmp_path):
+    """30 sessions of one patient id ("UNKNOWN") on one date, alternately 97140 and 97530 (Medicare's PTP
+    excerpt: 97140 column 1, 97530 column 2, indicator 1, no 59 documented). Each session's edits across the
+    day look at the first SAME_DAY (12) earlier sessions only, so a session has at most 12 such errors (the
+    k-th had k - 1: 435 in all, and with thousands of sessions hours and gigabytes); sessions 14 to 30 have
+    13 to 29 earlier ones and say so (engine.same-day). audit --replay reproduces every session."""
+    assert P.SAME_DAY == 12
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(json.dumps({"session_id": f"s{k:02d}", "payer": "medicare", "patient_id": "UNKNOWN",
+                                        "date_of_service": "2026-03-02", "discipline": "PT",
+                                        "services": [{"code": "97140" if k % 2 else "97530", "minutes": 15}]}) + "\n"
+                        for k in range(30, 0, -1)))
+    db = tmp_path / "log.db"
+    proc = run_cli("bill", path, "--format", "jsonl", "--audit-db", db)
+    records = {r["session_id"]: r for r in map(json.loads, proc.stdout.decode().splitlines())}
+    across = {sid: [w for w in r["warnings"] if w["rule"] == "ncci-ptp"] for sid, r in records.items()}
+    said = {sid for sid, r in records.items() if any(w["rule"] == "engine.same-day" for w in r["warnings"])}
+    assert max(map(len, across.values())) == 6     # s13..s30: 6 of their 12 looked-at sessions have the other code
+    assert said == {f"s{k:02d}" for k in range(14, 31)}
+    assert "29 earlier sessions" in next(w["message"] for w in records["s30"]["warnings"]
+                                         if w["rule"] == "engine.same-day")
+    replay = run_cli("audit", db, "--replay")
+    assert replay.returncode == 0 and b"30 reproduced, 0 differ" in replay.stdout, replay.stdout
