@@ -42,6 +42,7 @@ from .sessions import RawLine
 
 SHARD = 256                 # sessions per shard, at least: a shard ends at the end of a patient's sessions
 SPOOL_BYTES = 32 << 20      # bytes of records held in memory by each spool before a sorted run is written
+PACE = object()             # bill_in_order(pace=True): a patient session was read and spooled
 
 
 def patient_year(resolve, patient_id: str) -> PatientYear:
@@ -222,8 +223,9 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
     None for a session billed as a patient's), each patient's sessions billed in date order.
 
     `biller`: bill with this Biller (one process; it is not closed), as the library and the service do with
-    their RuleBook's. `pace`: also yield (None, None) for each record held back and after each shard of
-    patients, so that a caller that serves others meanwhile (the service's event loop) gets its turns."""
+    their RuleBook's. `pace`: also yield (None, None) for each session spooled, each record held back and after each
+    shard of patients, so that a caller that serves others meanwhile (the service's event loop, its time
+    limit) gets its turns."""
     positions = collections.deque()     # places of the sessions sent down the stateless path, in order
     patients, records = Spool(), Spool()
     first = []                          # the place of the first patient session
@@ -237,12 +239,17 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
             else:
                 first or first.append(place)
                 patients.add((*key, place, pickle.dumps(item, 5)))
+                if pace:
+                    yield PACE          # a session read and spooled: the caller's turn (never to bill_stream)
 
     try:
         stream = bill_stream(stateless(), rules, engine, job, jobs, registry) if biller is None else \
-            ((item, process(biller, item, job)) for item in stateless())
+            ((item, None if item is PACE else process(biller, item, job)) for item in stateless())
         try:
             for item, done in stream:
+                if item is PACE:
+                    yield None, None
+                    continue
                 place = positions.popleft()
                 if not first or place < first[0]:
                     yield item, done

@@ -204,6 +204,7 @@ class Service:
             if record is not None:
                 out.append((category, record))
             if step % YIELD_EVERY == 0:
+                turns.check()       # also while patients' sessions are read and spooled, before any is billed
                 await asyncio.sleep(0)
         return out
 
@@ -217,10 +218,14 @@ class _Timed(_Turns):
         self.deadline, self.refused, self.count = deadline, refused, 0
 
     def evaluate(self, session: Any, payer_id: str | None = None, date: str | None = None) -> Any:
-        if self.count and self.count % YIELD_EVERY == 0 and time.monotonic() > self.deadline:
-            raise self.refused(self.count)
+        if self.count and self.count % YIELD_EVERY == 0:
+            self.check()
         self.count += 1
         return super().evaluate(session, payer_id, date)
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.refused(self.count)
 
 
 def parsed(item: Any, number: int) -> Any:

@@ -101,9 +101,78 @@ def test_an_authorization_is_one_whatever_its_spaces_and_the_number_or_its_text(
     assert held(numbers[12]) == [("error", "held: visit 13")]
 
 
-def test_one_authorization_number_under_two_payers_or_two_patients_is_counted_apart(book):
-    """PA-1 under example-authorizations for patients P1 and P2 (7 visits each, interleaved), and PA-1 under
-    a payer file that extends it (another payer id: another payer's authorization): 14 visits of PA-1 in all,
-    but no single authorization of one patient under one payer reaches 12, so nothing warns."""
+def test_one_authorization_number_of_two_patients_is_counted_apart(book):
+    """PA-1 under example-authorizations for patients P1 and P2, 7 visits each, interleaved: 14 visits of PA-1
+    in all, but each patient's authorization has 7, so nothing warns (an authorization is the patient's)."""
     sessions = [visit(k, "PA-1", patient=f"P{1 + k % 2}") for k in range(14)]
     assert [held(r) for r in book.bill_many(sessions)] == [[]] * 14
+
+
+# --- the service: a list whose sessions all have a patient_id ----------------------------------------------
+
+def patients_list(n: int) -> list:
+    return [{"session_id": f"S{k}", "payer": "medicare", "patient_id": f"P{k % 7}", "date_of_service": "2026-03-05",
+             "discipline": "PT", "services": [{"code": "97110", "minutes": 30}]} for k in range(n)]
+
+
+def test_the_service_gives_other_requests_turns_while_it_reads_a_list_of_patients_sessions(book, monkeypatch):
+    """320 sessions, each with a patient_id: every one is read and spooled before the first is billed (a
+    patient's later session may come first by date). The service gives the event loop to other requests every
+    32 sessions (service.py's docstring): 320 / 32 = 10 turns while reading, before the first session is
+    billed. Before the fix it gave none: an 8 MB list held every other request for seconds."""
+    ticks, at_first_bill = [0], []
+    from engine import api
+
+    real = api._Turns.evaluate
+
+    def watched(self, *args, **kwargs):
+        at_first_bill.append(ticks[0])
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(api._Turns, "evaluate", watched)
+
+    async def run():
+        async def ticker():
+            while True:
+                await asyncio.sleep(0)
+                ticks[0] += 1
+        other = asyncio.create_task(ticker())
+        records = await Service(book).bill_list(patients_list(320), None, None)
+        other.cancel()
+        return records
+    records = asyncio.run(run())
+    assert len(records) == 320
+    assert at_first_bill[0] >= 9, at_first_bill[:1]
+
+
+def test_the_service_time_limit_holds_while_a_list_is_read(book, monkeypatch):
+    """A time limit already past when the list is read: the answer is 503 before any session is billed
+    (before the fix the whole list was read and spooled, and 32 sessions billed, before the limit was
+    looked at: a 0.5 s limit was answered after 3 s on an 8 MB list)."""
+    from engine import api
+    billed = []
+    real = api._Turns.evaluate
+    monkeypatch.setattr(api._Turns, "evaluate", lambda self, *a, **k: billed.append(1) or real(self, *a, **k))
+    with pytest.raises(Refused) as refused:
+        asyncio.run(Service(book, time_limit=0.0).bill_list(patients_list(200), None, None))
+    assert refused.value.status == 503
+    assert "after 0 of 200 sessions" in refused.value.message and billed == []
+
+
+def test_the_service_time_limit_holds_in_the_middle_of_a_shard_of_patients(book, monkeypatch):
+    """100 sessions of 7 patients: one shard (SHARD is 256). The limit passes while the 40th session is
+    billed; it is looked at every 32 sessions billed, so the answer is 503 after 64, mid-shard, and the
+    spools are closed (no file descriptor left open)."""
+    from engine import api
+    real = api._Turns.evaluate
+
+    def slow(self, *args, **kwargs):
+        if self.count == 40:
+            self.deadline = 0.0         # the limit passes now
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(api._Turns, "evaluate", slow)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(Refused) as refused:
+        asyncio.run(Service(book, time_limit=1000).bill_list(patients_list(100), None, None))
+    assert refused.value.status == 503 and "after 64 of 100 sessions" in refused.value.message
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
