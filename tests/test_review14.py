@@ -176,3 +176,177 @@ def test_the_service_time_limit_holds_in_the_middle_of_a_shard_of_patients(book,
     assert refused.value.status == 503 and "after 64 of 100 sessions" in refused.value.message
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+# --- the harness: a batch against each session billed alone ------------------------------------------------
+#
+# For a random batch, each patient's records in the whole batch must be the records of that patient's
+# sessions billed alone (only them, in input order), and each session without a patient_id (or whose
+# patient_id the engine does not take) the record of that session billed alone: no session's record may
+# depend on another patient's sessions or on sessions without a patient. Through the library, the service
+# and the command (--jobs 1 and 2, small spools and shards); "alone" is billed by another RuleBook or
+# another process, so that a memo or cache shared between sessions cannot make both sides wrong alike.
+
+SMALL_AUTH = """payer: auth-small
+name: "TEST: authorizations of 2 visits"
+extends: medicare
+counters:
+  - id: authorized-visits
+    description: TEST visits under each authorization
+    source: test
+    counts: visits
+    period: authorization
+    thresholds:
+      - id: authorization-visits
+        values:
+          - {value: 2}
+        reached:
+          - warn: "visit {total} of the {value} visits authorization {authorization} covers"
+        past:
+          - hold: "visit {total} under authorization {authorization}, which covers {value} visits"
+"""
+PAYERS = ["example-medicare-fees", "example-visit-limits", AUTH, "example-ncci-bypass", "auth-small", "medicare"]
+DAYS = ["2025-12-31", "2026-01-02", "2026-03-05", "2026-03-05", "2026-03-05", "2026-03-06", None]
+CODES = ["97110", "97140", "97530", "97112", "97161", "92507"]
+AUTHS = ["PA-1", "PA-1", "PA-2", " PA-1 ", 7, "7", "PÄ-1", "", 7.5, None, "A" * 65]
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rules14")
+    (root / "auth-small.yaml").write_text(SMALL_AUTH)
+    return root
+
+
+@pytest.fixture(scope="module")
+def books(rules):
+    """(the book billing whole batches, the book billing each group alone, a service client on the first)."""
+    with RuleBook([rules], engine="python") as whole, RuleBook([rules], engine="python") as alone:
+        yield whole, alone, TestClient(create_app(whole), raise_server_exceptions=False)
+
+
+def a_batch(rnd: random.Random, size: int) -> list:
+    """Sessions of 1-3 patients (one given as the number 3 and the text "3": one patient), often on one date,
+    several payers, year_to_date near the KX threshold, authorizations (odd ones too), PTA minutes and
+    documented 59s; sessions without a patient_id (some with a year_to_date: a patient of their own); and
+    what cannot be billed: a schema error, an unknown payer, a patient_id the schema refuses, no session."""
+    patients = [f"P{k}" for k in range(rnd.randint(1, 3))] + [3, "3"]
+    usual = {str(p): (rnd.choice(PAYERS), rnd.choice(AUTHS)) for p in patients}    # a patient's, mostly
+    out = []
+    for k in range(size):
+        kind = rnd.choice(["patient"] * 7 + ["none", "none", "schema", "payer", "bad-patient", "not-a-session"])
+        if kind == "not-a-session":
+            out.append(rnd.choice([5, "text", [1, 2], None]))
+            continue
+        patient = rnd.choice(patients)
+        payer, authorization = usual[str(patient)] if rnd.random() < 0.6 else (rnd.choice(PAYERS), rnd.choice(AUTHS))
+        data = {"session_id": f"S{rnd.randint(0, size)}", "payer": payer,
+                "discipline": rnd.choice(["PT", "PT", "OT", "SLP"]),
+                "services": [{"code": rnd.choice(CODES), "minutes": rnd.randint(0, 60),
+                              **({"provider": "PTA"} if rnd.random() < 0.2 else {}),
+                              **({"modifiers": ["59"]} if rnd.random() < 0.2 else {})}
+                             for _ in range(rnd.randint(1, 3))]}
+        day = rnd.choice(DAYS)
+        if day:
+            data["date_of_service"] = day
+        if kind != "none":
+            data["patient_id"] = patient if kind != "bad-patient" else rnd.choice(["", "x" * 129])
+        if rnd.random() < 0.3:
+            data["year_to_date"] = {"pt_slp": rnd.choice([0, 2400, 2470]), "visits": rnd.choice([0, 11, 19])}
+        if authorization is not None:
+            data["context"] = {"authorization": authorization}
+        if kind == "schema":
+            data["services"][0]["minutes"] = -1
+        elif kind == "payer":
+            data["payer"] = "no-such-payer"
+        out.append(data)
+    return out
+
+
+def groups(batch: list) -> list:
+    """The places of each patient's sessions (a patient_id the engine takes: a text of 1-128 characters or a
+    whole number, 3 and "3" one patient), and of each other element alone."""
+    found: dict = {}
+    for place, item in enumerate(batch):
+        patient = item.get("patient_id") if isinstance(item, dict) else None
+        if type(patient) in (str, int) and 1 <= len(str(patient)) <= 128:
+            found.setdefault(str(patient), []).append(place)
+        else:
+            found[("alone", place)] = [place]
+    return list(found.values())
+
+
+def same(record: dict) -> dict:
+    """A record without what names the input's positions: an error record's FILE:LINE and session-N."""
+    if "error" not in record:
+        return record
+    return {"session_id": re.sub(r"^session-\d+$", "session-N", str(record["session_id"])),
+            "error": re.sub(r"^\S+?\.jsonl:\d+: ", "", record["error"])}
+
+
+def check_alone(batch: list, whole: list, bill_alone) -> None:
+    assert len(whole) == len(batch)
+    for places in groups(batch):
+        alone = bill_alone([batch[p] for p in places])
+        assert [same(r) for r in alone] == [same(whole[p]) for p in places], places
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 18))
+def test_harness_each_patients_records_in_a_batch_are_its_sessions_billed_alone_library_and_service(books, seed, size):
+    whole_book, alone_book, client = books
+    batch = a_batch(random.Random(seed), size)
+    whole = list(whole_book.bill_many(iter(batch)))
+    check_alone(batch, whole, lambda sessions: list(alone_book.bill_many(sessions)))
+    served = client.post("/v1/bill", json=batch)
+    assert served.status_code == 200 and served.json() == whole
+    check_alone(batch, whole, lambda sessions: client.post("/v1/bill", json=sessions).json())
+
+
+def test_harness_the_batches_reach_what_depends_on_other_sessions(books):
+    """The check of the check: batches like the harness's give KX, a PTP edit across a patient's sessions
+    of one date, an authorization's visit reached and held, error records and sessions without a patient."""
+    found = set()
+    for seed in range(40):
+        batch = a_batch(random.Random(seed), 16)
+        for record in books[0].bill_many(batch):
+            if "error" in record:
+                found.add("error record")
+                continue
+            messages = [(w["rule"], w["message"]) for w in record["warnings"]]
+            found.update(name for name, hit in (
+                ("KX", any("KX" in line["modifiers"] for line in record["lines"])),
+                ("PTP across", any(r == "ncci-ptp" and "of session" in m for r, m in messages)),
+                ("authorization reached", any(r == "authorization-visits" and m.startswith("visit") for r, m in messages)),
+                ("authorization held", any(r == "authorization-visits" and m.startswith("held") for r, m in messages)),
+                ("no authorization", any(r == "authorization-visits" and m.startswith("no auth") for r, m in messages)))
+                if hit)
+    assert found == {"KX", "PTP across", "authorization reached", "authorization held", "no authorization",
+                     "error record"}
+
+
+def command(path: Path, rules: Path, jobs: int) -> list:
+    """`payrules bill PATH --format jsonl --jobs N`, with spools of 1,500 bytes (several sorted runs) and
+    shards of 2 sessions."""
+    code = ("import sys; import engine.patients as P; P.SPOOL_BYTES = 1500; P.SHARD = 2\n"
+            f"from engine.cli import main; sys.exit(main(['bill', {str(path)!r}, '--rules', {str(rules)!r}, "
+            f"'--format', 'jsonl', '--jobs', '{jobs}']))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=300)
+    assert b"Traceback" not in run.stderr and run.returncode in (0, 1), run.stderr.decode()[-2000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("seed", [14, 1914])
+def test_harness_each_patients_records_in_a_batch_are_its_sessions_billed_alone_command(rules, tmp_path, seed):
+    """The harness through `payrules bill` with --jobs 1 and 2 (each group alone in a process of its own)."""
+    batch = a_batch(random.Random(seed), 24)
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in batch))
+
+    def bill_alone(sessions):
+        one = tmp_path / "alone.jsonl"
+        one.write_text("".join(json.dumps(item) + "\n" for item in sessions))
+        return command(one, rules, 1)
+    one = command(path, rules, 1)
+    assert command(path, rules, 2) == one
+    check_alone(batch, one, bill_alone)
