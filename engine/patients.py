@@ -208,9 +208,9 @@ def patient_key(item, date: str | None):
         patient = getattr(item, "patient_id", None)     # a SessionError has none: an error record in its place
         day, sid = getattr(item, "date_of_service", None), getattr(item, "session_id", "")
     if type(patient) is int:
-        patient = str(patient)              # a number is accepted as the patient's id, as the session reads it
-    if type(patient) is not str or not 1 <= len(patient) <= 128:
-        return None                         # no patient, or one the schema refuses (said on that path)
+        patient = str(patient)              # a number is the patient's id, as the session reads it: any length
+    elif type(patient) is not str or not patient or (type(item) is RawLine and len(patient) > 128):
+        return None                         # no patient, or a text the schema refuses (said on that path)
     day = date or (day if type(day) is str else None)
     return patient, day is None, day or "", sid
 

@@ -226,11 +226,12 @@ def books(rules):
 
 
 def a_batch(rnd: random.Random, size: int) -> list:
-    """Sessions of 1-3 patients (one given as the number 3 and the text "3": one patient), often on one date,
+    """Sessions of 1-3 patients and two more (one given as the number 3 and the text "3": one patient; one a
+    number of 131 digits), often on one date,
     several payers, year_to_date near the KX threshold, authorizations (odd ones too), PTA minutes and
     documented 59s; sessions without a patient_id (some with a year_to_date: a patient of their own); and
     what cannot be billed: a schema error, an unknown payer, a patient_id the schema refuses, no session."""
-    patients = [f"P{k}" for k in range(rnd.randint(1, 3))] + [3, "3"]
+    patients = [f"P{k}" for k in range(rnd.randint(1, 3))] + [3, "3", 10**130]
     usual = {str(p): (rnd.choice(PAYERS), rnd.choice(AUTHS)) for p in patients}    # a patient's, mostly
     out = []
     for k in range(size):
@@ -265,11 +266,11 @@ def a_batch(rnd: random.Random, size: int) -> list:
 
 def groups(batch: list) -> list:
     """The places of each patient's sessions (a patient_id the engine takes: a text of 1-128 characters or a
-    whole number, 3 and "3" one patient), and of each other element alone."""
+    whole number of any length, 3 and "3" one patient), and of each other element alone."""
     found: dict = {}
     for place, item in enumerate(batch):
         patient = item.get("patient_id") if isinstance(item, dict) else None
-        if type(patient) in (str, int) and 1 <= len(str(patient)) <= 128:
+        if type(patient) is int or type(patient) is str and 1 <= len(patient) <= 128:
             found.setdefault(str(patient), []).append(place)
         else:
             found[("alone", place)] = [place]
@@ -350,3 +351,25 @@ def test_harness_each_patients_records_in_a_batch_are_its_sessions_billed_alone_
     one = command(path, rules, 1)
     assert command(path, rules, 2) == one
     check_alone(batch, one, bill_alone)
+
+
+# --- patient ids the reader takes are patients ---------------------------------------------------------------
+
+@pytest.mark.parametrize("patient", [10**130, -(10**129), 10**25])
+def test_a_whole_number_patient_id_of_any_length_is_a_patient(book, tmp_path, patient):
+    """The session schema takes a patient_id that is a whole number of any size (maxLength is for texts). Two
+    sessions of that patient, the first with year_to_date $2,470 PT+SLP under example-medicare-fees (97110 2
+    units x $30.00 = $60.00 each, SYNTHETIC): 2,470 + 60 = 2,530 > 2,480 (2026) -> KX on both. Before the fix
+    a number of more than 128 digits was billed as no patient: its year_to_date was dropped and no KX given,
+    silently. The same through the command (where an integer beyond 64 bits takes the reader's slow path)."""
+    sessions = [{"session_id": f"S{k}", "payer": "example-medicare-fees", "patient_id": patient,
+                 "date_of_service": f"2026-03-0{k + 1}", "discipline": "PT", "services": [{"code": "97110", "minutes": 30}],
+                 **({"year_to_date": {"pt_slp": 2470}} if k == 0 else {})} for k in range(2)]
+    want = [["GP", "KX"], ["GP", "KX"]]
+    assert [r["lines"][0]["modifiers"] for r in book.bill_many(sessions)] == want
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in reversed(sessions)))
+    for jobs in (1, 2):
+        run = subprocess.run([sys.executable, "-m", "engine", "bill", str(path), "--format", "jsonl", "--jobs", str(jobs)],
+                             cwd=ROOT, capture_output=True, timeout=120)
+        assert [json.loads(line)["lines"][0]["modifiers"] for line in run.stdout.splitlines()] == want, run.stderr
