@@ -373,3 +373,103 @@ def test_a_whole_number_patient_id_of_any_length_is_a_patient(book, tmp_path, pa
         run = subprocess.run([sys.executable, "-m", "engine", "bill", str(path), "--format", "jsonl", "--jobs", str(jobs)],
                              cwd=ROOT, capture_output=True, timeout=120)
         assert [json.loads(line)["lines"][0]["modifiers"] for line in run.stdout.splitlines()] == want, run.stderr
+
+
+# --- bill_many over generators: laziness, the caller's exceptions, abandoned iterators, threads -----------------
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def plain(k, patient=None) -> dict:
+    return {"session_id": f"S{k}", "payer": "medicare", "date_of_service": "2026-03-05", "discipline": "PT",
+            "services": [{"code": "97110", "minutes": 30}], **({"patient_id": patient} if patient else {})}
+
+
+def test_bill_many_reads_an_endless_generator_of_sessions_without_a_patient_lazily(book):
+    import itertools
+    results = book.bill_many(plain(k) for k in itertools.count())
+    assert [next(results)["session_id"] for _ in range(3)] == ["S0", "S1", "S2"]
+    results.close()
+
+
+def test_an_abandoned_or_failing_bill_many_closes_its_spools(book, monkeypatch):
+    """Spools of 2,000 bytes: 500 sessions (every other one a patient's) make many sorted runs, each an open
+    temporary file. A bill_many read 3 records and dropped, and one whose generator raises after 250
+    sessions, leave no file open; the caller gets its own exception, with the records before it."""
+    monkeypatch.setattr(P, "SPOOL_BYTES", 2000)
+    before = open_files()
+    results = book.bill_many(plain(k, f"P{k % 7}" if k % 2 else None) for k in range(500))
+    assert [next(results)["session_id"] for _ in range(3)] == ["S0", "S1", "S2"]
+    assert open_files() > before + 10           # the check of the check: runs were written
+    del results
+    gc.collect()
+    assert open_files() == before
+
+    def failing():
+        yield from (plain(k, f"P{k % 7}") for k in range(250))
+        raise LookupError("the caller's own")
+    with pytest.raises(LookupError, match="the caller's own"):
+        list(book.bill_many(failing()))
+    gc.collect()
+    assert open_files() == before
+
+
+def test_one_rulebook_used_from_threads_while_bill_many_is_suspended(rules):
+    """Four threads each read a bill_many of a random batch one record at a time, and between records bill,
+    explain and compare sessions on the same book (durable engine where installed: its handles must never be
+    driven from two threads at once). Every answer equals the one given with no other thread."""
+    with RuleBook([rules]) as shared:
+        batches = [a_batch(random.Random(seed), 14) for seed in range(4)]
+        alone = [list(shared.bill_many(batch)) for batch in batches]
+        one = [plain(k, "P9") for k in range(3)]
+        single = [shared.bill(s) for s in one]
+        failures = []
+
+        def work(i):
+            try:
+                for _ in range(2):
+                    got = []
+                    for record in shared.bill_many(iter(batches[i])):
+                        got.append(record)
+                        k = len(got) % 3
+                        if shared.bill(one[k]) != single[k]:
+                            failures.append("bill")
+                        shared.explain(one[k])
+                        shared.compare(one[k], ["medicare", AUTH])
+                    if got != alone[i]:
+                        failures.append(f"bill_many {i}")
+            except Exception as exc:        # noqa: BLE001 - reported below
+                failures.append(repr(exc))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+
+
+def test_replay_reproduces_authorizations_of_odd_values_two_payers_and_two_patients(rules, tmp_path):
+    """auth-small (TEST: 2 visits an authorization: visit 2 warns, 3 on are held) and example-authorizations,
+    both counting PA-1; patients P1 and P2 both under PA-1; authorizations written ' PA-1 ', 7 and '7', 'PÄ-1',
+    and values that are none (7.5, 65 characters). P1 under auth-small: PA-1 visits 1, 2 (warns), 3 (' PA-1 ',
+    held); 7 then '7': visits 1, 2 (warns). `audit --replay` bills each session alone from its logged input
+    (which keeps the authorization) and state: every one reproduced."""
+    values = ["PA-1", "PA-1", " PA-1 ", 7, "7", "PÄ-1", 7.5, "A" * 65]
+    sessions = [visit(k, value, patient=patient, payer=payer)
+                for k, (value, patient, payer) in enumerate(
+                    [(v, "P1", "auth-small") for v in values] + [(v, "P2", "auth-small") for v in values[:3]]
+                    + [(v, "P1", AUTH) for v in values])]
+    random.Random(5).shuffle(sessions)
+    path, db = tmp_path / "auth.jsonl", tmp_path / "log.db"
+    path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "bill", str(path), "--rules", str(rules), "--format", "jsonl",
+                          "--audit-db", str(db)], cwd=ROOT, capture_output=True, timeout=120)
+    records = {r["session_id"] + r["payer"]: r for r in map(json.loads, run.stdout.splitlines())}
+    said = {key: held(r) for key, r in records.items() if r["payer"] == "auth-small" and r["session_id"] <= "S10"}
+    # P1's PA-1 visits are S00, S01, S02 (' PA-1 '); 7 and '7' are S03, S04; P2's are S08, S09, S10
+    assert said["S01auth-small"] == [("warning", "visit 2")] and said["S02auth-small"] == [("error", "held: visit 3")]
+    assert said["S04auth-small"] == [("warning", "visit 2")] and said["S10auth-small"] == [("error", "held: visit 3")]
+    replay = subprocess.run([sys.executable, "-m", "engine", "audit", str(db), "--replay"], cwd=ROOT,
+                            capture_output=True, timeout=120)
+    assert replay.returncode == 0 and b"19 reproduced, 0 differ" in replay.stdout, replay.stdout.decode()[-1500:]
