@@ -419,13 +419,14 @@ def validate_text(book: RuleBook, text: str, name: str) -> list[str]:
 
 
 def explain_text(book: RuleBook, session: Any, payer: str, date: str | None) -> str | None:
-    """`payrules explain` text of one session (the arithmetic step by step), or None when it cannot be
-    billed."""
+    """`payrules explain` text of one session (the arithmetic step by step, the patient's year), or None when
+    it cannot be billed: billed as RuleBook.explain bills it (engine/patients.explain_in_order)."""
     from .explain import explain_text as text_of
+    from .patients import explain_in_order
     parsed = _parse(session, 1)
     with book._lock:
-        outcome = book._biller.evaluate(parsed, payer, date)
-    return None if isinstance(outcome, dict) else text_of(outcome, [])
+        outcome, steps = explain_in_order([parsed], book._biller, payer, date or None)[0]
+    return None if isinstance(outcome, dict) else text_of(outcome, [], steps)
 
 
 # --- rendering (HTML fragments from the JSON answers, generic over their fields) --------------------

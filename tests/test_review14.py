@@ -473,3 +473,43 @@ def test_replay_reproduces_authorizations_of_odd_values_two_payers_and_two_patie
     replay = subprocess.run([sys.executable, "-m", "engine", "audit", str(db), "--replay"], cwd=ROOT,
                             capture_output=True, timeout=120)
     assert replay.returncode == 0 and b"19 reproduced, 0 differ" in replay.stdout, replay.stdout.decode()[-1500:]
+
+
+# --- the web page's explanation ----------------------------------------------------------------------------------
+
+def test_the_pages_explanation_shows_the_patients_year_and_the_kx_it_gives(book):
+    """97110 30 min = 2 units x $30.00 (SYNTHETIC) = $60.00 under example-medicare-fees, year_to_date $2,470:
+    2,470 + 60 = 2,530 > 2,480 (2026) -> KX, as `payrules explain` and /v1/explain say. Before the fix the
+    page's explanation billed the session without its patient's year: 'Billed: 97110 x2 GP', no KX and no
+    running total, for a claim that needs KX."""
+    import html as html_module
+    client = TestClient(create_app(book), raise_server_exceptions=False)
+    session = {"session_id": "S", "payer": "example-medicare-fees", "patient_id": "P", "date_of_service": "2026-03-05",
+               "discipline": "PT", "services": [{"code": "97110", "minutes": 30}], "year_to_date": {"pt_slp": 2470}}
+    page = client.post("/ui/explain", json={"session": session, "payer": "example-medicare-fees"})
+    text = html_module.unescape(page.text)
+    assert page.status_code == 200
+    assert "Billed: 97110 x2 GP KX" in text
+    assert "2,470.00 + 97110 60.00 = 2,530.00 > 2,480.00 (2026) → KX" in text
+
+
+def test_harness_the_pages_explanation_is_the_commands_for_any_session(rules, books, tmp_path):
+    """Each session of a random batch (patients with year_to_date, authorizations, edits) explained on the
+    page for its payer: the text shown is `payrules explain FILE --payer ID` of that one session, word for
+    word (both bill it as one session of its patient)."""
+    import html as html_module
+    client = books[2]
+    sessions = [s for s in a_batch(random.Random(77), 30) if isinstance(s, dict) and s.get("payer") in PAYERS][:8]
+    assert sessions
+    for k, session in enumerate(sessions):
+        page = client.post("/ui/explain", json={"session": session, "payer": session["payer"]})
+        shown = re.search(r'<pre class="explain-text"[^>]*>(.*?)</pre>', page.text, re.S)
+        path = tmp_path / f"one{k}.json"
+        path.write_text(json.dumps(session))
+        run = subprocess.run([sys.executable, "-m", "engine", "explain", str(path), "--payer", session["payer"],
+                              "--rules", str(rules), "--engine", "python"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        if run.returncode == 2 or shown is None:      # not billed: the page says so, the command too
+            assert shown is None and page.status_code in (200, 422), page.text[:300]
+            continue
+        assert html_module.unescape(shown.group(1)).strip() == run.stdout.strip()
