@@ -350,9 +350,9 @@ class PatientYear:
             authorization, why = counter.authorization(session)
             if authorization is None:
                 _warn(result, "warning", counter.thresholds[0].id, [line["code"] for line in lines],
-                      f"no authorization: {why}; counter {counter.id} counts the visits of each authorization (the "
+                      f"no authorization: counter {counter.id} counts the visits of each authorization (the "
                       f"session's context {counter.authorization_field}: its prior authorization number); this "
-                      "session was not counted")
+                      f"session was not counted: {why}")
                 return
             period, year = f"authorization {authorization}", int(date[:4])
         else:
