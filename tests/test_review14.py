@@ -513,3 +513,19 @@ def test_harness_the_pages_explanation_is_the_commands_for_any_session(rules, bo
             assert shown is None and page.status_code in (200, 422), page.text[:300]
             continue
         assert html_module.unescape(shown.group(1)).strip() == run.stdout.strip()
+
+
+# --- scenario tests bill a session as `payrules bill` does -------------------------------------------------------
+
+def test_a_scenario_of_one_session_with_its_own_year_to_date_gets_the_kx_bill_gives(tmp_path):
+    """One session (no patient: a patient of its own) with year_to_date $2,470 under example-medicare-fees:
+    97110 30 min = 2 units x $30.00 (SYNTHETIC) = 60 -> 2,530 > 2,480 (2026) -> GP KX, which `payrules bill`
+    gives. Before the fix a scenario's single session was billed without its year: 'expected x2 GP KX, got
+    x2 GP', so a payer file's author was told the engine gives no KX."""
+    path = tmp_path / "kx.tests.yaml"
+    path.write_text('payer: example-medicare-fees\nscenarios:\n  - name: "its own year_to_date"\n    session:\n'
+                    '      date_of_service: 2026-03-02\n      discipline: PT\n      year_to_date: {pt_slp: 2470}\n'
+                    '      services: [{code: "97110", minutes: 30}]\n    expect:\n      lines: {"97110 GP KX": 2}\n')
+    run = subprocess.run([sys.executable, "-m", "engine", "test", str(path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "1 passed, 0 failed" in run.stdout, run.stdout
