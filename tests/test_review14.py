@@ -529,3 +529,37 @@ def test_a_scenario_of_one_session_with_its_own_year_to_date_gets_the_kx_bill_gi
     run = subprocess.run([sys.executable, "-m", "engine", "test", str(path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0 and "1 passed, 0 failed" in run.stdout, run.stdout
+
+
+def test_harness_every_surface_bills_one_session_as_bill_does(books):
+    """Each session of random batches billed alone: RuleBook.bill's record is the result RuleBook.explain
+    shows and the one RuleBook.compare gives its payer (sessions with year_to_date, patients, authorizations,
+    edits)."""
+    book = books[0]
+    for seed in range(6):
+        for session in a_batch(random.Random(seed), 12):
+            if not isinstance(session, dict) or session.get("payer") not in PAYERS:
+                continue
+            record = book.bill(session)
+            explained = book.explain(session)
+            assert explained.get("result", explained) == record
+            if "error" not in record:
+                assert book.compare(session, [session["payer"]])["results"][session["payer"]] == record
+
+
+def test_harness_only_the_patient_path_bills_sessions():
+    """What bills a session for an answer goes through engine/patients.py (bill_records, explain_in_order,
+    bill_shard) or batch.process: a module calling Biller.bill or Biller.evaluate itself skips the patient's
+    year (the page's explanation and one-session scenarios did). The known callers: billing.py itself,
+    batch.process, patients.py, api._Turns, service._Timed, and audit's replay (which applies the logged
+    year)."""
+    allowed = {"billing.py", "batch.py", "patients.py", "api.py", "service.py", "audit.py", "compare.py"}
+    found = {}
+    for path in sorted((ROOT / "engine").glob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            # RuleBook.bill (book.bill, _book(...).bill) is the library's own path
+            if re.search(r"(?<!book)(?<!\))\.(evaluate|bill)\(", line) and "def " not in line:
+                found.setdefault(path.name, []).append(f"{number}: {line.strip()}")
+    assert set(found) <= allowed, {name: lines for name, lines in found.items() if name not in allowed}
+    # the allowed ones: compare.py's only when results are given by the caller; service.py's only _Timed's
+    assert [line for line in found.get("service.py", []) if "super().evaluate" not in line] == []
