@@ -8,8 +8,8 @@ worker's event-loop thread, so each process's rule networks are only ever driven
 lock. One session is bounded by the session limits the command has (services, minutes, record size); a
 list of sessions (and the page's batch upload) is billed as `payrules bill` bills a file (engine/patients.py:
 each patient's sessions in date order, the edits across a patient's sessions of one date), checked against
-the time limit between sessions, and yields the loop to other requests as it goes (every 32 records, or
-after each shard of patients' sessions). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
+the time limit as it goes, and yields the loop to other requests every 32 steps (a session read and spooled,
+a record, or a shard of patients' sessions billed). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
 """
 from __future__ import annotations
 
