@@ -293,15 +293,18 @@ def check_alone(batch: list, whole: list, bill_alone) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 18))
-def test_harness_each_patients_records_in_a_batch_are_its_sessions_billed_alone_library_and_service(books, seed, size):
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 18),
+       options=st.sampled_from([{}, {}, {"payer": "auth-small"}, {"date": "2026-03-05"}]))
+def test_harness_each_patients_records_in_a_batch_are_its_sessions_billed_alone_library_and_service(books, seed, size,
+                                                                                                  options):
+    """Also with a payer or a date of service for every session (--payer, --date; ?payer=, ?date=)."""
     whole_book, alone_book, client = books
     batch = a_batch(random.Random(seed), size)
-    whole = list(whole_book.bill_many(iter(batch)))
-    check_alone(batch, whole, lambda sessions: list(alone_book.bill_many(sessions)))
-    served = client.post("/v1/bill", json=batch)
+    whole = list(whole_book.bill_many(iter(batch), **options))
+    check_alone(batch, whole, lambda sessions: list(alone_book.bill_many(sessions, **options)))
+    served = client.post("/v1/bill", json=batch, params=options)
     assert served.status_code == 200 and served.json() == whole
-    check_alone(batch, whole, lambda sessions: client.post("/v1/bill", json=sessions).json())
+    check_alone(batch, whole, lambda sessions: client.post("/v1/bill", json=sessions, params=options).json())
 
 
 def test_harness_the_batches_reach_what_depends_on_other_sessions(books):
