@@ -566,3 +566,11 @@ def test_harness_only_the_patient_path_bills_sessions():
     assert set(found) <= allowed, {name: lines for name, lines in found.items() if name not in allowed}
     # the allowed ones: compare.py's only when results are given by the caller; service.py's only _Timed's
     assert [line for line in found.get("service.py", []) if "super().evaluate" not in line] == []
+
+
+def test_one_authorization_number_under_two_payers_is_counted_apart(books):
+    """P1's PA-1 under example-authorizations on March 1-11 (visits 1-11 of 12: nothing said), then PA-1 under
+    auth-small (TEST, 2 visits) on March 12: under auth-small it is visit 1 (nothing said), not visit 12 of
+    one PA-1 (which auth-small would hold: 12 > 2)."""
+    sessions = [visit(k, "PA-1") for k in range(11)] + [visit(11, "PA-1", payer="auth-small")]
+    assert [held(r) for r in books[0].bill_many(sessions)] == [[]] * 12
