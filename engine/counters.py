@@ -100,13 +100,29 @@ class Counter:
             return self.id
         return next((name for name, members in self.buckets if discipline in members), None)
 
-    def authorization(self, session) -> str | None:
-        """period: authorization: the authorization the session is billed under (its context value, a text
-        or a whole number), or None when it gives none."""
-        value = (getattr(session, "context", None) or {}).get(self.authorization_field)
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-            return None
-        return " ".join(str(value).split())[:64]
+    def authorization(self, session) -> tuple:
+        """period: authorization: (the authorization the session is billed under, None) or (None, why it names
+        none). The number is its context value, a text or a whole number, its spaces made single (' PA  7 ' is
+        'PA 7', 7 is '7'); a value over 64 characters, with a control character, or of another type is no
+        authorization number: never cut short (two long values would be one authorization) nor guessed."""
+        context = getattr(session, "context", None) or {}
+        key = self.authorization_field
+        if key not in context:
+            return None, f"the session's context has no {key}"
+        value = context[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            kind = "true" if value is True else "false" if value is False else \
+                "a number that is not whole" if isinstance(value, float) else \
+                {list: "a list", dict: "an object"}.get(type(value), "not a text")
+            return None, f"the session's context {key} is {kind}, not an authorization number"
+        text = " ".join(str(value).split())
+        if not text:
+            return None, f"the session's context {key} is empty"
+        if len(text) > 64:
+            return None, f"the session's context {key} is over 64 characters, not an authorization number"
+        if not text.isprintable():
+            return None, f"the session's context {key} has a control character, not an authorization number"
+        return text, None
 
     def period_of(self, date: str) -> str:
         """The period of a year a date falls in, named by its first day's year (and start, for a plan
@@ -331,12 +347,12 @@ class PatientYear:
             return
         authorization = None
         if counter.period == "authorization":
-            authorization = counter.authorization(session)
+            authorization, why = counter.authorization(session)
             if authorization is None:
                 _warn(result, "warning", counter.thresholds[0].id, [line["code"] for line in lines],
                       f"no authorization: counter {counter.id} counts the visits of each authorization (the "
                       f"session's context {counter.authorization_field}: its prior authorization number); this "
-                      "session was not counted")
+                      f"session was not counted: {why}")
                 return
             period, year = f"authorization {authorization}", int(date[:4])
         else:

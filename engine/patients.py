@@ -43,6 +43,7 @@ from .sessions import RawLine
 SAME_DAY = 12              # a patient's earlier sessions of one date the edits across sessions look at
 SHARD = 256                 # sessions per shard, at least: a shard ends at the end of a patient's sessions
 SPOOL_BYTES = 32 << 20      # bytes of records held in memory by each spool before a sorted run is written
+PACE = object()             # bill_in_order(pace=True): a patient session was read and spooled
 
 
 def patient_year(resolve, patient_id: str) -> PatientYear:
@@ -212,9 +213,9 @@ def patient_key(item, date: str | None):
         patient = getattr(item, "patient_id", None)     # a SessionError has none: an error record in its place
         day, sid = getattr(item, "date_of_service", None), getattr(item, "session_id", "")
     if type(patient) is int:
-        patient = str(patient)              # a number is accepted as the patient's id, as the session reads it
-    if type(patient) is not str or not 1 <= len(patient) <= 128:
-        return None                         # no patient, or one the schema refuses (said on that path)
+        patient = str(patient)              # a number is the patient's id, as the session reads it: any length
+    elif type(patient) is not str or not patient or (type(item) is RawLine and len(patient) > 128):
+        return None                         # no patient, or a text the schema refuses (said on that path)
     day = date or (day if type(day) is str else None)
     return patient, day is None, day or "", sid
 
@@ -227,8 +228,9 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
     None for a session billed as a patient's), each patient's sessions billed in date order.
 
     `biller`: bill with this Biller (one process; it is not closed), as the library and the service do with
-    their RuleBook's. `pace`: also yield (None, None) for each record held back and after each shard of
-    patients, so that a caller that serves others meanwhile (the service's event loop) gets its turns."""
+    their RuleBook's. `pace`: also yield (None, None) for each session spooled, each record held back and after each
+    shard of patients, so that a caller that serves others meanwhile (the service's event loop, its time
+    limit) gets its turns."""
     positions = collections.deque()     # places of the sessions sent down the stateless path, in order
     patients, records = Spool(), Spool()
     first = []                          # the place of the first patient session
@@ -242,12 +244,17 @@ def bill_in_order(sources, rules, engine, job: Job, jobs: int, registry=None, ye
             else:
                 first or first.append(place)
                 patients.add((*key, place, pickle.dumps(item, 5)))
+                if pace:
+                    yield PACE          # a session read and spooled: the caller's turn (never to bill_stream)
 
     try:
         stream = bill_stream(stateless(), rules, engine, job, jobs, registry) if biller is None else \
-            ((item, process(biller, item, job)) for item in stateless())
+            ((item, None if item is PACE else process(biller, item, job)) for item in stateless())
         try:
             for item, done in stream:
+                if item is PACE:
+                    yield None, None
+                    continue
                 place = positions.popleft()
                 if not first or place < first[0]:
                     yield item, done

@@ -73,10 +73,12 @@ def load_scenarios(path: Path, display: str) -> list:
 
 def run_scenario(scenario: Scenario, biller) -> list:
     """The differences between what the payer gave and what the scenario expects ([] = pass). A patient's
-    sessions are billed in date order with their counters (engine/counters.py), each checked alone."""
-    if not scenario.patient:
-        return _check(biller.bill(scenario.session, scenario.payer, scenario.date), scenario.expect)
+    sessions are billed in date order with their counters (engine/counters.py), each checked alone; one
+    session as `payrules bill` bills it (its own year_to_date too)."""
     from .patients import bill_records      # as `payrules bill` bills them, the same-day edits too
+    if not scenario.patient:
+        [(_, result)] = bill_records([scenario.session], biller, scenario.payer, scenario.date)
+        return _check(result, scenario.expect)
     sessions = [session for session, _ in scenario.patient]
     results = [record for _, record in bill_records(sessions, biller, scenario.payer, scenario.date)]
     return [f"patient[{k}]: {diff}" for k, ((_, expect), result) in enumerate(zip(scenario.patient, results))

@@ -8,8 +8,8 @@ worker's event-loop thread, so each process's rule networks are only ever driven
 lock. One session is bounded by the session limits the command has (services, minutes, record size); a
 list of sessions (and the page's batch upload) is billed as `payrules bill` bills a file (engine/patients.py:
 each patient's sessions in date order, the edits across a patient's sessions of one date), checked against
-the time limit between sessions, and yields the loop to other requests as it goes (every 32 records, or
-after each shard of patients' sessions). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
+the time limit as it goes, and yields the loop to other requests every 32 steps (a session read and spooled,
+a record, or a shard of patients' sessions billed). The page's own endpoints (/ui/...) answer HTML fragments rendered here from the same JSON.
 """
 from __future__ import annotations
 
@@ -204,6 +204,7 @@ class Service:
             if record is not None:
                 out.append((category, record))
             if step % YIELD_EVERY == 0:
+                turns.check()       # also while patients' sessions are read and spooled, before any is billed
                 await asyncio.sleep(0)
         return out
 
@@ -217,10 +218,14 @@ class _Timed(_Turns):
         self.deadline, self.refused, self.count = deadline, refused, 0
 
     def evaluate(self, session: Any, payer_id: str | None = None, date: str | None = None) -> Any:
-        if self.count and self.count % YIELD_EVERY == 0 and time.monotonic() > self.deadline:
-            raise self.refused(self.count)
+        if self.count and self.count % YIELD_EVERY == 0:
+            self.check()
         self.count += 1
         return super().evaluate(session, payer_id, date)
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.refused(self.count)
 
 
 def parsed(item: Any, number: int) -> Any:
@@ -414,13 +419,14 @@ def validate_text(book: RuleBook, text: str, name: str) -> list[str]:
 
 
 def explain_text(book: RuleBook, session: Any, payer: str, date: str | None) -> str | None:
-    """`payrules explain` text of one session (the arithmetic step by step), or None when it cannot be
-    billed."""
+    """`payrules explain` text of one session (the arithmetic step by step, the patient's year), or None when
+    it cannot be billed: billed as RuleBook.explain bills it (engine/patients.explain_in_order)."""
     from .explain import explain_text as text_of
+    from .patients import explain_in_order
     parsed = _parse(session, 1)
     with book._lock:
-        outcome = book._biller.evaluate(parsed, payer, date)
-    return None if isinstance(outcome, dict) else text_of(outcome, [])
+        outcome, steps = explain_in_order([parsed], book._biller, payer, date or None)[0]
+    return None if isinstance(outcome, dict) else text_of(outcome, [], steps)
 
 
 # --- rendering (HTML fragments from the JSON answers, generic over their fields) --------------------
