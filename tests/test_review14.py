@@ -578,11 +578,10 @@ def test_one_authorization_number_under_two_payers_is_counted_apart(books):
 
 # --- known and not fixed this round ------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the edits across one date's sessions are pairwise: each session gets one "
-                   "PTP error per earlier session with the other code, and the audit log keeps every earlier "
-                   "session's lines, so a patient id shared by N sessions of one day (a placeholder such as "
-                   "UNKNOWN in an export) costs N^2 in time and output: 5,000 such sessions took 90 s and wrote 948 MB, "
-                   "records of 1,261 warnings (780 KB). Fix: one edit per line and code pair naming the other "
+@pytest.mark.xfail(strict=True, reason="the edits across one date's sessions are pairwise: a session gets one PTP "
+                   "error per earlier session with the other code, among the first SAME_DAY (12) earlier sessions "
+                   "(engine/patients.py; the quadratic cost of a placeholder patient id is bounded there, see "
+                   "tests/test_patients.py). Refinement left: one edit per line and code pair naming the other "
                    "sessions (the first few, then a count), from per-code totals of the day")
 def test_a_days_sessions_of_one_patient_id_give_each_line_one_edit_per_code_pair(book):
     """300 sessions of patient UNKNOWN on one date, alternately 97140 and 97530 (the excerpt's pair,
