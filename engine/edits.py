@@ -116,7 +116,7 @@ def apply(result: dict, date: str | None, edits: EditTables) -> list:
 def _code_rows(edits: EditTables, code: str) -> tuple:
     """(MUE value or None, {column 2: [(effective, deletion, PTP table, row)]} of the PTP rows with `code` in
     column 1 and an indicator other than 9, or None) of a code, worked out once per code and payer
-    (EditTables.codes): a session's pairs are then found by one set intersection per code."""
+    (EditTables.codes): a session's pairs are then found by a lookup per pair of its codes."""
     mue = next((v for table in edits.mue if (v := table.lookup(code)) is not None), None)
     pairs: dict = {}
     for table in edits.ptp:
@@ -124,6 +124,8 @@ def _code_rows(edits: EditTables, code: str) -> tuple:
             for effective, deletion, row in rows:
                 if column2 != code and row[4] != 9:         # row[4]: the modifier indicator
                     pairs.setdefault(column2, []).append((effective, deletion, table, row))
+    for candidates in pairs.values():       # by table (its path) and line: the order of the output
+        candidates.sort(key=lambda c: (c[2].path, c[3][1]))
     edits.codes[code] = found = (mue, pairs or None)
     return found
 
@@ -156,18 +158,20 @@ def _ptp_undated(codes, edits, made):
 
 
 def _ptp(lines, codes, day, edits, made):
+    # in the order of the output: by the column 2 code's place among the billed codes, then column 1's, then
+    # the row's table and line (_code_rows keeps each pair's rows so)
     found = []
-    for pairs in codes.values():
-        if pairs[1] is not None:
-            for column2 in pairs[1].keys() & codes.keys():      # a set intersection: mostly empty
-                for effective, deletion, table, row in pairs[1][column2]:
-                    if effective <= day < deletion:
-                        found.append(table.edit(column2, row))
+    for column2 in codes:
+        for rows in codes.values():
+            pairs = rows[1]
+            if pairs is not None:
+                candidates = pairs.get(column2)     # a dict lookup per pair: cheaper than set operations here
+                if candidates is not None:
+                    for effective, deletion, table, row in candidates:
+                        if effective <= day < deletion:
+                            found.append(table.edit(column2, row))
     if not found:
         return
-    if len(found) > 1:
-        position = {code: n for n, code in enumerate(codes)}
-        found.sort(key=lambda e: (position[e.column2], position[e.column1], e.path, e.line))
     texts = edits.texts
     for edit in found:
         col2 = edit.column2

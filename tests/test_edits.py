@@ -453,3 +453,21 @@ def test_one_payers_tables_give_each_session_of_a_batch_its_own_edits(tmp_path, 
     E.apply(again, sessions[0][1], shared)
     assert all("00000" not in w["codes"] and w["message"] != "changed" for w in again["warnings"])
     assert all(t["facts"] == ["session"] for t in again["trace"])
+
+
+def test_two_ptp_tables_give_their_edits_by_code_place_then_table_path_then_line(tmp_path):
+    """A payer naming two PTP files (the "z" one first): the edits come by the column 2 code's place among
+    the billed codes, then column 1's, then the table's path, then the row's line, whatever order the payer
+    names the tables in. Lines 97530, 97110, 97140 (places 0, 1, 2); rows, worked by hand:
+    z/ptp.txt line 3: 97140/97530 (ind 1), line 4: 97530/97110 (ind 0);
+    a/ptp.txt line 3: 97110/97530 (ind 0), line 4: 97140/97530 (ind 1).
+    Column 2 97530 (place 0): column 1 97110 (place 1): a:3; column 1 97140 (place 2): a:4 then z:3.
+    Column 2 97110 (place 1): column 1 97530 (place 0): z:4."""
+    z = load_ptp(ptp_file(tmp_path / "z" / "ptp.txt", [("97140", "97530", "20200101", "*", 1),
+                                                        ("97530", "97110", "20200101", "*", 0)]), "z/ptp.txt")
+    a = load_ptp(ptp_file(tmp_path / "a" / "ptp.txt", [("97110", "97530", "20200101", "*", 0),
+                                                        ("97140", "97530", "20200101", "*", 1)]), "a/ptp.txt")
+    edits = E.EditTables((z, a), (), {"ptp": "t/payer.yaml:9"})
+    res = result(("97530", 1), ("97110", 1), ("97140", 1))
+    E.apply(res, "2024-01-01", edits)
+    assert [w["table"] for w in res["warnings"]] == ["a/ptp.txt:3", "a/ptp.txt:4", "z/ptp.txt:3", "z/ptp.txt:4"]
