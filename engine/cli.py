@@ -515,12 +515,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_test(args) -> int:
-    """Run scenarios; payers are found in the rules trees and in the directories of the scenario files."""
+    """Run scenarios; payers are found in the rules trees and beside the scenario files (the payer files in
+    each one's folder, not below it: a scenario file in a large folder does not read every YAML file under
+    it)."""
     from .scenarios import load_scenarios, run_scenario, scenario_files
     paths = args.paths or [RULES_DIR] + args.rules
     files = scenario_files(paths)
-    dirs = list(args.rules) + sorted({str(p.parent) for p, _ in files})
-    registry = Registry(dirs)
+    beside = [f for folder in sorted({p.parent for p, _ in files}) for f in rule_files(folder, below=False)]
+    registry = Registry(list(args.rules), extra_files=beside)
     biller = Biller(registry, args.engine or default_engine())
     passed = failed = 0
     try:

@@ -123,12 +123,14 @@ def check_tree(directory: Path) -> None:
         raise UsageError(f"cannot read rules directory {directory}: {exc.strerror}") from None
 
 
-def rule_files(directory: Path) -> list:
-    """Every *.yaml / *.yml file below a rules tree, in a stable order."""
+def rule_files(directory: Path, below: bool = True) -> list:
+    """Every *.yaml / *.yml file below a rules tree (`below` False: only those in the folder itself), in a
+    stable order."""
     directory = Path(directory)
     check_tree(directory)
     base = directory.resolve().parent
-    return [PayerFile(path, _display(path, base), shown(path)) for path in sorted(directory.rglob("*"))
+    found = directory.rglob("*") if below else directory.glob("*")
+    return [PayerFile(path, _display(path, base), shown(path)) for path in sorted(found)
             if path.suffix in (".yaml", ".yml") and path.is_file() and not path.name.endswith(".tests.yaml")]
 
 

@@ -264,3 +264,22 @@ scenarios:
     assert proc.returncode == 1
     diffs = report(proc.stdout)[f"FAIL {shown}:3: acme-health: Medicare's answer is not acme's"]
     assert sorted(diffs) == ["lines.97110: expected 1 unit, got 2 units", "lines.97140: expected 3 units, got 2 units"]
+
+
+def test_payers_are_found_beside_the_scenario_file_not_below_its_folder(tmp_path):
+    """A scenario file in a folder with other projects below it (here a broken YAML file and a second
+    medicare in sub/): `payrules test FILE` reads the payer files beside it only. Before, it read every YAML
+    file under the folder and stopped with their errors."""
+    (tmp_path / "acme.yaml").write_text("payer: acme\nname: Acme\nextends: medicare\n", encoding="utf-8")
+    (tmp_path / "acme.tests.yaml").write_text(
+        "payer: acme\nscenarios:\n  - name: one unit\n    session:\n      date_of_service: 2026-03-02\n"
+        "      discipline: PT\n      services: [{code: \"97110\", minutes: 15}]\n    expect:\n"
+        "      lines: {\"97110\": 1}\n", encoding="utf-8")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "broken.yaml").write_text("payer: [\n", encoding="utf-8")
+    (sub / "medicare.yaml").write_text((ROOT / "rules" / "medicare.yaml").read_text(), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "engine", "test", str(tmp_path / "acme.tests.yaml")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "scenarios: 1 passed, 0 failed" in proc.stdout
