@@ -502,27 +502,19 @@ class PtpTable(_Table):
         `codes`, whatever their modifier indicator, by column 1, column 2 and line."""
         day = _day(date)
         codes = sorted(set(codes))
-        groups, made, found = self._groups, self._edits, []
+        found = []
         for column1 in codes:
-            group = groups.get(column1)
-            if group is None:
-                group = self._group(column1)
-            if not group:
-                continue
-            for column2 in codes:
+            group = self.group(column1)
+            for column2 in codes if group else ():
                 for effective, deletion, row in group.get(column2, ()):
                     if effective <= day < deletion and column1 != column2:
-                        found.append(made.get(row[1]) or self._edit(column2, row))
+                        found.append(self.edit(column2, row))
         return found
-
 
     def pair_rows(self, column1: str, column2: str) -> list[PtpEdit]:
         """Every row of the pair (column 1, column 2), whatever its dates: for explaining why an edit did
         not apply (deleted, not yet in effect)."""
-        group = self._groups.get(column1)
-        if group is None:
-            group = self._group(column1)
-        return [self._edits.get(row[1]) or self._edit(column2, row) for _, _, row in group.get(column2, ())]
+        return [self.edit(column2, row) for _, _, row in self.group(column1).get(column2, ())]
 
 
 class MueTable(_Table):
